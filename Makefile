@@ -1,0 +1,44 @@
+# pht-airflow: the two commands are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help bootstrap demo test lint format unit bench constraints clean
+
+help:
+	@echo "make demo        set everything up and run a train across three stations"
+	@echo "make test        set everything up, lint, and run the whole test suite"
+	@echo "make lint        ruff + mypy"
+	@echo "make bench       run the benchmarks in benchmarks/ (slow; prints figures)"
+	@echo "make constraints regenerate constraints.txt from a fresh resolve"
+
+bootstrap:
+	scripts/bootstrap.sh
+
+demo: bootstrap
+	$(PY) -m pht_airflow.demo
+
+lint: bootstrap
+	$(VENV)/bin/ruff check pht_airflow tests benchmarks dags plugins
+	$(VENV)/bin/ruff format --check pht_airflow tests benchmarks dags plugins
+	$(VENV)/bin/mypy pht_airflow
+
+test: lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+format:
+	$(VENV)/bin/ruff format pht_airflow tests benchmarks dags plugins
+	$(VENV)/bin/ruff check --fix pht_airflow tests benchmarks dags plugins
+
+bench: bootstrap
+	$(PY) benchmarks/bench_blobs.py
+
+constraints:
+	rm -rf .pht/resolve && python3 -m venv .pht/resolve
+	.pht/resolve/bin/pip install -q -e ".[station,central,test]"
+	{ head -4 constraints.txt; .pht/resolve/bin/pip freeze --exclude-editable | grep -v '^pht-airflow'; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .pht/resolve
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

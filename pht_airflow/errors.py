@@ -1,0 +1,146 @@
+"""One exception hierarchy for pht-airflow, rooted at :class:`PhtError`.
+
+Messages are written for the person who has to act on them (a station operator, a
+researcher) and never contain secrets: no private key, passphrase, robot secret or
+plaintext result is ever interpolated into a message. Callers at the edges (CLI, Airflow
+operators, web apps) map these to exit codes, task states and HTTP statuses; the library
+itself knows nothing of those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class PhtError(Exception):
+    """Root of every error pht-airflow raises on purpose."""
+
+
+# --- input and configuration -------------------------------------------------------------
+
+
+class ConfigError(PhtError):
+    """A configuration file or option is invalid; the message names the field and the file."""
+
+
+class InvalidReferenceError(PhtError):
+    """An image or artifact reference (``host/repo:tag@sha256:…``) is malformed."""
+
+
+class KeyFileError(PhtError):
+    """A key file is missing, truncated, of the wrong type, or cannot be decrypted."""
+
+
+class PassphraseError(KeyFileError):
+    """The passphrase does not open the key (or none was given for an encrypted key)."""
+
+
+class SpecError(PhtError):
+    """A train spec is invalid. ``problems`` lists every problem found, one line each."""
+
+    def __init__(self, problems: Sequence[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        if len(self.problems) == 1:
+            msg = f"invalid train spec{where}: {self.problems[0]}"
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            msg = f"invalid train spec{where} ({len(self.problems)} problems):\n{lines}"
+        super().__init__(msg)
+
+
+# --- registry ----------------------------------------------------------------------------
+
+
+class RegistryError(PhtError):
+    """The registry refused or failed a request. Retrying may help for 5xx and network errors."""
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None) -> None:
+        self.status = status
+        self.url = url
+        super().__init__(message)
+
+    @property
+    def retryable(self) -> bool:
+        """True for network failures and server-side errors, false for client errors."""
+        return self.status is None or self.status >= 500 or self.status == 429
+
+
+class RegistryAuthError(RegistryError):
+    """The registry rejected our credentials or the token exchange failed."""
+
+
+class NotFoundError(RegistryError):
+    """A manifest, tag, blob or repository does not exist."""
+
+
+class DigestMismatchError(RegistryError):
+    """Bytes received from (or sent to) the registry do not match the expected digest."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+# --- verification ------------------------------------------------------------------------
+
+
+class VerificationError(PhtError):
+    """A protocol check failed. Names the check, the artifact digest and the key id involved.
+
+    ``check`` is a short stable identifier (``"signature"``, ``"chain"``, …) that audit logs
+    and tests match on; the message is one line a person can act on.
+    """
+
+    check: str = "verification"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        digest: str | None = None,
+        key_id: str | None = None,
+        check: str | None = None,
+        details: Sequence[str] = (),
+    ) -> None:
+        if check is not None:
+            self.check = check
+        self.digest = digest
+        self.key_id = key_id
+        self.reason = message
+        self.details = list(details)
+        parts = [f"[{self.check}] {message}"]
+        if digest:
+            parts.append(f"digest={digest}")
+        if key_id:
+            parts.append(f"key={key_id}")
+        super().__init__(" ".join(parts))
+
+
+class UnsignedError(VerificationError):
+    """The artifact carries no signature at all (no ``sha256-<hex>.sig`` manifest or no layers)."""
+
+    check = "signed"
+
+
+class UntrustedSignatureError(VerificationError):
+    """Signatures exist, but none verifies under the trusted keys (wrong key or forged bytes)."""
+
+    check = "signature-trusted"
+
+
+class MalformedSignatureError(VerificationError):
+    """A signature layer is structurally broken: bad base64, truncated DER, unreadable payload."""
+
+    check = "signature-format"
+
+
+class SignatureDigestMismatchError(VerificationError):
+    """A signature's payload names another manifest digest (a layer copied from another image)."""
+
+    check = "signature-digest"
+
+
+class PolicyError(PhtError):
+    """A station policy refuses the action (approval missing, output over the size cap, …)."""
