@@ -142,5 +142,39 @@ class SignatureDigestMismatchError(VerificationError):
     check = "signature-digest"
 
 
+class ChainError(VerificationError):
+    """A result in a train's chain is missing, ambiguous, or does not link to its predecessor.
+
+    ``hop`` and ``station`` name the link that broke.
+    """
+
+    check = "chain"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hop: int | None = None,
+        station: str | None = None,
+        digest: str | None = None,
+        key_id: str | None = None,
+        details: Sequence[str] = (),
+    ) -> None:
+        self.hop = hop
+        self.station = station
+        where = ""
+        if hop is not None:
+            where = f"hop {hop}" + (f" ({station})" if station else "") + ": "
+        super().__init__(where + message, digest=digest, key_id=key_id, details=details)
+
+
+class UnsafeArchiveError(PhtError):
+    """A result archive (or a folder to be sealed) holds an entry that is not allowed.
+
+    Links, device files, FIFOs, absolute paths and ``..`` are refused; so is an archive
+    larger than the extraction limit. The message names the offending path.
+    """
+
+
 class PolicyError(PhtError):
     """A station policy refuses the action (approval missing, output over the size cap, …)."""
