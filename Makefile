@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+LINT_PATHS := $(wildcard pht_airflow tests benchmarks dags plugins)
 
 .PHONY: help bootstrap demo test lint format unit bench constraints clean
 
@@ -20,16 +21,16 @@ demo: bootstrap
 	$(PY) -m pht_airflow.demo
 
 lint: bootstrap
-	$(VENV)/bin/ruff check pht_airflow tests benchmarks dags plugins
-	$(VENV)/bin/ruff format --check pht_airflow tests benchmarks dags plugins
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy pht_airflow
 
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 format:
-	$(VENV)/bin/ruff format pht_airflow tests benchmarks dags plugins
-	$(VENV)/bin/ruff check --fix pht_airflow tests benchmarks dags plugins
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 
 bench: bootstrap
 	$(PY) benchmarks/bench_blobs.py

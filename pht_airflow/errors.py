@@ -83,6 +83,14 @@ class DigestMismatchError(RegistryError):
         return False
 
 
+class InvalidManifestError(RegistryError):
+    """A manifest or descriptor is malformed: not JSON, a bad digest, size or field type."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
 # --- verification ------------------------------------------------------------------------
 
 
@@ -128,6 +136,12 @@ class UntrustedSignatureError(VerificationError):
     """Signatures exist, but none verifies under the trusted keys (wrong key or forged bytes)."""
 
     check = "signature-trusted"
+
+
+class InvalidSignatureError(VerificationError):
+    """A signature names a trusted key but does not verify: its payload or bytes were altered."""
+
+    check = "signature-valid"
 
 
 class MalformedSignatureError(VerificationError):

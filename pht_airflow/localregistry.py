@@ -120,7 +120,7 @@ def registry_config(
 def start_registry(
     root: Path, *, port: int | None = None, endpoints: Sequence[Endpoint] = (), timeout: float = 20
 ) -> LocalRegistry:
-    """Start ``docker-registry`` on 127.0.0.1 with storage under ``root`` and wait until it answers."""
+    """Start ``docker-registry`` on 127.0.0.1 with storage under ``root``; wait until it answers."""
     binary = shutil.which(REGISTRY_BINARY) or (
         "/usr/bin/docker-registry" if os.path.exists("/usr/bin/docker-registry") else None
     )
@@ -146,7 +146,9 @@ def start_registry(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log_path.read_text(errors="replace")[-2000:]
-            raise RegistryError(f"docker-registry exited at start (code {process.returncode}): {tail}")
+            raise RegistryError(
+                f"docker-registry exited at start (code {process.returncode}): {tail}"
+            )
         try:
             if requests.get(f"{registry.url}/v2/", timeout=1).status_code == 200:
                 return registry

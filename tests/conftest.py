@@ -8,17 +8,23 @@ Missing parts fail loudly in CI (``CI=true``) and skip with the reason elsewhere
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from pht_airflow.keys import AgeIdentity, PublicKey, SigningKey, generate_keypair
 from pht_airflow.localregistry import LocalRegistry, start_registry
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# A copy of shared/interop, for checkouts that have no ../shared beside them.
+VECTORS = Path(__file__).resolve().parent / "vectors"
 
 
 def _missing(what: str) -> None:
@@ -70,7 +76,90 @@ def busybox_image(docker_client) -> str:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def interop_dir() -> Path:
     """``shared/interop``: vectors made by other tools."""
-    path = SHARED / "interop"
-    if not path.is_dir():
-        pytest.fail(f"{path} is missing: tests need the shared interop vectors", pytrace=False)
-    return path
+    for path in (SHARED / "interop", VECTORS):
+        if (path / "cosign" / "signature.json").is_file():
+            return path
+    pytest.fail(f"no interop vectors in {SHARED / 'interop'} or {VECTORS}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def cosign_vector(interop_dir: Path) -> Path:
+    """The real cosign signature vector (``interop/cosign``)."""
+    return interop_dir / "cosign"
+
+
+# --- keys: fresh per test session, never committed -------------------------------------
+
+PASSPHRASE = b"correct horse battery staple"
+
+
+@dataclass(frozen=True)
+class Party:
+    """A party's in-memory keys: signing key (with public half) and age identity."""
+
+    name: str
+    key: SigningKey
+    age: AgeIdentity
+
+    @property
+    def public(self) -> PublicKey:
+        return self.key.public
+
+
+@pytest.fixture(scope="session")
+def parties() -> dict[str, Party]:
+    """Creator, reviewer, an untrusted outsider and three stations, generated per session."""
+    names = ["alice", "reviewer", "mallory", "station-a", "station-b", "station-c"]
+    return {n: Party(n, SigningKey.generate(), AgeIdentity.generate()) for n in names}
+
+
+@pytest.fixture(scope="session")
+def key_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``pht keys generate`` output for alice (passphrase-protected) and its passphrase file."""
+    folder = tmp_path_factory.mktemp("keys")
+    paths = generate_keypair("alice", folder, PASSPHRASE)
+    passfile = folder / "passphrase"
+    passfile.write_bytes(PASSPHRASE + b"\n")
+    passfile.chmod(0o600)
+    return {**paths, "passphrase": passfile}
+
+
+# --- images: built locally from pht-local/busybox, pushed through the real engine ---------
+
+
+@pytest.fixture(scope="session")
+def build_and_push(docker_client, busybox_image: str, registry: LocalRegistry):  # type: ignore[no-untyped-def]
+    """A factory: build a tiny image on ``pht-local/busybox`` and push it; return its digest.
+
+    ``labels`` go into the image config (a train's spec label, say); ``marker`` makes the
+    image unique so two calls never give the same digest by accident.
+    """
+    from pht_airflow.oci import Reference
+    from pht_airflow.train import push_image
+
+    built: list[str] = []
+
+    def factory(repository: str, tag: str, *, labels: dict[str, str] | None = None) -> Reference:
+        marker = os.urandom(8).hex()
+        dockerfile = f"FROM {busybox_image}\nRUN echo {marker} > /marker\n".encode()
+        ref = Reference(registry.host, repository, tag=tag)
+        stream = docker_client.api.build(
+            fileobj=io.BytesIO(dockerfile),
+            tag=str(ref),
+            labels=labels or {},
+            pull=False,
+            rm=True,
+            forcerm=True,
+            decode=True,
+        )
+        for line in stream:
+            if "error" in line:
+                raise RuntimeError(f"docker build failed: {line['error']}")
+        built.append(str(ref))
+        digest = push_image(docker_client, ref)
+        return ref.with_digest(digest)
+
+    yield factory
+    for tag in built:
+        with contextlib.suppress(Exception):
+            docker_client.images.remove(tag, force=True)
