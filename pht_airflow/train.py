@@ -1,0 +1,313 @@
+"""Trains on the researcher's side: a starter folder, the station directory, build and push.
+
+A train is an ordinary image whose config label ``org.pht.train`` holds the canonical JSON
+of the train spec. It is built by the local Docker engine (the docker SDK, never pulling a
+base image), pushed by the engine, then signed by digest.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, PhtError
+from .keys import load_public_key, public_key_from_pem, validate_recipient
+from .oci import Reference
+from .spec import LABEL, TrainSpec
+
+DEFAULT_BASE_IMAGE = "pht-local/python:3.11"
+
+Log = Callable[[str], None]
+
+
+class TrainBuildError(PhtError):
+    """The Docker engine could not build or push the train image."""
+
+
+# --- starter folder ---------------------------------------------------------------------
+
+_DOCKERFILE = """\
+# A PHT train. Build it with `pht train build`; the spec label is added then.
+FROM {base}
+COPY analysis.py /opt/train/analysis.py
+# The station runs this as a non-root user with no network and a read-only root.
+ENTRYPOINT ["python3", "/opt/train/analysis.py"]
+"""
+
+_ANALYSIS = '''\
+"""Example analysis: count rows per CSV file in the data set, adding to the previous hop's counts.
+
+Contract (see README.md): read /pht/data (the station's data, read-only) and /pht/input (the
+previous hop's result, read-only, empty at the first hop); write everything to /pht/output.
+"""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+DATA, INPUT, OUTPUT = Path("/pht/data"), Path("/pht/input"), Path("/pht/output")
+
+
+def main() -> None:
+    state_file = INPUT / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"rows": 0, "hops": []}
+    rows = 0
+    for path in sorted(DATA.rglob("*.csv")):
+        with open(path, newline="") as f:
+            rows += sum(1 for _ in csv.DictReader(f))
+    state["rows"] += rows
+    state["hops"].append({"station": os.environ.get("PHT_STATION_ID"), "rows": rows})
+    (OUTPUT / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\\n")
+    print(f"counted {rows} rows at {os.environ.get('PHT_STATION_ID')}")
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+_README = """\
+# A PHT train
+
+This folder is a Personal Health Train analysis. `pht train build` turns it into a signed image
+that visits each station on its route.
+
+## The sandbox your code runs in
+
+| path / setting | what you get |
+|---|---|
+| `/pht/data` | the station's data set (read-only) |
+| `/pht/input` | the previous hop's result, decrypted (read-only; empty at hop 0 / in parallel) |
+| `/pht/output` | an empty folder: everything you write here is your result |
+| environment | `PHT_TRAIN_ID`, `PHT_STATION_ID`, `PHT_HOP`, `PHT_ROUTE_LENGTH`, `PHT_DATASET` |
+| network | none |
+| file system | read-only, except `/pht/output` and a small `/tmp` |
+| user | not root (uid 65534 unless the station says otherwise) |
+| limits | memory, CPUs, processes, wall time and output size, set by each station |
+
+Rules that make a train run everywhere:
+- Write only regular files and folders to `/pht/output`; links and special files are refused.
+- Keep results aggregate: the next station and the result recipients will read them.
+- A non-zero exit, running out of time or memory, or too much output fails the hop.
+- Nothing can be downloaded at run time: put every dependency in the image.
+
+## Build and send
+
+```sh
+pht train build . --route station-a,station-b --mode sequential --dataset cohort \\
+    --creator-key alice.key --stations stations.yaml --push registry.example.org/pht-incoming
+```
+"""
+
+
+def init_train(folder: Path, *, base_image: str = DEFAULT_BASE_IMAGE) -> list[Path]:
+    """Write a starter analysis into ``folder`` (created; must be empty if it exists)."""
+    if folder.exists() and any(folder.iterdir()):
+        raise PhtError(f"{folder} is not empty; pht train init writes into a new or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "Dockerfile": _DOCKERFILE.format(base=base_image),
+        "analysis.py": _ANALYSIS,
+        "README.md": _README,
+    }
+    written = []
+    for name, text in files.items():
+        path = folder / name
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+# --- station directory ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StationInfo:
+    """What a researcher needs to put a station on a route."""
+
+    id: str
+    key: str  # SubjectPublicKeyInfo PEM
+    recipient: str
+    project: str | None = None
+
+
+def load_station_directory(path: Path) -> dict[str, StationInfo]:
+    """Read a station directory YAML file.
+
+    Format::
+
+        stations:
+          station-a:
+            key: keys/station-a.pub        # a file (relative to this YAML) or PEM text
+            recipient: age1…               # or recipient_file: keys/station-a.age.pub
+            project: station-station-a     # optional
+    """
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read station directory {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("stations"), dict):
+        raise ConfigError(f"{path}: expected a mapping 'stations:' of station id -> entry")
+    problems: list[str] = []
+    stations: dict[str, StationInfo] = {}
+    for sid, entry in data["stations"].items():
+        where = f"{path}: stations.{sid}"
+        if not isinstance(entry, dict):
+            problems.append(f"{where}: expected a mapping with key and recipient")
+            continue
+        unknown = set(entry) - {"key", "recipient", "recipient_file", "project"}
+        if unknown:
+            problems.append(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        try:
+            key_text = str(entry.get("key", ""))
+            if "BEGIN PUBLIC KEY" in key_text:
+                pem = public_key_from_pem(key_text, source=f"{where}.key").pem
+            elif key_text:
+                pem = load_public_key(path.parent / key_text).pem
+            else:
+                raise ConfigError(f"{where}.key is missing")
+            if "recipient_file" in entry:
+                recipient_text = (path.parent / str(entry["recipient_file"])).read_text().strip()
+            else:
+                recipient_text = str(entry.get("recipient", ""))
+            recipient = validate_recipient(recipient_text)
+            stations[str(sid)] = StationInfo(
+                str(sid), pem, recipient, str(entry["project"]) if entry.get("project") else None
+            )
+        except (PhtError, OSError) as exc:
+            problems.append(f"{where}: {exc}")
+    if problems:
+        raise ConfigError("invalid station directory:\n" + "\n".join(f"  - {p}" for p in problems))
+    return stations
+
+
+# --- spec -------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(\d+)([dhm])$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h`` or ``90m`` as a timedelta."""
+    m = _DURATION.match(text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise ConfigError(f"not a duration: {text!r} (use e.g. 30d, 12h or 90m)")
+    n, unit = int(m.group(1)), m.group(2)
+    return {"d": timedelta(days=n), "h": timedelta(hours=n), "m": timedelta(minutes=n)}[unit]
+
+
+def _stamp(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_spec(
+    *,
+    name: str,
+    creator_id: str,
+    creator_key_id: str,
+    creator_recipient: str,
+    route: Sequence[StationInfo],
+    mode: str,
+    dataset: str,
+    recipients: Sequence[str] = (),
+    visibility: str = "final",
+    expires_in: timedelta = timedelta(days=30),
+    now: datetime | None = None,
+) -> TrainSpec:
+    """Assemble and validate a new train spec (fresh uuid4 id, ``created`` now)."""
+    now = (now or datetime.now(UTC)).replace(microsecond=0)
+    result_recipients = [creator_recipient] + [r for r in recipients if r != creator_recipient]
+    data: dict[str, Any] = {
+        "version": 1,
+        "id": str(uuid.uuid4()),
+        "name": name,
+        "creator": {"id": creator_id, "key": creator_key_id, "recipient": creator_recipient},
+        "mode": mode,
+        "route": [{"station": s.id, "key": s.key, "recipient": s.recipient} for s in route],
+        "result_recipients": result_recipients,
+        "results_visibility": visibility,
+        "dataset": dataset,
+        "created": _stamp(now),
+        "expires": _stamp(now + expires_in),
+    }
+    return TrainSpec.from_dict(data, source="the new train spec")
+
+
+# --- build and push ---------------------------------------------------------------------
+
+
+def _docker_stream(lines: Any, log: Log | None, what: str) -> dict[str, Any]:
+    """Consume a docker API JSON stream; raise on an error line; return the last aux."""
+    aux: dict[str, Any] = {}
+    for line in lines:
+        if "error" in line or "errorDetail" in line:
+            detail = line.get("errorDetail", {}).get("message") or line.get("error")
+            raise TrainBuildError(f"{what} failed: {str(detail).strip()}")
+        if "aux" in line and isinstance(line["aux"], dict):
+            aux = line["aux"]
+        if log is None:
+            continue
+        if "stream" in line and line["stream"].strip():
+            log(line["stream"].rstrip())
+        elif "status" in line and line.get("id") is None:
+            log(str(line["status"]))
+    return aux
+
+
+def build_image(
+    docker_client: Any, folder: Path, tag: str, spec: TrainSpec, *, log: Log | None = None
+) -> str:
+    """Build ``folder`` with the spec label; return the image id. Never pulls."""
+    if not (folder / "Dockerfile").is_file():
+        raise TrainBuildError(f"{folder} has no Dockerfile (pht train init writes a starter)")
+    import docker.errors
+
+    try:
+        stream = docker_client.api.build(
+            path=str(folder),
+            tag=tag,
+            labels={LABEL: spec.to_canonical_json()},
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+        )
+        aux = _docker_stream(stream, log, "docker build")
+    except docker.errors.APIError as exc:
+        raise TrainBuildError(f"docker build failed: {exc.explanation or exc}") from exc
+    image_id = aux.get("ID") or docker_client.images.get(tag).id
+    return str(image_id)
+
+
+def push_image(
+    docker_client: Any,
+    ref: Reference,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    log: Log | None = None,
+) -> str:
+    """Push the local image tagged ``ref`` through the engine; return the manifest digest."""
+    import docker.errors
+
+    auth = {"username": username, "password": password} if username else None
+    repo = ref.name
+    try:
+        stream = docker_client.api.push(
+            repo, tag=ref.tag, stream=True, decode=True, auth_config=auth
+        )
+        aux = _docker_stream(stream, log, f"docker push {ref}")
+    except docker.errors.APIError as exc:
+        raise TrainBuildError(f"docker push {ref} failed: {exc.explanation or exc}") from exc
+    digest = aux.get("Digest")
+    if not digest:
+        raise TrainBuildError(f"docker push {ref} did not report a digest")
+    return str(digest)
