@@ -1,0 +1,325 @@
+"""Sealed results on the real registry: round trips, and every rule of "The chain".
+
+Each rejection test builds the forgery an attacker with write access to a station project
+could build (copying, re-tagging, re-signing artifacts) and checks that verification names
+the hop, the station and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pht_airflow.errors import ChainError, DigestMismatchError, PhtError
+from pht_airflow.oci import OCI_MANIFEST, Reference, RegistryClient
+from pht_airflow.sealing import (
+    RESULT_CONFIG_MEDIA_TYPE,
+    RESULT_MEDIA_TYPE,
+    decrypt_stream,
+    fetch_results,
+    open_result,
+    seal,
+    tar_bytes,
+    verify_chain,
+)
+from pht_airflow.signing import signature_tag
+from pht_airflow.spec import LABEL, TrainSpec
+from pht_airflow.train import StationInfo, make_spec
+
+pytestmark = [pytest.mark.registry, pytest.mark.docker]
+
+STATIONS = ("station-a", "station-b", "station-c")
+
+
+@dataclasses.dataclass
+class Train:
+    ref: Reference
+    spec: TrainSpec
+    manifest: Any
+
+
+@pytest.fixture()
+def client(registry: Any) -> Any:
+    with RegistryClient(registry.host) as c:
+        yield c
+
+
+@pytest.fixture()
+def new_train(build_and_push: Any, client: Any, parties: Any) -> Any:
+    """A factory for a fresh signed-spec train in its own repository."""
+
+    def factory(mode: str = "sequential") -> Train:
+        spec = make_spec(
+            name="sealing-test",
+            creator_id="alice",
+            creator_key_id=parties["alice"].key.key_id,
+            creator_recipient=parties["alice"].age.recipient,
+            recipients=[parties["reviewer"].age.recipient],
+            route=[
+                StationInfo(s, parties[s].public.pem, parties[s].age.recipient) for s in STATIONS
+            ],
+            mode=mode,
+            dataset="cohort",
+        )
+        ref = build_and_push(
+            f"station-test/{spec.id}", "train", labels={LABEL: spec.to_canonical_json()}
+        )
+        return Train(ref, spec, client.get_manifest(ref.repository, ref.digest))
+
+    return factory
+
+
+def _output(folder: Path, text: str = "counts") -> Path:
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({"text": text}))
+    return folder
+
+
+def _seal(client: Any, train: Train, parties: Any, hop: int, previous: str | None, out: Path,
+          *, key: str | None = None, spec: TrainSpec | None = None, created: str | None = None,
+          ) -> Any:  # fmt: skip
+    return seal(
+        client,
+        train.ref,
+        train.manifest,
+        spec or train.spec,
+        hop=hop,
+        output_dir=out,
+        key=parties[key or STATIONS[hop]].key,
+        previous=previous,
+        created=created,
+    )
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "/"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+# --- round trip -----------------------------------------------------------------------------
+
+
+def test_round_trip_two_recipients_third_fails(
+    new_train: Any, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    train = new_train()
+    out = tmp_path / "output"
+    (out / "nested" / "deeper").mkdir(parents=True)
+    (out / "empty-folder").mkdir()
+    (out / "empty.txt").write_bytes(b"")
+    (out / "nested" / "deeper" / "empty.csv").write_bytes(b"")
+    (out / "nested" / "Größe – 统计 ñ.csv").write_text("stage,n\nII,4\n", encoding="utf-8")
+    with open(out / "nested" / "big.bin", "wb") as f:
+        for _ in range(50):
+            f.write(os.urandom(1024 * 1024))
+    (out / "summary.json").write_text('{"n": 3}')
+
+    # The last hop is encrypted to the result recipients: alice and the reviewer.
+    sealed = _seal(client, train, parties, 2, None, out)
+    assert sealed.recipients == [parties["alice"].age.recipient, parties["reviewer"].age.recipient]
+    assert sealed.layer.media_type == RESULT_MEDIA_TYPE
+    assert sealed.config["plaintext_bytes"] == len(tar_bytes(out))
+
+    for who in ("alice", "reviewer"):
+        dest = tmp_path / f"opened-{who}"
+        stats = open_result(client, sealed, parties[who].age, dest)
+        assert _tree(dest) == _tree(out)
+        assert stats.files == 5
+    # The plaintext inside the blob is exactly the deterministic tar of the folder.
+    plain = b"".join(
+        decrypt_stream(
+            client.open_blob(train.ref.repository, sealed.layer.digest), parties["alice"].age
+        )
+    )
+    assert plain == tar_bytes(out)
+
+    dest = tmp_path / "opened-mallory"
+    with pytest.raises(PhtError, match="not a recipient"):
+        open_result(client, sealed, parties["mallory"].age, dest)
+    assert not dest.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".opened")] == []
+
+
+def test_sealing_twice_gives_the_same_plaintext(
+    new_train: Any, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    train = new_train()
+    out = _output(tmp_path / "out")
+    first = _seal(client, train, parties, 2, None, out)
+    second = _seal(client, train, parties, 2, None, out)
+    assert first.layer.digest != second.layer.digest  # age uses a fresh file key each time
+    alice = parties["alice"].age
+    repo = train.ref.repository
+    plain = [
+        b"".join(decrypt_stream(client.open_blob(repo, s.layer.digest), alice))
+        for s in (first, second)
+    ]
+    assert plain[0] == plain[1] == tar_bytes(out)
+
+
+def test_result_artifact_shape(new_train: Any, client: Any, parties: Any, tmp_path: Path) -> None:
+    train = new_train()
+    sealed = _seal(client, train, parties, 0, None, _output(tmp_path / "o"))
+    manifest = client.get_manifest(train.ref.repository, "result-0")
+    assert manifest.digest == sealed.digest
+    data = manifest.data
+    assert data["mediaType"] == OCI_MANIFEST
+    assert data["artifactType"] == "application/vnd.pht.result.v1"
+    assert data["subject"]["digest"] == train.ref.digest
+    assert data["config"]["mediaType"] == RESULT_CONFIG_MEDIA_TYPE
+    assert data["annotations"]["org.pht.hop"] == "0"
+    assert data["annotations"]["org.pht.station"] == "station-a"
+    config = json.loads(client.get_blob(train.ref.repository, data["config"]["digest"]))
+    assert config["train"] == {"id": train.spec.id, "digest": train.ref.digest}
+    assert config["previous"] is None
+    # Sequential, not last: only the next station can read it.
+    assert config["recipients"] == [parties["station-b"].age.recipient]
+    sig = client.get_manifest(train.ref.repository, signature_tag(sealed.digest))
+    assert len(sig.layers) == 1
+
+
+def test_valid_chain_and_fetch(new_train: Any, client: Any, parties: Any, tmp_path: Path) -> None:
+    train = new_train()
+    r0 = _seal(client, train, parties, 0, None, _output(tmp_path / "o0", "a"))
+    r1 = _seal(client, train, parties, 1, r0.digest, _output(tmp_path / "o1", "b"))
+    r2 = _seal(client, train, parties, 2, r1.digest, _output(tmp_path / "o2", "c"))
+    accepted = verify_chain(client, train.ref, train.spec)
+    assert [a.digest for a in accepted] == [r0.digest, r1.digest, r2.digest]
+    assert [a.station for a in accepted] == list(STATIONS)
+    placed = fetch_results(client, train.ref, train.spec, parties["alice"].age, tmp_path / "got")
+    # visibility "final": alice reads only the last hop.
+    assert [p.name for _, p in placed] == ["2-station-c"]
+    assert json.loads((tmp_path / "got" / "2-station-c" / "result.json").read_text()) == {
+        "text": "c"
+    }
+
+
+# --- rejections ------------------------------------------------------------------------------
+
+
+def _copy_artifact(client: Any, digest: str, src: str, dst: str, tag: str) -> None:
+    """Copy a manifest and its blobs (mounted, not re-uploaded) under ``tag`` in ``dst``."""
+    manifest = client.get_manifest(src, digest)
+    for d in [manifest.config, *manifest.layers]:
+        assert client.mount_blob(dst, d.digest, src)
+    client.put_manifest(dst, tag, manifest.raw, manifest.media_type)
+
+
+def test_result_of_another_train_is_rejected(
+    new_train: Any, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    mine, other = new_train(), new_train()
+    foreign = _seal(client, other, parties, 0, None, _output(tmp_path / "o"))
+    repo = mine.ref.repository
+    _copy_artifact(client, foreign.digest, other.ref.repository, repo, "result-0")
+    sig = signature_tag(foreign.digest)
+    sig_digest = client.resolve(other.ref.repository, sig)
+    _copy_artifact(client, sig_digest, other.ref.repository, repo, sig)
+    with pytest.raises(ChainError, match="for another train: its subject is") as info:
+        verify_chain(client, mine.ref, mine.spec, upto=1)
+    assert (info.value.hop, info.value.station) == (0, "station-a")
+    assert info.value.digest == foreign.digest
+
+
+def test_result_config_naming_another_train_is_rejected(
+    new_train: Any, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    train = new_train()
+    impostor = dataclasses.replace(train.spec, id="0c4f5a0e-6a53-4c4b-9a0e-1f8a3c2b9d7e")
+    _seal(client, train, parties, 0, None, _output(tmp_path / "o"), spec=impostor)
+    with pytest.raises(ChainError, match="config names another train") as info:
+        verify_chain(client, train.ref, train.spec, upto=1)
+    assert info.value.check == "chain"
+
+
+def test_wrong_hop_is_rejected(new_train: Any, client: Any, parties: Any, tmp_path: Path) -> None:
+    train = new_train()
+    r0 = _seal(client, train, parties, 0, None, _output(tmp_path / "o"))
+    # Hop 0's result re-tagged as hop 1's.
+    manifest = client.get_manifest(train.ref.repository, r0.digest)
+    client.put_manifest(train.ref.repository, "result-1", manifest.raw, OCI_MANIFEST)
+    with pytest.raises(ChainError, match="is for hop 0, not hop 1") as info:
+        verify_chain(client, train.ref, train.spec, upto=2)
+    assert (info.value.hop, info.value.station) == (1, "station-b")
+
+
+def test_wrong_station_is_rejected(
+    new_train: Any, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    train = new_train()
+    r0 = _seal(client, train, parties, 0, None, _output(tmp_path / "o0"))
+    route = list(train.spec.route)
+    route[1] = dataclasses.replace(route[1], station="station-x")
+    renamed = dataclasses.replace(train.spec, route=tuple(route))
+    _seal(client, train, parties, 1, r0.digest, _output(tmp_path / "o1"), spec=renamed)
+    with pytest.raises(ChainError, match="names station 'station-x', not 'station-b'"):
+        verify_chain(client, train.ref, train.spec, upto=2)
+
+
+def test_signature_by_a_key_not_on_the_route_is_rejected(
+    new_train: Any, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    train = new_train()
+    _seal(client, train, parties, 0, None, _output(tmp_path / "o"), key="mallory")
+    with pytest.raises(ChainError, match="not signed by station-a's key") as info:
+        verify_chain(client, train.ref, train.spec, upto=1)
+    assert info.value.key_id == parties["station-a"].key.key_id
+
+
+def test_broken_previous_link_is_rejected(
+    new_train: Any, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    train = new_train()
+    _seal(client, train, parties, 0, None, _output(tmp_path / "o0"))
+    wrong = "sha256:" + "0" * 64
+    _seal(client, train, parties, 1, wrong, _output(tmp_path / "o1"))
+    with pytest.raises(ChainError, match="previous link is") as info:
+        verify_chain(client, train.ref, train.spec, upto=2)
+    assert info.value.hop == 1
+
+
+def test_two_valid_results_for_one_hop_are_rejected(
+    new_train: Any, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    train = new_train()
+    first = _seal(client, train, parties, 0, None, _output(tmp_path / "o"),
+                  created="2026-01-01T00:00:00Z")  # fmt: skip
+    raw = client.get_manifest(train.ref.repository, first.digest).raw
+    client.put_manifest(train.ref.repository, "result-0-first", raw, OCI_MANIFEST)
+    second = _seal(client, train, parties, 0, None, _output(tmp_path / "o2", "other"))
+    assert second.digest != first.digest
+    with pytest.raises(ChainError, match="2 valid results for one hop") as info:
+        verify_chain(client, train.ref, train.spec, upto=1)
+    assert info.value.station == "station-a"
+
+
+def test_altered_blob_bytes_are_rejected_and_nothing_is_written(
+    new_train: Any, client: Any, parties: Any, tmp_path: Path, registry: Any
+) -> None:
+    train = new_train()
+    r0 = _seal(client, train, parties, 0, None, _output(tmp_path / "o0"))
+    r1 = _seal(client, train, parties, 1, r0.digest, _output(tmp_path / "o1"))
+    sealed = _seal(client, train, parties, 2, r1.digest, _output(tmp_path / "o2"))
+    hexdigest = sealed.layer.digest.split(":", 1)[1]
+    data = registry.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+    blob = bytearray(data.read_bytes())
+    blob[-20] ^= 0xFF
+    data.write_bytes(bytes(blob))
+    dest = tmp_path / "opened"
+    with pytest.raises(DigestMismatchError, match="altered in storage or in transit") as info:
+        open_result(client, sealed, parties["alice"].age, dest)
+    assert sealed.layer.digest in str(info.value)
+    assert not dest.exists()
+    out = tmp_path / "fetched"
+    with pytest.raises(DigestMismatchError):
+        fetch_results(client, train.ref, train.spec, parties["alice"].age, out)
+    assert not out.exists()
+    assert not any(p.name.startswith(".fetched") for p in tmp_path.iterdir())
