@@ -1,0 +1,187 @@
+"""The researcher's and reviewer's workflow through the `pht` command line, end to end.
+
+Real engine (the image is built from `pht train init`'s starter on `pht-local/python:3.11`),
+real registry. The stations' part is played by :func:`pht_airflow.sealing.seal` with the
+stations' keys, which is exactly what a station's execute step calls.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from conftest import PASSPHRASE
+
+from pht_airflow.cli import main
+from pht_airflow.oci import Reference, RegistryClient
+from pht_airflow.sealing import seal
+from pht_airflow.spec import read_spec
+
+pytestmark = [pytest.mark.registry, pytest.mark.docker]
+
+
+def _run(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def workspace(
+    tmp_path_factory: pytest.TempPathFactory, key_files: dict[str, Path], parties: Any
+) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("researcher")
+    reviewer = root / "reviewer.key"
+    reviewer.write_bytes(parties["reviewer"].key.private_pem(PASSPHRASE))
+    (root / "reviewer.pub").write_text(parties["reviewer"].public.pem)
+    lines = ["stations:"]
+    for s in ("station-a", "station-b"):
+        (root / f"{s}.pub").write_text(parties[s].public.pem)
+        lines += [f"  {s}:", f"    key: {s}.pub", f"    recipient: {parties[s].age.recipient}"]
+    (root / "stations.yaml").write_text("\n".join(lines) + "\n")
+    return {"root": root, "reviewer": reviewer, "reviewer_pub": root / "reviewer.pub"}
+
+
+@pytest.fixture(scope="module")
+def built(
+    workspace: dict[str, Path], key_files: dict[str, Path], registry: Any, docker_client: Any
+) -> dict[str, Any]:
+    folder = workspace["root"] / "analysis"
+    result = _run("train", "init", str(folder))
+    assert result.exit_code == 0, result.output
+    assert (folder / "Dockerfile").read_text().startswith("# A PHT train")
+    assert "FROM pht-local/python:3.11" in (folder / "Dockerfile").read_text()
+    result = _run(
+        "train", "build", str(folder), "--route", "station-a,station-b",
+        "--mode", "sequential", "--dataset", "cohort",
+        "--creator-key", str(key_files["key"]),
+        "--stations", str(workspace["root"] / "stations.yaml"),
+        "--push", f"{registry.host}/pht-incoming", "--expires", "7d",
+        "--passphrase-file", str(key_files["passphrase"]), "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    info["pinned"] = f"{info['reference'].rsplit(':', 1)[0]}@{info['digest']}"
+    return info
+
+
+def test_build_pushes_a_signed_train_with_the_route_keys(
+    built: dict[str, Any], key_files: dict[str, Path], registry: Any, parties: Any
+) -> None:
+    ref = Reference.parse(built["pinned"])
+    assert ref.repository == f"pht-incoming/{built['id']}"
+    with RegistryClient(registry.host) as client:
+        spec, digest = read_spec(client, ref)
+    assert digest == built["digest"]
+    assert [r.station for r in spec.route] == ["station-a", "station-b"]
+    assert spec.route[0].key_id == parties["station-a"].key.key_id
+    assert spec.creator.recipient == key_files["age_pub"].read_text().strip()
+    assert (spec.expires - spec.created).days == 7
+    result = _run("verify", built["pinned"], "--key", str(key_files["pub"]), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["signers"][0]["role"] == "creator"
+
+
+def test_approve_shows_the_train_then_signs(
+    built: dict[str, Any], workspace: dict[str, Path], key_files: dict[str, Path]
+) -> None:
+    result = _run(
+        "train", "approve", built["pinned"], "--key", str(workspace["reviewer"]), "--yes",
+        "--max-files", "500", "--passphrase-file", str(key_files["passphrase"]),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "build history" in result.output
+    assert "opt/train/analysis.py" in result.output
+    assert "approved" in result.output
+    result = _run(
+        "train", "status", built["pinned"], "--key", str(key_files["pub"]),
+        "--key", str(workspace["reviewer_pub"]), "--json",
+    )  # fmt: skip
+    body = json.loads(result.stdout)
+    assert sorted(s["role"] for s in body["signers"]) == ["approver", "creator"]
+
+
+def test_approve_declined_adds_nothing(
+    built: dict[str, Any], workspace: dict[str, Path], key_files: dict[str, Path]
+) -> None:
+    before = _run("verify", built["pinned"], "--key", str(workspace["reviewer_pub"]), "--json")
+    result = CliRunner().invoke(
+        main,
+        ["train", "approve", built["pinned"], "--key", str(workspace["reviewer"]),
+         "--no-files", "--passphrase-file", str(key_files["passphrase"])],
+        input="n\n",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    after = _run("verify", built["pinned"], "--key", str(workspace["reviewer_pub"]), "--json")
+    assert before.output == after.output
+
+
+def test_status_fetch_and_tampering(
+    built: dict[str, Any],
+    key_files: dict[str, Path],
+    registry: Any,
+    parties: Any,
+    tmp_path: Path,
+) -> None:
+    ref = Reference.parse(built["pinned"])
+    with RegistryClient(registry.host) as client:
+        spec, _ = read_spec(client, ref)
+        manifest = client.get_manifest(ref.repository, ref.digest)
+        digests: list[str] = []
+        for hop, station in enumerate(("station-a", "station-b")):
+            out = tmp_path / f"out{hop}"
+            (out / "tables").mkdir(parents=True)
+            (out / "tables" / "counts.csv").write_text(f"hop,{hop}\n")
+            sealed = seal(
+                client, ref, manifest, spec, hop=hop, output_dir=out,
+                key=parties[station].key, previous=digests[-1] if digests else None,
+            )  # fmt: skip
+            digests.append(sealed.digest)
+
+    result = _run("train", "status", built["pinned"], "--key", str(key_files["pub"]), "--json")
+    hops = json.loads(result.stdout)["hops"]
+    assert [(h["state"], h["digest"]) for h in hops] == [("accepted", d) for d in digests]
+
+    dest = tmp_path / "fetched"
+    result = _run(
+        "results", "fetch", built["pinned"], "--identity", str(key_files["age"]),
+        "--out", str(dest), "--passphrase-file", str(key_files["passphrase"]),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # visibility "final": only the last hop is addressed to the researcher.
+    assert sorted(p.name for p in dest.iterdir()) == ["1-station-b"]
+    assert (dest / "1-station-b" / "tables" / "counts.csv").read_text() == "hop,1\n"
+
+    # Someone replaces hop 1's result with one signed by a key that is not on the route.
+    with RegistryClient(registry.host) as client:
+        out = tmp_path / "forged"
+        (out).mkdir()
+        (out / "counts.csv").write_text("hop,999\n")
+        seal(client, ref, manifest, spec, hop=1, output_dir=out,
+             key=parties["mallory"].key, previous=digests[0])  # fmt: skip
+    dest = tmp_path / "fetched-again"
+    result = _run(
+        "results", "fetch", built["pinned"], "--identity", str(key_files["age"]),
+        "--out", str(dest), "--passphrase-file", str(key_files["passphrase"]),
+    )  # fmt: skip
+    assert result.exit_code == 3
+    assert "hop 1 (station-b)" in result.output
+    assert "not signed by station-b's key" in result.output
+    assert not dest.exists()
+    result = _run("train", "status", built["pinned"], "--json")
+    assert [h["state"] for h in json.loads(result.stdout)["hops"]] == ["accepted", "rejected"]
+
+
+def test_fetch_with_a_creator_key_that_did_not_sign(
+    built: dict[str, Any], key_files: dict[str, Path], workspace: dict[str, Path], tmp_path: Path
+) -> None:
+    dest = tmp_path / "nothing"
+    result = _run(
+        "results", "fetch", built["pinned"], "--identity", str(key_files["age"]),
+        "--key", str(workspace["root"] / "station-a.pub"), "--out", str(dest),
+        "--passphrase-file", str(key_files["passphrase"]),
+    )  # fmt: skip
+    assert result.exit_code == 3
+    assert "signature" in result.output
+    assert not dest.exists()
