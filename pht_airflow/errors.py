@@ -156,6 +156,48 @@ class SignatureDigestMismatchError(VerificationError):
     check = "signature-digest"
 
 
+class InvalidSpecError(VerificationError):
+    """The train's spec label is missing or invalid (the station refuses it before anything)."""
+
+    check = "spec"
+
+
+class UntrustedCreatorError(VerificationError):
+    """No signature by a key in the station's ``trusted_creators`` (matching the spec's creator)."""
+
+    check = "creator"
+
+
+class TooFewApprovalsError(VerificationError):
+    """Fewer than ``required_approvals`` signatures by distinct keys in ``trusted_approvers``."""
+
+    check = "approvals"
+
+
+class NotOnRouteError(VerificationError):
+    """This station does not appear (exactly once) on the train's route."""
+
+    check = "route"
+
+
+class RouteKeyMismatchError(VerificationError):
+    """The route entry for this station carries another public key than the station's own."""
+
+    check = "route-key"
+
+
+class ExpiredError(VerificationError):
+    """The train's ``expires`` time has passed."""
+
+    check = "expired"
+
+
+class AlreadyDoneError(VerificationError):
+    """This station already completed this train digest (its audit log says so)."""
+
+    check = "already-done"
+
+
 class ChainError(VerificationError):
     """A result in a train's chain is missing, ambiguous, or does not link to its predecessor.
 
@@ -192,3 +234,19 @@ class UnsafeArchiveError(PhtError):
 
 class PolicyError(PhtError):
     """A station policy refuses the action (approval missing, output over the size cap, …)."""
+
+
+# --- audit -------------------------------------------------------------------------------
+
+
+class AuditLogError(PhtError):
+    """The station's audit log is damaged or was tampered with, or cannot be appended to.
+
+    ``line`` is the 1-based line the problem was found on (``None`` when it concerns the whole
+    file or its head file); ``path`` is the log. The message says what is wrong in one line.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        super().__init__(f"{path}: {message}" if path else message)

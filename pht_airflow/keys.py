@@ -240,7 +240,12 @@ def load_public_key(path: Path | str) -> PublicKey:
 
 def load_signing_key(path: Path | str, passphrase: bytes | None) -> SigningKey:
     """Load ``NAME.key`` (encrypted PKCS#8 PEM) with its passphrase."""
-    data = _read(path)
+    return signing_key_from_pem(_read(path), passphrase, str(path))
+
+
+def signing_key_from_pem(data: bytes, passphrase: bytes | None, source: str) -> SigningKey:
+    """Parse an (encrypted) PKCS#8 PEM signing key; ``source`` names it in messages."""
+    path = source
     if _kind(data) != "private":
         raise _wrong_kind(path, data, "a signing private key (NAME.key)")
     encrypted = data.lstrip().startswith(_PRIVATE_PEMS[0]) or b"ENCRYPTED" in data[:200]
@@ -278,7 +283,12 @@ def _parse_age_secret(text: str, source: str) -> AgeIdentity:
 
 def load_age_identity(path: Path | str, passphrase: bytes | None) -> AgeIdentity:
     """Load ``NAME.age``: a passphrase-protected (or plain) age X25519 identity file."""
-    data = _read(path)
+    return age_identity_from_bytes(_read(path), passphrase, str(path))
+
+
+def age_identity_from_bytes(data: bytes, passphrase: bytes | None, source: str) -> AgeIdentity:
+    """Parse an age identity (plain or passphrase-protected); ``source`` names it."""
+    path = source
     kind = _kind(data)
     if kind == "age-identity":
         return _parse_age_secret(data.decode("ascii", "replace"), str(path))
