@@ -186,6 +186,8 @@ def _read(path: Path | str) -> bytes:
 
 def _kind(data: bytes) -> str:
     head = data.lstrip()
+    while head.startswith(b"#"):  # age-keygen writes "# created: …" lines before the key
+        head = head.partition(b"\n")[2].lstrip()
     if head.startswith(_PUBLIC_PEM):
         return "public"
     if any(head.startswith(p) for p in _PRIVATE_PEMS):
@@ -274,7 +276,7 @@ def _parse_age_secret(text: str, source: str) -> AgeIdentity:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     secrets = [ln for ln in lines if ln.startswith("AGE-SECRET-KEY-1")]
     if len(secrets) != 1:
-        raise KeyFileError(f"{source}: expected exactly one AGE-SECRET-KEY-1 line")
+        raise KeyFileError(f"{source}: expected exactly one age secret key line")
     try:
         return AgeIdentity(x25519.Identity.from_str(secrets[0]), source)
     except Exception:  # noqa: BLE001 - pyrage raises its own types; never echo the key
@@ -306,7 +308,9 @@ def age_identity_from_bytes(data: bytes, passphrase: bytes | None, source: str) 
     except UnicodeDecodeError:
         raise PassphraseError(f"{path}: the passphrase is not valid UTF-8") from None
     except Exception as exc:  # noqa: BLE001 - pyrage.DecryptError and friends
-        if "passphrase" in str(exc).lower() or "decrypt" in str(exc).lower():
+        # age says "Decryption failed" when the passphrase does not open the header; a cut
+        # or altered file gives other messages ("Incomplete header", "decryption error").
+        if "decryption failed" in str(exc).lower():
             raise PassphraseError(f"{path}: wrong passphrase for this age identity") from None
         raise KeyFileError(f"{path}: the age identity file is truncated or corrupt") from None
     return _parse_age_secret(plain.decode("ascii", "replace"), str(path))
@@ -315,6 +319,8 @@ def age_identity_from_bytes(data: bytes, passphrase: bytes | None, source: str) 
 def validate_recipient(text: str, source: str = "recipient") -> str:
     """Check an ``age1…`` X25519 recipient string; return it stripped."""
     value = text.strip() if isinstance(text, str) else ""
+    if value.upper().startswith("AGE-SECRET-KEY-"):  # never echo any part of a secret
+        raise KeyFileError(f"{source}: this is an age secret key, not a recipient (age1…)")
     if not value.startswith("age1"):
         raise KeyFileError(f"{source}: {value[:20]!r} is not an age recipient (age1…)")
     try:
@@ -331,7 +337,9 @@ def load_recipient(path: Path | str) -> str:
     data = _read(path)
     if _kind(data) != "age-recipient":
         raise _wrong_kind(path, data, "an age recipient (NAME.age.pub)")
-    return validate_recipient(data.decode("ascii", "replace").strip().splitlines()[0], str(path))
+    lines = [ln for ln in data.decode("ascii", "replace").split("\n") if ln.strip()]
+    first = next(ln for ln in lines if not ln.lstrip().startswith("#"))
+    return validate_recipient(first, str(path))
 
 
 def describe_key_file(path: Path | str, passphrase: bytes | None = None) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""The station side of a hop: configuration, the hop steps and the audit log."""
