@@ -175,14 +175,12 @@ def keys_generate(name: str, out_dir: Path, passphrase_file: Path | None) -> Non
     paths = generate_keypair(name, out_dir, passphrase)
     public = load_public_key(paths["pub"])
     recipient = paths["age_pub"].read_text().strip()
-    table = Table(title=f"keys for {name}", title_justify="left", show_header=False)
-    table.add_column()
-    table.add_column()
+    # Plain lines, not a table: a table cut the key id to the width of a non-terminal.
+    out.print(f"keys for {name}", markup=False)
     for label, path in paths.items():
-        table.add_row(label, str(path))
-    table.add_row("key id", public.key_id)
-    table.add_row("recipient", recipient)
-    out.print(table)
+        out.print(f"{label}: {path}", markup=False)
+    out.print(f"key id: {public.key_id}", markup=False)
+    out.print(f"recipient: {recipient}", markup=False)
 
 
 @keys.command("show")
