@@ -250,3 +250,75 @@ class AuditLogError(PhtError):
         self.path = path
         self.line = line
         super().__init__(f"{path}: {message}" if path else message)
+
+
+# --- sandbox -----------------------------------------------------------------------------
+
+
+class SandboxError(PhtError):
+    """A train container could not be run, or was stopped for breaking one of its limits.
+
+    ``image`` is the train image reference. Messages name the image, the limit and the
+    measured value; they never contain the train's output or log.
+    """
+
+    def __init__(self, message: str, *, image: str | None = None) -> None:
+        self.image = image
+        super().__init__(message)
+
+
+class TrainExitError(SandboxError):
+    """The train exited with a non-zero code (``exit_code``); the hop fails, nothing is sealed."""
+
+    def __init__(self, message: str, *, image: str | None = None, exit_code: int) -> None:
+        self.exit_code = exit_code
+        super().__init__(message, image=image)
+
+
+class TrainTimeoutError(SandboxError):
+    """The train ran longer than its wall-time limit and was killed."""
+
+    def __init__(
+        self, message: str, *, image: str | None = None, limit_seconds: float, elapsed: float
+    ) -> None:
+        self.limit_seconds = limit_seconds
+        self.elapsed = elapsed
+        super().__init__(message, image=image)
+
+
+class TrainOOMError(SandboxError):
+    """The kernel killed the train for exceeding its memory limit (``limit_bytes``)."""
+
+    def __init__(self, message: str, *, image: str | None = None, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        super().__init__(message, image=image)
+
+
+class OutputTooLargeError(SandboxError, PolicyError):
+    """The train's output folder grew over the station's output cap (checked while it runs)."""
+
+    def __init__(
+        self, message: str, *, image: str | None = None, limit_bytes: int, measured_bytes: int
+    ) -> None:
+        self.limit_bytes = limit_bytes
+        self.measured_bytes = measured_bytes
+        super().__init__(message, image=image)
+
+
+# --- webhooks ----------------------------------------------------------------------------
+
+
+class WebhookError(PhtError):
+    """A registry webhook request is unacceptable; ``status`` is the HTTP status to answer.
+
+    400: not JSON; 413: body over the size limit; 415: unsupported content type; 422: JSON of
+    the wrong shape or with an invalid field. The message names the field, as in
+    ``events[2].target.digest: …``, and never quotes the request's secrets. ``where`` is that
+    field path alone (safe to log: it holds nothing from the body), ``reason`` the rest.
+    """
+
+    def __init__(self, message: str, *, status: int = 400, where: str | None = None) -> None:
+        self.status = status
+        self.where = where
+        self.reason = message
+        super().__init__(f"{where}: {message}" if where else message)

@@ -1,0 +1,1 @@
+"""Airflow shells around the library: operators and the webhook plugin."""

@@ -1,0 +1,499 @@
+"""The station's configuration file (``PHT_STATION_CONFIG``), validated at load.
+
+Every problem is reported at once, each with the file and line it comes from. Secrets are
+never in the file itself: the file says where to find them (a file path, an environment
+variable, or an Airflow Variable, which a secrets backend such as HashiCorp Vault can
+serve), and they are read only when a task needs them. See ``config/station.example.yaml``
+for every field with its meaning.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError, KeyFileError
+from ..keys import (
+    AgeIdentity,
+    PublicKey,
+    SigningKey,
+    age_identity_from_bytes,
+    public_key_from_pem,
+    signing_key_from_pem,
+)
+from ..oci.reference import check_registry, check_repository
+from ..sandbox import Limits
+
+CONFIG_ENV = "PHT_STATION_CONFIG"
+_STATION_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?", re.IGNORECASE)
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_IUNITS = {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(text: Any) -> int:
+    """``"2GiB"``, ``"512MiB"``, ``"1G"``, ``1048576`` → bytes."""
+    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
+        return text
+    m = _SIZE_RE.fullmatch(str(text).strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a size like 512MiB or 2GiB")
+    number, unit = float(m.group(1)), (m.group(2) or "").lower().rstrip("b")
+    factor = _IUNITS.get(unit) or _UNITS.get(unit)
+    if factor is None or number <= 0:
+        raise ValueError(f"{text!r} is not a size like 512MiB or 2GiB")
+    return int(number * factor)
+
+
+def parse_seconds(text: Any) -> float:
+    """``"90s"``, ``"30m"``, ``"2h"``, ``3600`` → seconds."""
+    if isinstance(text, int | float) and not isinstance(text, bool) and text > 0:
+        return float(text)
+    m = _DURATION_RE.fullmatch(str(text).strip())
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a duration like 90s, 30m or 2h")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+
+
+# --- secret references ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret lives: ``file``, ``env`` or ``variable`` (an Airflow Variable)."""
+
+    kind: str
+    name: str
+    where: str  # file:line, for messages
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name!r}"
+
+    def read_bytes(self) -> bytes:
+        """The secret's bytes. Errors name the reference, never the value."""
+        if self.kind == "file":
+            try:
+                return Path(self.name).read_bytes()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{self.where}: cannot read secret file {self.name} ({exc.strerror})"
+                ) from None
+        if self.kind == "env":
+            value = os.environ.get(self.name)
+            if not value:
+                raise ConfigError(f"{self.where}: environment variable {self.name} is not set")
+            return value.encode()
+        try:
+            from airflow.sdk import Variable
+        except ImportError:  # pragma: no cover - only without the station extra
+            raise ConfigError(
+                f"{self.where}: Airflow Variables need the station extra (apache-airflow)"
+            ) from None
+        try:
+            value = Variable.get(self.name)
+        except Exception:  # noqa: BLE001 - Airflow raises several types for a missing one
+            raise ConfigError(f"{self.where}: Airflow Variable {self.name!r} is not set") from None
+        return str(value).encode()
+
+    def read_text(self) -> str:
+        """The secret as text, without a trailing newline."""
+        return self.read_bytes().decode("utf-8").rstrip("\r\n")
+
+
+# --- the config -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """Where the station's project lives and how to log in."""
+
+    host: str
+    project: str
+    connection_id: str | None = None
+    username: str | None = None
+    password: SecretRef | None = None
+    insecure: bool = False
+
+    def credentials(self) -> tuple[str | None, str | None]:
+        """(username, password) from the Airflow Connection or the file's references."""
+        if self.connection_id:
+            try:
+                from airflow.sdk import BaseHook
+            except ImportError:  # pragma: no cover
+                raise ConfigError(
+                    "registry.connection_id needs Airflow (the station extra)"
+                ) from None
+            try:
+                conn = BaseHook.get_connection(self.connection_id)
+            except Exception:  # noqa: BLE001 - Airflow raises its own not-found types
+                raise ConfigError(
+                    f"Airflow Connection {self.connection_id!r} (registry.connection_id) is not set"
+                ) from None
+            return conn.login or None, conn.password or None
+        password = self.password.read_text() if self.password else None
+        return self.username, password
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    """Keys this station trusts, and how many approvals it wants."""
+
+    creators: tuple[PublicKey, ...]
+    approvers: tuple[PublicKey, ...]
+    required_approvals: int
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Whether a person must approve a run, and release its output."""
+
+    require_approval: bool = True
+    require_release_approval: bool = False
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    """A validated station configuration. Load it with :func:`load_config`."""
+
+    source: Path
+    station_id: str
+    signing_key: SecretRef
+    signing_passphrase: SecretRef | None
+    age_identity: SecretRef
+    age_passphrase: SecretRef | None
+    public_key: PublicKey
+    registry: RegistrySettings
+    trust: TrustStore
+    datasets: Mapping[str, Path]
+    limits: Limits
+    policy: Policy
+    audit_log: Path
+    work_dir: Path
+    webhook_secret: SecretRef | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def load_signing_key(self) -> SigningKey:
+        """The station's private signing key (read now; never cached on disk or logged)."""
+        passphrase = (
+            self.signing_passphrase.read_text().encode() if self.signing_passphrase else None
+        )
+        key = signing_key_from_pem(
+            self.signing_key.read_bytes(),
+            passphrase,
+            f"station signing key ({self.signing_key.describe()})",
+        )
+        if key.key_id != self.public_key.key_id:
+            raise KeyFileError(
+                f"the station signing key ({self.signing_key.describe()}) does not belong to "
+                f"keys.public_key ({self.public_key.key_id})"
+            )
+        return key
+
+    def load_age_identity(self) -> AgeIdentity:
+        """The station's age identity (read now)."""
+        passphrase = self.age_passphrase.read_text().encode() if self.age_passphrase else None
+        return age_identity_from_bytes(
+            self.age_identity.read_bytes(),
+            passphrase,
+            f"station age identity ({self.age_identity.describe()})",
+        )
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that remembers the line of every mapping key."""
+
+
+def _load_with_lines(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+    def walk(n: yaml.Node, path: tuple[str, ...]) -> None:
+        lines[path] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = str(k.value)
+                lines[(*path, key)] = k.start_mark.line + 1
+                walk(v, (*path, key))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, v in enumerate(n.value):
+                walk(v, (*path, str(i)))
+
+    if node is not None:
+        walk(node, ())
+    data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
+    return data, lines
+
+
+_SCHEMA: dict[str, Any] = {
+    "station": {"id": None},
+    "keys": {
+        "public_key": None,
+        "signing_key": None,
+        "signing_passphrase": None,
+        "age_identity": None,
+        "age_passphrase": None,
+    },
+    "registry": {
+        "host": None,
+        "project": None,
+        "connection_id": None,
+        "username": None,
+        "password": None,
+        "insecure": None,
+    },
+    "trust": {"trusted_creators": None, "trusted_approvers": None, "required_approvals": None},
+    "datasets": "*",
+    "sandbox": {
+        "memory": None,
+        "cpus": None,
+        "pids": None,
+        "wall_time": None,
+        "output_bytes": None,
+        "tmp_bytes": None,
+        "user": None,
+    },
+    "policy": {"require_approval": None, "require_release_approval": None},
+    "audit_log": None,
+    "work_dir": None,
+    "webhook": {"secret": None},
+}
+
+
+def load_config(path: Path | str | None = None) -> StationConfig:
+    """Load and validate the station config from ``path`` or ``$PHT_STATION_CONFIG``."""
+    if path is None:
+        env = os.environ.get(CONFIG_ENV)
+        if not env:
+            raise ConfigError(f"no station config: set {CONFIG_ENV} to the YAML file's path")
+        path = env
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the station config {source}: {exc.strerror}") from None
+    data, lines = _load_with_lines(text, str(source))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    problems: list[str] = []
+    base = source.resolve().parent
+
+    def at(*path: str) -> str:
+        for n in range(len(path), -1, -1):
+            if path[:n] in lines:
+                return f"{source}:{lines[path[:n]]}"
+        return str(source)
+
+    def problem(path: tuple[str, ...], text: str) -> None:
+        problems.append(f"{at(*path)}: {'.'.join(path)}: {text}")
+
+    def check_unknown(mapping: Any, schema: Any, path: tuple[str, ...]) -> None:
+        if schema == "*" or schema is None or not isinstance(mapping, dict):
+            return
+        for key in mapping:
+            if key not in schema:
+                problem((*path, str(key)), f"unknown field (expected one of {', '.join(schema)})")
+            else:
+                check_unknown(mapping[key], schema[key], (*path, str(key)))
+
+    check_unknown(data, _SCHEMA, ())
+
+    def section(name: str) -> dict[str, Any]:
+        value = data.get(name)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            problem((name,), "must be a mapping")
+            return {}
+        return value
+
+    def resolve_path(value: Any, path: tuple[str, ...]) -> Path | None:
+        if not isinstance(value, str) or not value:
+            problem(path, "must be a path")
+            return None
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else base / p
+
+    def secret(value: Any, path: tuple[str, ...], required: bool = True) -> SecretRef | None:
+        if value is None:
+            if required:
+                problem(path, "missing (give file:, env: or variable:)")
+            return None
+        if not isinstance(value, dict) or len(value) != 1:
+            problem(path, "must be one of {file: PATH}, {env: NAME}, {variable: NAME}")
+            return None
+        kind, name = next(iter(value.items()))
+        if kind not in ("file", "env", "variable") or not isinstance(name, str) or not name:
+            problem(path, "must be one of {file: PATH}, {env: NAME}, {variable: NAME}")
+            return None
+        if kind == "file":
+            resolved = resolve_path(name, (*path, "file"))
+            if resolved is None:
+                return None
+            if not resolved.is_file():
+                problem((*path, "file"), f"no such file: {resolved}")
+            name = str(resolved)
+        return SecretRef(kind, name, at(*path))
+
+    def public_key(value: Any, path: tuple[str, ...]) -> PublicKey | None:
+        if not isinstance(value, str) or not value.strip():
+            problem(path, "must be a public key file path or PEM text")
+            return None
+        try:
+            if value.lstrip().startswith("-----BEGIN"):
+                return public_key_from_pem(value, at(*path))
+            resolved = resolve_path(value, path)
+            if resolved is None:
+                return None
+            from ..keys import load_public_key
+
+            return load_public_key(resolved)
+        except KeyFileError as exc:
+            problem(path, str(exc))
+            return None
+
+    station = section("station")
+    station_id = station.get("id")
+    if not isinstance(station_id, str) or not _STATION_RE.fullmatch(station_id):
+        problem(("station", "id"), "must be a station id (lowercase letters, digits, '-')")
+        station_id = ""
+
+    keys = section("keys")
+    own_key = public_key(keys.get("public_key"), ("keys", "public_key"))
+    signing = secret(keys.get("signing_key"), ("keys", "signing_key"))
+    signing_pass = secret(keys.get("signing_passphrase"), ("keys", "signing_passphrase"), False)
+    age = secret(keys.get("age_identity"), ("keys", "age_identity"))
+    age_pass = secret(keys.get("age_passphrase"), ("keys", "age_passphrase"), False)
+
+    reg = section("registry")
+    host = reg.get("host")
+    try:
+        check_registry(str(host or ""))
+    except Exception as exc:  # noqa: BLE001 - InvalidReferenceError
+        problem(("registry", "host"), str(exc))
+    project = reg.get("project")
+    try:
+        check_repository(str(project or ""))
+    except Exception as exc:  # noqa: BLE001
+        problem(("registry", "project"), str(exc))
+    insecure = reg.get("insecure", False)
+    if not isinstance(insecure, bool):
+        problem(("registry", "insecure"), "must be true or false")
+    registry = RegistrySettings(
+        host=str(host or ""),
+        project=str(project or ""),
+        connection_id=reg.get("connection_id"),
+        username=reg.get("username"),
+        password=secret(reg.get("password"), ("registry", "password"), False),
+        insecure=bool(insecure),
+    )
+
+    trust = section("trust")
+    creators: list[PublicKey] = []
+    approvers: list[PublicKey] = []
+    for name, into in (("trusted_creators", creators), ("trusted_approvers", approvers)):
+        value = trust.get(name, [])
+        if not isinstance(value, list):
+            problem(("trust", name), "must be a list of public key files or PEM texts")
+            continue
+        for i, item in enumerate(value):
+            key = public_key(item, ("trust", name, str(i)))
+            if key is not None:
+                into.append(key)
+    if not creators:
+        problem(("trust", "trusted_creators"), "at least one trusted creator key is needed")
+    required = trust.get("required_approvals", 1)
+    if not isinstance(required, int) or isinstance(required, bool) or required < 0:
+        problem(("trust", "required_approvals"), "must be a whole number ≥ 0")
+        required = 1
+    elif required > len(approvers):
+        problem(
+            ("trust", "required_approvals"),
+            f"is {required} but only {len(approvers)} trusted approver key(s) are listed",
+        )
+
+    datasets: dict[str, Path] = {}
+    ds = data.get("datasets") or {}
+    if not isinstance(ds, dict) or not ds:
+        problem(("datasets",), "must map at least one data set name to a folder")
+        ds = {}
+    for name, folder in ds.items():
+        resolved = resolve_path(folder, ("datasets", str(name)))
+        if resolved is not None:
+            if not resolved.is_dir():
+                problem(("datasets", str(name)), f"no such folder: {resolved}")
+            datasets[str(name)] = resolved
+
+    sb = section("sandbox")
+    limit_args: dict[str, Any] = {}
+    for name_, arg, parse in (
+        ("memory", "memory_bytes", parse_size),
+        ("output_bytes", "output_bytes", parse_size),
+        ("tmp_bytes", "tmp_bytes", parse_size),
+        ("wall_time", "wall_seconds", parse_seconds),
+    ):
+        if name_ in sb:
+            try:
+                limit_args[arg] = parse(sb[name_])
+            except ValueError as exc:
+                problem(("sandbox", name_), str(exc))
+    for name_, typ in (("cpus", float), ("pids", int)):
+        if name_ in sb:
+            try:
+                limit_args[name_] = typ(sb[name_])
+            except (TypeError, ValueError):
+                problem(("sandbox", name_), "must be a number")
+    if "user" in sb:
+        limit_args["user"] = str(sb["user"])
+    try:
+        limits = Limits(**limit_args)
+    except (TypeError, ValueError) as exc:
+        problem(("sandbox",), str(exc))
+        limits = Limits()
+
+    pol = section("policy")
+    flags: dict[str, bool] = {}
+    for flag in ("require_approval", "require_release_approval"):
+        value = pol.get(flag, flag == "require_approval")
+        if not isinstance(value, bool):
+            problem(("policy", flag), "must be true or false")
+            value = True
+        flags[flag] = value
+
+    audit_log = resolve_path(data.get("audit_log", "audit.jsonl"), ("audit_log",))
+    work_dir = resolve_path(data.get("work_dir", "work"), ("work_dir",))
+    webhook = section("webhook")
+    webhook_secret = secret(webhook.get("secret"), ("webhook", "secret"), False)
+
+    if problems:
+        head = f"invalid station config {source} ({len(problems)} problem(s)):"
+        raise ConfigError("\n".join([head, *(f"  - {p}" for p in problems)]))
+    assert own_key and signing and age and audit_log and work_dir  # noqa: S101 - checked
+    return StationConfig(
+        source=source,
+        station_id=station_id,
+        signing_key=signing,
+        signing_passphrase=signing_pass,
+        age_identity=age,
+        age_passphrase=age_pass,
+        public_key=own_key,
+        registry=registry,
+        trust=TrustStore(tuple(creators), tuple(approvers), int(required)),
+        datasets=datasets,
+        limits=limits,
+        policy=Policy(**flags),
+        audit_log=audit_log,
+        work_dir=work_dir,
+        webhook_secret=webhook_secret,
+    )

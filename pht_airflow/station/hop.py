@@ -1,0 +1,346 @@
+"""A station's hop as plain Python: verify → approve? → execute → record.
+
+The same functions back the Airflow tasks (``pht_airflow.airflow.operators``) and
+``pht station run`` (for operators debugging a train without the scheduler). Each step
+returns a JSON-safe summary (no secrets, no data) that the next step takes as input, so an
+Airflow XCom never carries anything sensitive.
+
+``execute`` does decrypt-input, sandbox, release check, seal, push, sign and wipe in one
+call, so plaintext never crosses a task boundary. It is idempotent: if a valid result of
+this hop, signed by this station, is already in the registry (a retried task whose first
+attempt pushed before failing), it returns that result instead of running again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import PolicyError, RegistryError, VerificationError
+from ..oci import Reference, RegistryClient
+from ..sandbox import run_train
+from ..sealing import accept_hop, find_results, open_result, seal
+from ..verify import Trust, VerifiedTrain, verify_train
+from .audit import AuditLog, hop_record
+from .config import StationConfig
+
+log = logging.getLogger(__name__)
+
+Log = Callable[[str], None]
+
+
+def _say(logger: Log | None, message: str) -> None:
+    if logger is not None:
+        logger(message)
+    else:
+        log.info("%s", message)
+
+
+def registry_client(config: StationConfig) -> RegistryClient:
+    """A client for the station's registry with its credentials."""
+    username, password = config.registry.credentials()
+    return RegistryClient(
+        config.registry.host,
+        username=username,
+        password=password,
+        insecure=config.registry.insecure,
+    )
+
+
+def audit_log(config: StationConfig) -> AuditLog:
+    """The station's audit log."""
+    return AuditLog(config.audit_log)
+
+
+def parse_train_reference(config: StationConfig, text: str) -> Reference:
+    """Parse a train reference and check it is in this station's own project."""
+    ref = Reference.parse(text.strip())
+    if ref.registry != config.registry.host:
+        raise PolicyError(
+            f"{text} is not in this station's registry {config.registry.host}; "
+            "a station runs only trains copied into its own project"
+        )
+    if not ref.repository.startswith(config.registry.project + "/"):
+        raise PolicyError(
+            f"{text} is not in this station's project {config.registry.project!r}; "
+            "a station runs only trains copied into its own project"
+        )
+    return ref
+
+
+def _verify(
+    config: StationConfig,
+    client: RegistryClient,
+    ref: Reference,
+    *,
+    rerun: bool,
+    logger: Log | None,
+) -> VerifiedTrain:
+    audit = audit_log(config)
+    trust = Trust(
+        creators=config.trust.creators,
+        approvers=config.trust.approvers,
+        required_approvals=config.trust.required_approvals,
+    )
+    return verify_train(
+        client,
+        ref,
+        station_id=config.station_id,
+        station_key=config.public_key,
+        trust=trust,
+        already_done=lambda digest: audit.completed(digest, config.station_id),
+        rerun=rerun,
+        on_check=lambda check: _say(logger, f"check passed: {check}"),
+    )
+
+
+def verify_step(
+    config: StationConfig, reference: str, *, rerun: bool = False, logger: Log | None = None
+) -> dict[str, Any]:
+    """The Verify step. Returns the verified train's summary; raises a VerificationError."""
+    ref = parse_train_reference(config, reference)
+    with registry_client(config) as client:
+        verified = _verify(config, client, ref, rerun=rerun, logger=logger)
+    if verified.spec.dataset not in config.datasets:
+        raise PolicyError(
+            f"the train asks for data set {verified.spec.dataset!r}, which this station does "
+            f"not offer ({', '.join(sorted(config.datasets))})"
+        )
+    summary = verified.summary()
+    _say(logger, f"verified train {verified.spec.id} at hop {verified.hop}: {verified.digest}")
+    return summary
+
+
+def _existing_result(client: RegistryClient, verified: VerifiedTrain) -> dict[str, Any] | None:
+    """A valid result of this hop already pushed (by an earlier attempt), if any."""
+    candidates = find_results(client, verified.ref)
+    previous = verified.previous.digest if verified.previous else None
+    try:
+        found = accept_hop(client, verified.ref, verified.spec, candidates, verified.hop, previous)
+    except VerificationError:
+        return None
+    if found is None:
+        return None
+    return {
+        "result_digest": found.digest,
+        "result_reference": str(found.reference),
+        "recipients": found.recipients,
+        "reused": True,
+    }
+
+
+def _private_dir(root: Path, prefix: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+
+
+def _wipe(path: Path) -> None:
+    """Remove a temporary folder; files are unlinked (the sandbox made them as another uid)."""
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():  # pragma: no cover - only on a permission oddity
+        log.error("could not wipe %s", path)
+
+
+def execute_step(
+    config: StationConfig,
+    verified_summary: dict[str, Any],
+    *,
+    docker_client: Any = None,
+    logger: Log | None = None,
+) -> dict[str, Any]:
+    """Decrypt input, run the sandbox, check the release policy, seal, push, sign, wipe."""
+    import docker
+
+    ref = Reference.parse(verified_summary["reference"])
+    started = time.monotonic()
+    with registry_client(config) as client:
+        # Re-check at the pinned digest: the registry may have changed since Verify.
+        verified = _verify(config, client, ref, rerun=True, logger=None)
+        existing = _existing_result(client, verified)
+        if existing is not None:
+            _say(
+                logger, f"hop {verified.hop} already has a valid result {existing['result_digest']}"
+            )
+            return {**existing, "exit_code": 0, "duration_seconds": 0.0}
+        if config.policy.require_release_approval:
+            raise PolicyError(
+                "policy.require_release_approval is set, but release approval is not "
+                "supported by this version; unset it or approve releases out of band"
+            )
+        data_dir = config.datasets.get(verified.spec.dataset)
+        if data_dir is None:
+            raise PolicyError(f"data set {verified.spec.dataset!r} is not offered here")
+        engine = docker_client or docker.from_env(timeout=300)
+        image = f"{ref.registry}/{ref.repository}@{verified.digest}"
+        username, password = config.registry.credentials()
+        auth = {"username": username, "password": password} if username else None
+        _say(logger, f"pulling {image}")
+        try:
+            engine.images.pull(
+                f"{ref.registry}/{ref.repository}", tag=verified.digest, auth_config=auth
+            )
+        except docker.errors.APIError as exc:
+            raise RegistryError(
+                f"the Docker engine could not pull {image}: {exc.explanation}"
+            ) from None
+        work = _private_dir(config.work_dir, f"hop-{verified.spec.id}-")
+        os.chmod(work, 0o700)
+        try:
+            input_dir = work / "input"
+            if verified.previous is not None:
+                identity = config.load_age_identity()
+                _say(logger, f"decrypting the result of hop {verified.previous.hop}")
+                open_result(client, verified.previous, identity, input_dir)
+            else:
+                input_dir.mkdir()
+            output_dir = work / "output"
+            output_dir.mkdir()
+            env = {
+                "PHT_TRAIN_ID": verified.spec.id,
+                "PHT_STATION_ID": config.station_id,
+                "PHT_HOP": str(verified.hop),
+                "PHT_ROUTE_LENGTH": str(len(verified.spec.route)),
+                "PHT_DATASET": verified.spec.dataset,
+            }
+            outcome = run_train(
+                engine,
+                image,
+                data_dir=data_dir,
+                input_dir=input_dir,
+                output_dir=output_dir,
+                env=env,
+                limits=config.limits,
+                log=logger,
+                name=f"pht-{config.station_id}-{verified.spec.id[:8]}-{verified.hop}",
+            )
+            _say(logger, f"train exited 0 after {outcome.duration_seconds:.1f} s")
+            key = config.load_signing_key()
+            sealed = seal(
+                client,
+                verified.ref,
+                verified.manifest,
+                verified.spec,
+                hop=verified.hop,
+                output_dir=output_dir,
+                key=key,
+                previous=verified.previous.digest if verified.previous else None,
+            )
+        finally:
+            _wipe(work)
+    _say(logger, f"pushed result {sealed.digest} for {len(sealed.recipients)} recipient(s)")
+    return {
+        "result_digest": sealed.digest,
+        "result_reference": str(sealed.reference),
+        "recipients": sealed.recipients,
+        "plaintext_bytes": sealed.config["plaintext_bytes"],
+        "exit_code": outcome.exit_code,
+        "duration_seconds": round(time.monotonic() - started, 3),
+        "container_seconds": round(outcome.duration_seconds, 3),
+        "reused": False,
+    }
+
+
+def failure_summary(exc: BaseException) -> dict[str, Any]:
+    """What the audit log records about a failure (check, digest, key id, message)."""
+    message = re.sub(r"(?i)age-secret-key|private key", "[redacted]", str(exc))[:1000]
+    info: dict[str, Any] = {"error": type(exc).__name__, "message": message}
+    if isinstance(exc, VerificationError):
+        info.update(check=exc.check, digest=exc.digest, key_id=exc.key_id)
+    return info
+
+
+def record_step(
+    config: StationConfig,
+    *,
+    reference: str,
+    verified: dict[str, Any] | None,
+    executed: dict[str, Any] | None,
+    failure: dict[str, Any] | None,
+    approved_by: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Append the hop to the audit log (success or failure) and return the record."""
+    limits = config.limits
+    v = verified or {}
+    x = executed or {}
+    record = hop_record(
+        train_id=v.get("train_id"),
+        train_digest=v.get("digest") or (failure or {}).get("digest"),
+        station=config.station_id,
+        outcome="success" if executed and not failure else "failure",
+        hop=v.get("hop"),
+        reference=reference,
+        run_id=run_id,
+        signers=v.get("signers", []),
+        checks_passed=v.get("checks_passed", []),
+        failed_check=(failure or {}).get("check"),
+        failure=failure,
+        approved_by=approved_by,
+        dataset=v.get("dataset"),
+        limits={
+            "memory_bytes": limits.memory_bytes,
+            "cpus": limits.cpus,
+            "pids": limits.pids,
+            "wall_seconds": limits.wall_seconds,
+            "output_bytes": limits.output_bytes,
+            "user": limits.user,
+        },
+        exit_code=x.get("exit_code"),
+        duration_seconds=x.get("duration_seconds"),
+        result_digest=x.get("result_digest"),
+        recipients=x.get("recipients") or [],
+    )
+    return dict(audit_log(config).append(record))
+
+
+def run_hop(
+    config: StationConfig,
+    reference: str,
+    *,
+    rerun: bool = False,
+    approved_by: str | None = None,
+    docker_client: Any = None,
+    logger: Log | None = None,
+) -> dict[str, Any]:
+    """The whole hop without Airflow (``pht station run``). Returns the audit record.
+
+    Raises the step's error after recording it.
+    """
+    verified: dict[str, Any] | None = None
+    executed: dict[str, Any] | None = None
+    try:
+        verified = verify_step(config, reference, rerun=rerun, logger=logger)
+        if config.policy.require_approval and not approved_by:
+            raise PolicyError(
+                "this station's policy requires a person's approval: pass --approved-by NAME "
+                "(or run it through Airflow's approval step)"
+            )
+        executed = execute_step(config, verified, docker_client=docker_client, logger=logger)
+    except BaseException as exc:
+        try:
+            record_step(
+                config,
+                reference=reference,
+                verified=verified,
+                executed=None,
+                failure=failure_summary(exc),
+                approved_by=approved_by,
+            )
+        except Exception:  # noqa: BLE001 - the original error matters more
+            log.exception("could not record the failed hop in the audit log")
+        raise
+    return record_step(
+        config,
+        reference=reference,
+        verified=verified,
+        executed=executed,
+        failure=None,
+        approved_by=approved_by,
+    )

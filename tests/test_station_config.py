@@ -1,0 +1,153 @@
+"""The station config: the documented example loads, and bad files say what and where."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from stationkit import make_station
+
+from pht_airflow.errors import ConfigError, KeyFileError
+from pht_airflow.station.config import load_config, parse_seconds, parse_size
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "station.example.yaml"
+
+
+@pytest.fixture()
+def station(tmp_path: Path, parties: Any) -> Any:
+    return make_station(
+        tmp_path / "s",
+        parties["station-a"],
+        "127.0.0.1:5000",
+        creators=[parties["alice"].public.pem],
+        approvers=[parties["reviewer"].public.pem],
+    )
+
+
+def test_valid_config_loads_and_opens_its_keys(station: Any, parties: Any) -> None:
+    config = station.config()
+    assert config.station_id == "station-a"
+    assert config.public_key.key_id == parties["station-a"].key.key_id
+    assert config.load_signing_key().key_id == parties["station-a"].key.key_id
+    assert config.load_age_identity().recipient == parties["station-a"].age.recipient
+    assert config.limits.memory_bytes == 256 * 1024 * 1024
+    assert config.limits.wall_seconds == 60
+    assert config.datasets["cohort"] == station.root / "data" / "cohort"
+    assert config.trust.required_approvals == 1
+    assert config.audit_log == station.root / "audit.jsonl"
+
+
+def test_example_config_is_complete_and_valid(tmp_path: Path, parties: Any) -> None:
+    """The documented example names every field; with real files in place it validates."""
+    text = EXAMPLE.read_text()
+    data = yaml.safe_load(text)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "station-a.pub").write_text(parties["station-a"].public.pem)
+    (keys / "station-a.key").write_bytes(parties["station-a"].key.private_pem(b"pw"))
+    (keys / "station-a.age").write_text(parties["station-a"].age.secret_text())
+    (keys / "alice.pub").write_text(parties["alice"].public.pem)
+    (keys / "reviewer.pub").write_text(parties["reviewer"].public.pem)
+    (tmp_path / "cohort").mkdir()
+    data["datasets"] = {"cohort-2024": str(tmp_path / "cohort")}
+    data["audit_log"] = str(tmp_path / "audit.jsonl")
+    data["work_dir"] = str(tmp_path / "work")
+    path = tmp_path / "station.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    assert config.registry.connection_id == "pht_registry"
+    assert config.policy.require_approval is True
+    assert config.limits.pids == 256
+
+
+def _rewrite(station: Any, change: Any) -> Path:
+    data = yaml.safe_load(station.config_path.read_text())
+    change(data)
+    station.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return station.config_path
+
+
+def test_every_problem_is_listed_with_its_line(station: Any) -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["station"]["id"] = "Station A"
+        d["registry"]["colour"] = "blue"
+        d["sandbox"]["memory"] = "lots"
+        d["sandbox"]["user"] = "0"
+        d["trust"]["required_approvals"] = 3
+        d["datasets"]["missing"] = "no/such/folder"
+        d["keys"]["signing_passphrase"] = {"vault": "x"}
+
+    path = _rewrite(station, change)
+    lines = path.read_text().splitlines()
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    line_of_id = next(i for i, ln in enumerate(lines, 1) if "Station A" in ln)
+    assert f"{path}:{line_of_id}: station.id" in message
+    assert "registry.colour: unknown field" in message
+    assert "sandbox.memory" in message and "'lots' is not a size" in message
+    assert "root" in message  # the sandbox user may not be root
+    assert "required_approvals: is 3 but only 1 trusted approver" in message
+    assert "datasets.missing: no such folder" in message
+    assert "keys.signing_passphrase: must be one of" in message
+    assert message.count("\n  - ") >= 7
+
+
+def test_missing_config_and_bad_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PHT_STATION_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="set PHT_STATION_CONFIG"):
+        load_config()
+    with pytest.raises(ConfigError, match="cannot read the station config"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("station:\n  id: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_config(bad)
+
+
+def test_wrong_passphrase_names_the_reference_not_the_secret(station: Any) -> None:
+    (station.root / "keys" / "passphrase").write_text("not the passphrase\n")
+    with pytest.raises(KeyFileError) as info:
+        station.config().load_signing_key()
+    assert "not the passphrase" not in str(info.value)
+    assert "wrong passphrase" in str(info.value)
+
+
+def test_signing_key_must_match_the_public_key(station: Any, parties: Any) -> None:
+    (station.root / "keys" / "station.pub").write_text(parties["mallory"].public.pem)
+    with pytest.raises(KeyFileError, match="does not belong to keys.public_key"):
+        station.config().load_signing_key()
+
+
+def test_env_secret_reference(station: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def change(d: dict[str, Any]) -> None:
+        d["keys"]["signing_passphrase"] = {"env": "PHT_TEST_STATION_PASS"}
+
+    _rewrite(station, change)
+    monkeypatch.delenv("PHT_TEST_STATION_PASS", raising=False)
+    with pytest.raises(ConfigError, match="PHT_TEST_STATION_PASS is not set"):
+        station.config().load_signing_key()
+    monkeypatch.setenv("PHT_TEST_STATION_PASS", "station passphrase for tests")
+    assert station.config().load_signing_key().key_id == station.party.key.key_id
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("512MiB", 512 * 2**20), ("2GiB", 2 * 2**30), ("1G", 10**9), (4096, 4096)]
+)
+def test_sizes(text: Any, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize(("text", "value"), [("90s", 90), ("30m", 1800), ("2h", 7200), (5, 5)])
+def test_durations(text: Any, value: float) -> None:
+    assert parse_seconds(text) == value
+
+
+def test_relative_paths_follow_the_file(station: Any, tmp_path: Path) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(station.root, moved)
+    config = load_config(moved / "station.yaml")
+    assert config.audit_log == moved / "audit.jsonl"

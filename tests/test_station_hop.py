@@ -1,0 +1,300 @@
+"""The station's hop as plain Python (what `pht station run` and the DAG's tasks call).
+
+Real engine, real registry. The tamper matrix shows, for every verification check, that the
+hop fails at verify with that check's error, that no sandbox container was ever created,
+that nothing was pushed, and that the audit log names the check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from stationkit import (
+    build_train,
+    copy_repository,
+    make_station,
+    make_train_spec,
+    repository_tags,
+    sign_train,
+)
+
+from pht_airflow.errors import (
+    AlreadyDoneError,
+    ChainError,
+    ExpiredError,
+    InvalidSpecError,
+    NotOnRouteError,
+    PolicyError,
+    RouteKeyMismatchError,
+    TooFewApprovalsError,
+    UnsignedError,
+    UntrustedCreatorError,
+    UntrustedSignatureError,
+    VerificationError,
+)
+from pht_airflow.oci import Reference, RegistryClient
+from pht_airflow.sealing import fetch_results, verify_chain
+from pht_airflow.signing import verify
+from pht_airflow.station.audit import AuditLog, verify_log
+from pht_airflow.station.hop import run_hop
+
+pytestmark = [pytest.mark.registry, pytest.mark.docker]
+
+
+@pytest.fixture()
+def client(registry: Any) -> Any:
+    with RegistryClient(registry.host) as c:
+        yield c
+
+
+@pytest.fixture()
+def stations(tmp_path: Path, parties: Any, registry: Any) -> dict[str, Any]:
+    creators = [parties["alice"].public.pem]
+    approvers = [parties["reviewer"].public.pem]
+    return {
+        name: make_station(
+            tmp_path / name,
+            parties[name],
+            registry.host,
+            creators=creators,
+            approvers=approvers,
+            rows=rows,
+        )
+        for name, rows in (("station-a", 5), ("station-b", 7))
+    }
+
+
+def _train(docker_client: Any, client: Any, registry: Any, parties: Any, project: str,
+           route: list[str], *, signers: tuple[str, ...] = ("alice", "reviewer"),
+           change: Any = None) -> tuple[Reference, Any]:  # fmt: skip
+    spec = make_train_spec(parties, route)
+    if change is not None:
+        spec = dataclasses.replace(spec, **change(spec))
+    ref = Reference(registry.host, f"{project}/{spec.id}", tag="train")
+    digest = build_train(docker_client, ref, spec)
+    sign_train(client, ref.with_digest(digest), parties, *signers)
+    return ref, spec
+
+
+def _sandbox_creates(docker_client: Any, since: float, repository: str) -> list[Any]:
+    """Sandbox containers created since ``since`` for the train in ``repository``."""
+    train_id = repository.rsplit("/", 1)[-1]
+    events = docker_client.events(
+        since=int(since),
+        until=int(time.time()) + 1,
+        filters={"type": "container", "event": "create", "label": "org.pht.sandbox"},
+        decode=True,
+    )
+    return [
+        e
+        for e in events
+        if train_id[:8] in e.get("Actor", {}).get("Attributes", {}).get("name", "")
+    ]
+
+
+def test_two_station_sequential_route(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, tmp_path: Path
+) -> None:
+    a, b = stations["station-a"], stations["station-b"]
+    ref, spec = _train(docker_client, client, registry, parties, "station-a",
+                       ["station-a", "station-b"])  # fmt: skip
+    lines: list[str] = []
+    record = run_hop(a.config(), str(ref), logger=lines.append, docker_client=docker_client)
+    assert record["outcome"] == "success"
+    assert record["hop"] == 0
+    assert record["failed_check"] is None
+    assert any("counted 5 rows at station-a" in line for line in lines)
+    result0 = client.get_manifest(ref.repository, "result-0")
+    assert record["result_digest"] == result0.digest
+    signer = verify(client, Reference(registry.host, ref.repository, digest=result0.digest),
+                    [parties["station-a"].public])  # fmt: skip
+    assert signer[0].role == "station"
+    # The result of hop 0 is for station-b only (sequential, visibility "final").
+    assert record["recipients"] == [parties["station-b"].age.recipient]
+
+    # The router's copy: train, signatures and result into station-b's project.
+    target = f"station-b/{spec.id}"
+    copy_repository(client, ref.repository, target)
+    record = run_hop(b.config(), f"{registry.host}/{target}:train", docker_client=docker_client)
+    assert record["outcome"] == "success" and record["hop"] == 1
+
+    pinned = Reference(registry.host, target, digest=record["train_digest"])
+    chain = verify_chain(client, pinned, spec)
+    assert [c.station for c in chain] == ["station-a", "station-b"]
+    out = tmp_path / "results"
+    fetch_results(client, pinned, spec, parties["alice"].age, out)
+    state = json.loads((out / "1-station-b" / "state.json").read_text())
+    assert state["rows"] == 12
+    assert [h["station"] for h in state["hops"]] == ["station-a", "station-b"]
+    # Audit: one success line per station, chain intact; no plaintext left in work folders.
+    assert verify_log(a.audit_path) == 1 and verify_log(b.audit_path) == 1
+    assert list((a.root / "work").iterdir()) == []
+    assert list((b.root / "work").iterdir()) == []
+
+
+def test_a_second_run_is_refused_and_a_rerun_reuses_the_result(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any
+) -> None:
+    a = stations["station-a"]
+    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"])
+    first = run_hop(a.config(), str(ref), docker_client=docker_client)
+    with pytest.raises(AlreadyDoneError):
+        run_hop(a.config(), str(ref), docker_client=docker_client)
+    again = run_hop(a.config(), str(ref), rerun=True, docker_client=docker_client)
+    # A retried or rerun hop never produces a second result for the same hop.
+    assert again["result_digest"] == first["result_digest"]
+    assert [t for t in repository_tags(client, ref.repository) if t.startswith("result-")] == [
+        "result-0"
+    ]
+    records = list(AuditLog(a.audit_path).entries())
+    assert [r["outcome"] for r in records] == ["success", "failure", "success"]
+    assert records[1]["failed_check"] == "already-done"
+
+
+def _expect_refused(
+    docker_client: Any, client: Any, station: Any, reference: str, error: type, check: str
+) -> VerificationError:
+    repository = Reference.parse(reference).repository
+    tags_before = repository_tags(client, repository)
+    since = time.time()
+    with pytest.raises(error) as info:
+        run_hop(station.config(), reference, docker_client=docker_client)
+    assert info.value.check == check
+    assert _sandbox_creates(docker_client, since, repository) == []
+    assert repository_tags(client, repository) == tags_before
+    last = AuditLog(station.audit_path).last()
+    assert last is not None
+    assert last["outcome"] == "failure"
+    assert last["failed_check"] == check
+    assert last["failure"]["message"] == str(info.value)
+    return info.value
+
+
+def test_invalid_spec(docker_client: Any, client: Any, registry: Any, parties: Any,
+                      stations: Any) -> None:  # fmt: skip
+    spec = make_train_spec(parties, ["station-a"])
+    ref = Reference(registry.host, f"station-a/{spec.id}", tag="train")
+    broken = json.loads(spec.to_canonical_json())
+    broken["route"][0]["recipient"] = "age1notarecipient"
+    broken["surprise"] = True
+    from pht_airflow.spec import canonical_json
+
+    spec_text = canonical_json(broken)
+    fake = type("S", (), {"to_canonical_json": lambda self: spec_text})()
+    digest = build_train(docker_client, ref, fake)
+    sign_train(client, ref.with_digest(digest), parties, "alice", "reviewer")
+    err = _expect_refused(docker_client, client, stations["station-a"], str(ref),
+                          InvalidSpecError, "spec")  # fmt: skip
+    assert "unknown field 'surprise'" in str(err)
+
+
+def test_unsigned(docker_client: Any, client: Any, registry: Any, parties: Any,
+                  stations: Any) -> None:  # fmt: skip
+    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
+                    signers=())  # fmt: skip
+    _expect_refused(docker_client, client, stations["station-a"], str(ref), UnsignedError, "signed")
+
+
+def test_signed_only_by_an_untrusted_key(docker_client: Any, client: Any, registry: Any,
+                                         parties: Any, stations: Any) -> None:  # fmt: skip
+    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
+                    signers=("mallory",))  # fmt: skip
+    err = _expect_refused(docker_client, client, stations["station-a"], str(ref),
+                          UntrustedSignatureError, "signature-trusted")  # fmt: skip
+    assert err.key_id == parties["mallory"].key.key_id
+
+
+def test_creator_untrusted(docker_client: Any, client: Any, registry: Any, parties: Any,
+                           stations: Any) -> None:  # fmt: skip
+    # Approved by a trusted reviewer, but the creator's signature is missing.
+    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
+                    signers=("reviewer",))  # fmt: skip
+    err = _expect_refused(docker_client, client, stations["station-a"], str(ref),
+                          UntrustedCreatorError, "creator")  # fmt: skip
+    assert err.key_id == parties["alice"].key.key_id
+
+
+def test_too_few_approvals(docker_client: Any, client: Any, registry: Any, parties: Any,
+                           stations: Any) -> None:  # fmt: skip
+    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
+                    signers=("alice",))  # fmt: skip
+    err = _expect_refused(docker_client, client, stations["station-a"], str(ref),
+                          TooFewApprovalsError, "approvals")  # fmt: skip
+    assert "0 approval(s)" in str(err)
+
+
+def test_station_not_on_route(docker_client: Any, client: Any, registry: Any, parties: Any,
+                              stations: Any) -> None:  # fmt: skip
+    ref, _ = _train(docker_client, client, registry, parties, "station-a",
+                    ["station-b", "station-c"])  # fmt: skip
+    _expect_refused(docker_client, client, stations["station-a"], str(ref), NotOnRouteError,
+                    "route")  # fmt: skip
+
+
+def test_route_key_is_not_this_stations_key(docker_client: Any, client: Any, registry: Any,
+                                            parties: Any, stations: Any) -> None:  # fmt: skip
+    mallory = parties["mallory"]
+
+    def change(spec: Any) -> dict[str, Any]:
+        entry = dataclasses.replace(spec.route[0], key=mallory.public.pem)
+        return {"route": (entry,)}
+
+    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
+                    change=change)  # fmt: skip
+    err = _expect_refused(docker_client, client, stations["station-a"], str(ref),
+                          RouteKeyMismatchError, "route-key")  # fmt: skip
+    assert err.key_id == mallory.key.key_id
+
+
+def test_expired(docker_client: Any, client: Any, registry: Any, parties: Any,
+                 stations: Any) -> None:  # fmt: skip
+    past = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+
+    def change(spec: Any) -> dict[str, Any]:
+        return {"created": past, "expires": past + timedelta(days=1)}
+
+    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
+                    change=change)  # fmt: skip
+    _expect_refused(docker_client, client, stations["station-a"], str(ref), ExpiredError, "expired")
+
+
+def test_already_done(docker_client: Any, client: Any, registry: Any, parties: Any,
+                      stations: Any) -> None:  # fmt: skip
+    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"])
+    run_hop(stations["station-a"].config(), str(ref), docker_client=docker_client)
+    _expect_refused(docker_client, client, stations["station-a"], str(ref), AlreadyDoneError,
+                    "already-done")  # fmt: skip
+
+
+def test_chain_broken(docker_client: Any, client: Any, registry: Any, parties: Any,
+                      stations: Any) -> None:  # fmt: skip
+    # Hop 1 at station-b, but hop 0 never ran: there is no result-0.
+    ref, _ = _train(docker_client, client, registry, parties, "station-b",
+                    ["station-a", "station-b"])  # fmt: skip
+    err = _expect_refused(docker_client, client, stations["station-b"], str(ref), ChainError,
+                          "chain")  # fmt: skip
+    assert "hop 0 (station-a)" in str(err)
+
+
+def test_retagged_after_signing(docker_client: Any, client: Any, registry: Any, parties: Any,
+                                stations: Any) -> None:  # fmt: skip
+    ref, spec = _train(docker_client, client, registry, parties, "station-a", ["station-a"])
+    signed_digest = client.resolve(ref.repository, "train")
+    other = build_train(docker_client, ref, spec, script="print('something else')\n")
+    assert other != signed_digest
+    err = _expect_refused(docker_client, client, stations["station-a"], str(ref), UnsignedError,
+                          "signed")  # fmt: skip
+    assert err.digest == other
+
+
+def test_train_from_another_project_is_refused(docker_client: Any, client: Any, registry: Any,
+                                               parties: Any, stations: Any) -> None:  # fmt: skip
+    ref, _ = _train(docker_client, client, registry, parties, "station-b", ["station-a"])
+    with pytest.raises(PolicyError, match="not in this station's project"):
+        run_hop(stations["station-a"].config(), str(ref), docker_client=docker_client)
