@@ -94,7 +94,8 @@ def _sandbox_creates(docker_client: Any, since: float, repository: str) -> list[
     return [
         e
         for e in events
-        if train_id[:8] in e.get("Actor", {}).get("Attributes", {}).get("name", "")
+        if e.get("timeNano", 0) / 1e9 >= since
+        and train_id[:8] in e.get("Actor", {}).get("Attributes", {}).get("name", "")
     ]
 
 
