@@ -8,7 +8,6 @@ registry webhook (the plugin creates one run per train digest).
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
@@ -21,7 +20,8 @@ from pht_airflow.airflow.operators import (
     VerifyTrainOperator,
 )
 
-CONFIG = os.environ.get("PHT_STATION_CONFIG")
+# The station config comes from PHT_STATION_CONFIG in the worker's environment, read when
+# each task runs (so a config change needs no DAG re-parse).
 TRAIN = "{{ params.train }}"
 
 with DAG(
@@ -50,10 +50,8 @@ with DAG(
     },
     default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
 ) as dag:
-    verify = VerifyTrainOperator(
-        task_id="verify", reference=TRAIN, rerun="{{ params.rerun }}", config_path=CONFIG
-    )
-    gate = ApprovalPolicyGate(task_id="approval_gate", config_path=CONFIG, retries=0)
+    verify = VerifyTrainOperator(task_id="verify", reference=TRAIN, rerun="{{ params.rerun }}")
+    gate = ApprovalPolicyGate(task_id="approval_gate", retries=0)
     approve = ApprovalOperator(
         task_id="approve",
         subject="Run train {{ ti.xcom_pull(task_ids='verify')['train_name'] }} at this station?",
@@ -70,13 +68,11 @@ with DAG(
     execute = ExecuteTrainOperator(
         task_id="execute",
         reference=TRAIN,
-        config_path=CONFIG,
         trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
     )
     record = RecordHopOperator(
         task_id="record",
         reference=TRAIN,
-        config_path=CONFIG,
         trigger_rule=TriggerRule.ALL_DONE,
         retries=3,
     )

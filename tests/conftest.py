@@ -21,6 +21,16 @@ import pytest
 from pht_airflow.keys import AgeIdentity, PublicKey, SigningKey, generate_keypair
 from pht_airflow.localregistry import LocalRegistry, start_registry
 
+REPO = Path(__file__).resolve().parents[1]
+# Airflow reads its settings when first imported: point it at a private home, SQLite, and
+# this repository's dags/ before any test module imports it.
+AIRFLOW_HOME = REPO / ".pht" / "airflow-test"
+os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ.pop("PHT_STATION_CONFIG", None)
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 # A copy of shared/interop, for checkouts that have no ../shared beside them.
@@ -163,3 +173,19 @@ def build_and_push(docker_client, busybox_image: str, registry: LocalRegistry): 
     for tag in built:
         with contextlib.suppress(Exception):
             docker_client.images.remove(tag, force=True)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated SQLite Airflow metadata database under ``.pht/airflow-test``."""
+    import subprocess
+    import sys
+
+    AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
+    airflow = Path(sys.executable).parent / "airflow"
+    proc = subprocess.run(
+        [str(airflow), "db", "migrate"], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"airflow db migrate failed:\n{proc.stderr[-2000:]}", pytrace=False)
+    return AIRFLOW_HOME
