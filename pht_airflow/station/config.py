@@ -98,8 +98,15 @@ class SecretRef:
             ) from None
         try:
             value = Variable.get(self.name)
-        except Exception:  # noqa: BLE001 - Airflow raises several types for a missing one
-            raise ConfigError(f"{self.where}: Airflow Variable {self.name!r} is not set") from None
+        except Exception:  # noqa: BLE001 - outside a task (the API server), ask the database
+            try:
+                from airflow.models import Variable as StoredVariable
+
+                value = StoredVariable.get(self.name)
+            except Exception:  # noqa: BLE001 - Airflow raises several types for a missing one
+                raise ConfigError(
+                    f"{self.where}: Airflow Variable {self.name!r} is not set"
+                ) from None
         return str(value).encode()
 
     def read_text(self) -> str:
