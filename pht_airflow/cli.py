@@ -768,5 +768,64 @@ def results_fetch(
         out.print(f"hop {result.hop} ({result.station}) -> {path}", markup=False)
 
 
+@main.group()
+def station() -> None:
+    """Run a station's hop by hand (for operators debugging a train without the scheduler)."""
+
+
+@station.command("run")
+@click.argument("ref")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="PHT_STATION_CONFIG",
+    required=True,
+    help="The station config (default: $PHT_STATION_CONFIG).",
+)
+@click.option("--rerun", is_flag=True, help="Run a train this station already completed.")
+@click.option(
+    "--approved-by",
+    help="Who approved this run (required when the station's policy asks for approval).",
+)
+def station_run(ref: str, config_path: Path, rerun: bool, approved_by: str | None) -> None:
+    """Verify, run, seal and record one hop of the train REF, exactly as the DAG does."""
+    from .station.config import load_config
+    from .station.hop import run_hop
+
+    config = load_config(config_path)
+    record = run_hop(
+        config,
+        ref,
+        rerun=rerun,
+        approved_by=approved_by,
+        logger=lambda line: err.print(line, markup=False),
+    )
+    out.print(
+        f"hop {record['hop']} of train {record['train_id']} at {config.station_id}: "
+        f"{record['outcome']}; result {record['result_digest']}; audit seq {record['seq']}",
+        markup=False,
+    )
+
+
+@main.group()
+def audit() -> None:
+    """Check a station's tamper-evident audit log."""
+
+
+@audit.command("verify")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def audit_verify(path: Path) -> None:
+    """Check every line's hash chain; name the first edited, removed or reordered line."""
+    from .station.audit import audit_verify_main
+
+    ok, message = audit_verify_main(str(path))
+    if ok:
+        out.print(message, markup=False)
+        return
+    err.print(f"[red]error:[/red] {escape(message)}")
+    sys.exit(EXIT_VERIFICATION)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
