@@ -294,26 +294,34 @@ def _pump(
         raise _Cancelled
 
     class _Writer(io.RawIOBase):
+        # pyrage writes one bytes object per 64 KiB age chunk: keep them and join once per
+        # queue chunk (one copy) rather than growing and copying a bytearray.
         def __init__(self) -> None:
             super().__init__()
-            self.buf = bytearray()
+            self.parts: list[bytes] = []
+            self.size = 0
 
         def writable(self) -> bool:
             return True
 
         def write(self, data: Any) -> int:
-            self.buf += data
-            if len(self.buf) >= _QUEUE_CHUNK:
-                put(bytes(self.buf))
-                self.buf.clear()
+            self.parts.append(data if type(data) is bytes else bytes(data))
+            self.size += len(data)
+            if self.size >= _QUEUE_CHUNK:
+                self.hand_over()
             return len(data)
+
+        def hand_over(self) -> None:
+            if self.parts:
+                put(self.parts[0] if len(self.parts) == 1 else b"".join(self.parts))
+                self.parts = []
+                self.size = 0
 
     def run() -> None:
         writer = _Writer()
         try:
             work(writer)
-            if writer.buf:
-                put(bytes(writer.buf))
+            writer.hand_over()
             put(done)
         except _Cancelled:
             return
@@ -358,9 +366,12 @@ def _recipients(recipients: Sequence[str]) -> list[x25519.Recipient]:
 def encrypt_stream(source: io.RawIOBase, recipients: Sequence[str]) -> Iterator[bytes]:
     """Yield the age encryption of ``source`` to ``recipients``, streaming."""
     parsed = _recipients(recipients)
+    # pyrage reads 8 KiB at a time; a buffer serves those reads in C and calls the
+    # (Python) source once per 1 MiB.
+    buffered = io.BufferedReader(source, _READ)
 
     def work(writer: io.RawIOBase) -> None:
-        pyrage.encrypt_io(source, writer, parsed)
+        pyrage.encrypt_io(buffered, writer, parsed)
 
     return _pump(work)
 
@@ -372,10 +383,11 @@ def decrypt_stream(chunks: Iterable[bytes], identity: AgeIdentity) -> Iterator[b
     damaged; an error of the chunk source itself (a digest mismatch) is raised as is.
     """
     reader = _IterReader(chunks)
+    buffered = io.BufferedReader(reader, _READ)  # see encrypt_stream
 
     def work(writer: io.RawIOBase) -> None:
         try:
-            pyrage.decrypt_io(reader, writer, [identity.identity])
+            pyrage.decrypt_io(buffered, writer, [identity.identity])
         except pyrage.DecryptError as exc:
             if reader.error is not None:
                 raise reader.error from None
@@ -451,7 +463,7 @@ def safe_extract(
                 )
             target = dest_fd_root.joinpath(*rel.parts)
             if member.isdir():
-                target.mkdir(mode=0o700, parents=True, exist_ok=True)
+                target.mkdir(mode=0o755, parents=True, exist_ok=True)
                 stats.folders += 1
                 continue
             stats.bytes += member.size
@@ -460,7 +472,7 @@ def safe_extract(
                     f"{member.name!r}: the result holds more than the extraction limit "
                     f"of {max_bytes} bytes"
                 )
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             fd = os.open(
                 target,
                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
