@@ -34,6 +34,7 @@ format:
 
 bench: bootstrap
 	$(PY) benchmarks/bench_blobs.py
+	$(PY) benchmarks/bench_seal.py
 
 constraints:
 	rm -rf .pht/resolve && python3 -m venv .pht/resolve
