@@ -1,0 +1,267 @@
+"""Small real servers for the OCI tests, all bound to 127.0.0.1 and stopped by the caller.
+
+- :func:`serve_http`: run a ``BaseHTTPRequestHandler`` class in a thread (cookie, paging).
+- :func:`start_registry_with_auth`: a ``docker-registry`` with an ``auth:`` section
+  (htpasswd or token), built from :func:`pht_airflow.localregistry.registry_config`.
+- :class:`TokenServer`: a Docker token service (the "token authentication specification")
+  that checks Basic credentials and issues ES256 JWTs carrying an ``x5c`` certificate chain,
+  which distribution 2.8 verifies against the ``rootcertbundle`` of its ``auth.token`` config.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import bcrypt
+import jwt
+import requests
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from pht_airflow.localregistry import LocalRegistry, free_port, registry_config
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that does not write an access log to stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@contextmanager
+def serve_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[ThreadingHTTPServer]:
+    """Serve ``handler`` on 127.0.0.1 (a free port) in a daemon thread until the block ends."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def server_url(server: ThreadingHTTPServer) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host!s}:{port}"
+
+
+# --- docker-registry with auth ----------------------------------------------------------
+
+
+def htpasswd_line(user: str, password: str) -> str:
+    """One htpasswd line with a bcrypt hash in the ``$2y$`` form Apache writes."""
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    return f"{user}:$2y${hashed[4:]}"
+
+
+def start_registry_with_auth(
+    root: Path, auth: dict[str, Any], timeout: float = 20
+) -> LocalRegistry:
+    """Start ``docker-registry`` on 127.0.0.1 with ``auth`` added to the usual config.
+
+    Waits until ``/v2/`` answers at all (401 is the expected answer with auth on).
+    """
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        raise RuntimeError("docker-registry is not installed")
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = registry_config(root, port)
+    config["auth"] = auth
+    config_path = root / "config.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = root / "registry.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [binary, "serve", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    reg = LocalRegistry(root=root, port=port, process=process, log_path=log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"docker-registry exited: {log_path.read_text()[-2000:]}")
+        try:
+            requests.get(f"{reg.url}/v2/", timeout=1).close()
+            return reg
+        except requests.RequestException:
+            time.sleep(0.1)
+    reg.stop()
+    raise RuntimeError(f"docker-registry did not answer on {reg.url}")
+
+
+# --- token service -----------------------------------------------------------------------
+
+
+@dataclass
+class TokenRequest:
+    """What the token service was asked: by whom, for which scopes, and what it answered."""
+
+    account: str | None
+    user: str | None
+    service: str | None
+    scopes: list[str]
+    status: int
+
+
+def _self_signed(key: ec.EllipticCurvePrivateKey, name: str) -> x509.Certificate:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+
+
+@dataclass
+class TokenServer:
+    """A token service for ``service``; grants every requested action to a known user.
+
+    ``refuse`` makes it answer 401 to everyone. ``requests`` records every call.
+    Anonymous callers (no Authorization) get a token with no access, as Docker Hub does.
+    """
+
+    users: dict[str, str]
+    service: str = "pht-test"
+    issuer: str = "pht-test-issuer"
+    lifetime: int = 300
+    refuse: bool = False
+    requests: list[TokenRequest] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._cert = _self_signed(self._key, "pht-test token signer")
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def cert_pem(self) -> bytes:
+        """The signing certificate: distribution's ``rootcertbundle``."""
+        return self._cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def realm(self) -> str:
+        assert self._server is not None, "start() the token server first"
+        return server_url(self._server) + "/token"
+
+    def scope_requests(self) -> list[list[str]]:
+        with self._lock:
+            return [r.scopes for r in self.requests]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    def start(self) -> TokenServer:
+        owner = self
+
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:
+                owner._handle(self)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="token-server", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _user(self, header: str | None) -> tuple[str | None, bool]:
+        """(user name, credentials valid) from a Basic Authorization header."""
+        if not header or not header.startswith("Basic "):
+            return None, False
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except ValueError:
+            return None, False
+        return user, self.users.get(user) == password
+
+    def _issue(self, user: str | None, scopes: list[str]) -> str:
+        access = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            if kind == "repository" and name and user is not None:
+                access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": user or "",
+            "aud": self.service,
+            "exp": now + self.lifetime,
+            "nbf": now - 5,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
+        der = self._cert.public_bytes(serialization.Encoding.DER)
+        x5c = [base64.b64encode(der).decode("ascii")]
+        return jwt.encode(claims, self._key, algorithm="ES256", headers={"x5c": x5c})
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(handler.path)
+        query = parse_qsl(parts.query)
+        scopes = [v for k, v in query if k == "scope"]
+        account = next((v for k, v in query if k == "account"), None)
+        service = next((v for k, v in query if k == "service"), None)
+        user, valid = self._user(handler.headers.get("Authorization"))
+        status = 200
+        if parts.path != "/token":
+            status = 404
+        elif self.refuse or (user is not None and not valid):
+            status = 401
+        with self._lock:
+            self.requests.append(TokenRequest(account, user, service, scopes, status))
+        if status != 200:
+            body = json.dumps({"details": "access denied"}).encode()
+            handler.send_response(status)
+            if status == 401:
+                handler.send_header("WWW-Authenticate", 'Basic realm="pht-test-token"')
+        else:
+            token = self._issue(user if valid else None, scopes)
+            body = json.dumps(
+                {"token": token, "access_token": token, "expires_in": self.lifetime}
+            ).encode()
+            handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
