@@ -322,3 +322,34 @@ class WebhookError(PhtError):
         self.where = where
         self.reason = message
         super().__init__(f"{where}: {message}" if where else message)
+
+
+# --- central registry --------------------------------------------------------------------
+
+
+class NotSupportedError(RegistryError):
+    """The registry cannot do this at all (a plain registry has no accounts or API webhooks).
+
+    The message says what to configure instead; retrying never helps.
+    """
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class ConflictError(RegistryError):
+    """The registry refused a change that conflicts with what it holds (HTTP 409): a robot
+    account or webhook policy with that name, a tag that points at another artifact."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+# --- self-test ---------------------------------------------------------------------------
+
+
+class SelfTestError(PhtError):
+    """A station self-test check failed. The message names the check, the failed step and
+    what to fix; it never contains key material, passphrases or data."""
