@@ -468,17 +468,24 @@ def train_build(
     if bool(stations_file) == bool(central):
         raise click.UsageError("give exactly one of --stations FILE or --central URL")
     if central:
-        from .errors import ConfigError
+        from .central.client import CentralClient
+        from .train import StationInfo
 
-        raise ConfigError("--central needs the central service, which is not available yet")
-    assert stations_file is not None
-    directory = load_station_directory(stations_file)
+        directory = {
+            s["id"]: StationInfo(s["id"], s["key"], s["recipient"], s.get("project"))
+            for s in CentralClient(central).stations()
+        }
+        source = central
+    else:
+        assert stations_file is not None
+        directory = load_station_directory(stations_file)
+        source = str(stations_file)
     ids = [s.strip() for s in route.split(",") if s.strip()]
     missing = [s for s in ids if s not in directory]
     if missing:
         from .errors import ConfigError
 
-        raise ConfigError(f"station(s) {', '.join(missing)} not in {stations_file}")
+        raise ConfigError(f"station(s) {', '.join(missing)} not in the directory {source}")
     if creator_recipient is None:
         sibling = creator_key.with_name(creator_key.name.rsplit(".", 1)[0] + ".age.pub")
         if not sibling.is_file():
@@ -766,6 +773,211 @@ def results_fetch(
             )
     for result, path in placed:
         out.print(f"hop {result.hop} ({result.station}) -> {path}", markup=False)
+
+
+@train.command("submit")
+@click.argument("ref")
+@click.option("--central", required=True, help="The central service URL.")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The creator's public key (NAME.pub); the service checks the creator signature.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def train_submit(ref: str, central: str, key_path: Path, as_json: bool) -> None:
+    """Hand a signed train in pht-incoming to the central service, which routes it."""
+    from .central.client import CentralClient
+    from .keys import load_public_key
+
+    key = load_public_key(key_path)
+    train_info = CentralClient(central).submit(ref, key.pem)
+    if as_json:
+        _print_json(train_info)
+        return
+    out.print(f"train {train_info['id']} submitted: {train_info['status']}", markup=False)
+    _print_timeline(train_info)
+
+
+def _print_timeline(info: dict[str, Any]) -> None:
+    hops = Table(title=f"train {info['id']} ({info['status']})", title_justify="left")
+    for col in ("hop", "station", "state", "result"):
+        hops.add_column(col)
+    for h in info.get("hops", []):
+        hops.add_row(str(h["hop"]), h["station"], h["state"], (h["result_digest"] or "")[:19])
+    out.print(hops)
+    if info.get("reason"):
+        out.print(f"reason: {info['reason']}", markup=False)
+    for e in info.get("events", []):
+        out.print(f"{e['time'][:19]}  {e['kind']:<9} {e['message']}", markup=False)
+
+
+@train.command("track")
+@click.argument("train_id")
+@click.option("--central", required=True, help="The central service URL.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def train_track(train_id: str, central: str, as_json: bool) -> None:
+    """Show a train's route progress and event timeline from the central service."""
+    from .central.client import CentralClient
+
+    info = CentralClient(central).train(train_id)
+    if as_json:
+        _print_json(info)
+        return
+    _print_timeline(info)
+
+
+@train.command("retry")
+@click.argument("train_id")
+@click.option("--central", required=True, help="The central service URL.")
+@click.option("--hop", required=True, type=int, help="The hop to send again.")
+def train_retry(train_id: str, central: str, hop: int) -> None:
+    """Ask the central service to send one hop of a train again."""
+    from .central.client import CentralClient
+
+    _print_timeline(CentralClient(central).retry(train_id, hop))
+
+
+@main.group()
+def central() -> None:
+    """Run and manage the central service (station directory and router)."""
+
+
+@central.command("serve")
+@click.option(
+    "--db",
+    default="sqlite:///central.db",
+    show_default=True,
+    help="SQLAlchemy URL (a PostgreSQL URL works).",
+)
+@click.option("--registry", "registry_host", required=True, help="Registry host[:port].")
+@click.option("--harbor-url", help="Harbor base URL: use Harbor's API for copies.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8600, show_default=True, type=int)
+@click.option("--reconcile-seconds", default=30.0, show_default=True, type=float)
+@click.option("--hop-timeout", default="24h", show_default=True, help="Fail a hop after this.")
+@click.option("--incoming", default="pht-incoming", show_default=True)
+@click.option("--outbox", default="pht-outbox", show_default=True)
+@registry_options
+def central_serve(
+    db: str,
+    registry_host: str,
+    harbor_url: str | None,
+    host: str,
+    port: int,
+    reconcile_seconds: float,
+    hop_timeout: str,
+    incoming: str,
+    outbox: str,
+    username: str | None,
+    insecure: bool,
+) -> None:
+    """Serve the central service (OpenAPI docs at /docs).
+
+    The API token comes from $PHT_CENTRAL_TOKEN, the webhook secret from
+    $PHT_WEBHOOK_SECRET, registry credentials from --username and $PHT_REGISTRY_PASSWORD.
+    """
+    import uvicorn
+
+    from .central.app import create_app
+    from .central.db import make_engine, make_sessionmaker
+    from .central.registry import HarborAdmin, PlainRegistryAdmin
+    from .central.router import Router
+    from .errors import ConfigError
+    from .oci import RegistryClient
+    from .train import parse_duration
+
+    token, secret = os.environ.get("PHT_CENTRAL_TOKEN"), os.environ.get("PHT_WEBHOOK_SECRET")
+    if not token or not secret:
+        raise ConfigError("set PHT_CENTRAL_TOKEN and PHT_WEBHOOK_SECRET before serving")
+    password = os.environ.get("PHT_REGISTRY_PASSWORD") if username else None
+    client = RegistryClient(registry_host, username=username, password=password, insecure=insecure)
+    copier: Any
+    if harbor_url:
+        copier = HarborAdmin(harbor_url, username or "", password or "")
+    else:
+        copier = PlainRegistryAdmin(client)
+    router = Router(
+        make_sessionmaker(make_engine(db)),
+        client,
+        copier,
+        incoming_project=incoming,
+        outbox_project=outbox,
+        hop_timeout=parse_duration(hop_timeout),
+    )
+    app = create_app(
+        router,
+        api_token=lambda: token or "",
+        webhook_secret=lambda: secret or "",
+        reconcile_seconds=reconcile_seconds,
+    )
+    err.print(f"central service on http://{host}:{port} (docs at /docs)", markup=False)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@central.group("stations")
+def central_stations() -> None:
+    """The station directory."""
+
+
+@central_stations.command("add")
+@click.option("--central", "url", required=True, help="The central service URL.")
+@click.option("--id", "station_id", required=True, help="The station id (e.g. station-a).")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The station's signing public key (NAME.pub).",
+)
+@click.option(
+    "--recipient-file",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The station's age recipient (NAME.age.pub).",
+)
+@click.option("--project", help="The station's registry project (default: station-<id>).")
+@click.option("--webhook-url", help="The station's webhook endpoint, for reference.")
+def central_stations_add(
+    url: str,
+    station_id: str,
+    key_path: Path,
+    recipient_file: Path,
+    project: str | None,
+    webhook_url: str | None,
+) -> None:
+    """Register (or update) a station in the directory."""
+    from .central.client import CentralClient
+    from .keys import load_public_key, load_recipient
+
+    row = CentralClient(url).add_station(
+        id=station_id,
+        key=load_public_key(key_path).pem,
+        recipient=load_recipient(recipient_file),
+        project=project,
+        webhook_url=webhook_url,
+    )
+    out.print(f"station {row['id']}: project {row['project']}, key {row['key_id']}", markup=False)
+
+
+@central_stations.command("list")
+@click.option("--central", "url", required=True, help="The central service URL.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def central_stations_list(url: str, as_json: bool) -> None:
+    """List the registered stations."""
+    from .central.client import CentralClient
+
+    rows = CentralClient(url).stations()
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="stations", title_justify="left")
+    for col in ("id", "project", "key id", "recipient"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["id"], r["project"], r["key_id"], r["recipient"])
+    out.print(table)
 
 
 @main.group()

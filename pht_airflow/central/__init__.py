@@ -1,0 +1,1 @@
+"""The central service: station directory, router, registry admin (Harbor and plain registry)."""

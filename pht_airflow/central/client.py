@@ -1,0 +1,75 @@
+"""A small client for the central service's REST API (used by the `pht` command)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from ..errors import ConfigError, PhtError
+from ..oci.auth import is_loopback_host
+
+TOKEN_ENV = "PHT_CENTRAL_TOKEN"  # noqa: S105 - the variable's name, not a secret
+
+
+class CentralError(PhtError):
+    """The central service refused a request or could not be reached."""
+
+
+class CentralClient:
+    """Talks to ``url`` (https, or http for a loopback host); the token comes from
+    ``$PHT_CENTRAL_TOKEN`` unless given."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 60) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"central service URL {url!r} must be http(s)://host[:port]")
+        if parts.scheme == "http" and not is_loopback_host(parts.netloc):
+            raise ConfigError(f"refusing plain http to {parts.netloc}: use https")
+        self.url = url.rstrip("/")
+        self.token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.trust_env = False
+
+    def _call(self, method: str, path: str, body: Any = None, write: bool = False) -> Any:
+        headers = {}
+        if write:
+            if not self.token:
+                raise ConfigError(f"set {TOKEN_ENV} to the central service's API token")
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            resp = self.session.request(
+                method, self.url + path, json=body, headers=headers, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise CentralError(
+                f"cannot reach the central service at {self.url}: {type(exc).__name__}"
+            ) from None
+        if resp.status_code >= 400:
+            try:
+                detail = resp.json().get("detail", resp.text)
+            except ValueError:
+                detail = resp.text[:300]
+            raise CentralError(
+                f"central service: {method} {path} failed ({resp.status_code}): {detail}"
+            )
+        return resp.json()
+
+    def stations(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/stations"))
+
+    def add_station(self, **fields: Any) -> dict[str, Any]:
+        return dict(self._call("POST", "/stations", fields, write=True))
+
+    def submit(self, reference: str, creator_key_pem: str) -> dict[str, Any]:
+        body = {"reference": reference, "creator_key": creator_key_pem}
+        return dict(self._call("POST", "/trains", body, write=True))
+
+    def train(self, train_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/trains/{train_id}"))
+
+    def retry(self, train_id: str, hop: int) -> dict[str, Any]:
+        return dict(self._call("POST", f"/trains/{train_id}/retry", {"hop": hop}, write=True))

@@ -1,0 +1,337 @@
+"""The router: moves a train between station projects as results arrive.
+
+It holds no key that can read a result and cannot forge a station's signature: it only
+checks signatures (the creator's at submission, each station's on its result, against the
+route keys inside the signed spec) and copies artifacts (mounts, no layer bytes move).
+
+Every input may arrive twice, late or never: registry events are deduplicated on
+repository + tag + digest, each action checks the state it expects first, and
+:meth:`Router.reconcile` compares the registry with the database to resume whatever a lost
+webhook stalled and to fail hops that took too long.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import ConfigError, NotFoundError, PhtError, VerificationError
+from ..keys import public_key_from_pem, validate_recipient
+from ..oci import Reference, RegistryClient
+from ..oci.reference import check_repository
+from ..sealing import accept_hop, find_results
+from ..signing import verify
+from ..spec import TrainSpec, read_spec
+from ..webhooks import PushEvent
+from .db import EventRow, HopRow, StationRow, TrainRow, utcnow
+
+log = logging.getLogger(__name__)
+
+RESULT_TAG = re.compile(r"^result-(\d+)$")
+_STATION_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+class Copier(Protocol):
+    """What the router needs from a registry admin (see :mod:`.registry`)."""
+
+    def copy_train(self, src_repository: str, dst_repository: str, train_digest: str) -> Any: ...
+
+
+class RouterError(PhtError):
+    """A request to the router is invalid (unknown station, unknown train, bad state)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Router:
+    """Routing logic over a database session factory, a registry client and a copier."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        client: RegistryClient,
+        copier: Copier,
+        *,
+        incoming_project: str = "pht-incoming",
+        outbox_project: str = "pht-outbox",
+        hop_timeout: timedelta = timedelta(hours=24),
+    ) -> None:
+        self.sessions = sessions
+        self.client = client
+        self.copier = copier
+        self.incoming = incoming_project
+        self.outbox = outbox_project
+        self.hop_timeout = hop_timeout
+        self._lock = threading.RLock()  # one routing decision at a time
+
+    # --- station directory ------------------------------------------------------------
+
+    def add_station(
+        self,
+        station_id: str,
+        key_pem: str,
+        recipient: str,
+        *,
+        project: str | None = None,
+        webhook_url: str | None = None,
+    ) -> dict[str, Any]:
+        """Register or update a station (validating its key, recipient and project)."""
+        if not _STATION_RE.fullmatch(station_id or ""):
+            raise RouterError(f"station id {station_id!r} must be lowercase letters, digits, '-'")
+        key = public_key_from_pem(key_pem, f"station {station_id} key")
+        validate_recipient(recipient, f"station {station_id} recipient")
+        project = project or f"station-{station_id}"
+        check_repository(project)
+        with self.sessions.begin() as s:
+            row = s.get(StationRow, station_id) or StationRow(id=station_id)
+            row.key_pem, row.key_id, row.recipient = key.pem, key.key_id, recipient.strip()
+            row.project, row.webhook_url = project, webhook_url
+            s.add(row)
+            return row.to_dict()
+
+    def stations(self) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            return [r.to_dict() for r in s.scalars(select(StationRow).order_by(StationRow.id))]
+
+    def station(self, station_id: str) -> dict[str, Any]:
+        with self.sessions() as s:
+            row = s.get(StationRow, station_id)
+            if row is None:
+                raise RouterError(f"no station {station_id!r} in the directory", 404)
+            return row.to_dict()
+
+    # --- trains ---------------------------------------------------------------------
+
+    def submit(self, reference: str, creator_key_pem: str) -> dict[str, Any]:
+        """Register a train after verifying its creator signature; send it on its way."""
+        ref = Reference.parse(reference)
+        if not ref.repository.startswith(self.incoming + "/"):
+            raise RouterError(f"submit trains from the {self.incoming!r} project, not {ref}")
+        digest = self.client.resolve(ref.repository, ref.reference)
+        pinned = ref.with_digest(digest)
+        spec, _ = read_spec(self.client, pinned)
+        creator = public_key_from_pem(creator_key_pem, "creator key")
+        if creator.key_id != spec.creator.key:
+            raise RouterError(
+                f"the creator key {creator.key_id} is not the key the spec names "
+                f"({spec.creator.key})"
+            )
+        verify(self.client, pinned, [creator])  # raises if the creator did not sign it
+        if ref.repository != f"{self.incoming}/{spec.id}":
+            raise RouterError(f"the train {spec.id} must be pushed as {self.incoming}/{spec.id}")
+        with self._lock, self.sessions.begin() as s:
+            stations = {r.id: r for r in s.scalars(select(StationRow))}
+            missing = [e.station for e in spec.route if e.station not in stations]
+            if missing:
+                raise RouterError(f"route station(s) not in the directory: {', '.join(missing)}")
+            for entry in spec.route:
+                if public_key_from_pem(entry.key).key_id != stations[entry.station].key_id:
+                    raise RouterError(
+                        f"the route key for {entry.station} differs from the directory's"
+                    )
+            existing = s.get(TrainRow, spec.id)
+            if existing is not None:
+                if existing.digest != digest:
+                    raise RouterError(f"train {spec.id} was submitted with another digest", 409)
+                return existing.to_dict()
+            train = TrainRow(
+                id=spec.id,
+                digest=digest,
+                name=spec.name,
+                mode=spec.mode,
+                route=[e.station for e in spec.route],
+                spec=spec.to_dict(),
+                source_repository=ref.repository,
+                status="routing",
+            )
+            train.hops = [
+                HopRow(hop=i, station=e.station, state="pending") for i, e in enumerate(spec.route)
+            ]
+            s.add(train)
+            self._event(s, train, "submitted", f"verified creator signature by {creator.key_id}")
+            first = [0] if spec.mode == "sequential" else list(range(len(spec.route)))
+            for hop in first:
+                self._send(s, train, hop, ref.repository)
+            s.flush()  # column defaults (created, updated) are filled in at flush
+            return train.to_dict()
+
+    def train(self, train_id: str) -> dict[str, Any]:
+        with self.sessions() as s:
+            row = s.get(TrainRow, train_id)
+            if row is None:
+                raise RouterError(f"no train {train_id!r}", 404)
+            return row.to_dict()
+
+    def trains(self) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            rows = s.scalars(select(TrainRow).order_by(TrainRow.created.desc()))
+            return [{k: v for k, v in r.to_dict().items() if k != "events"} for r in rows.all()]
+
+    def retry(self, train_id: str, hop: int) -> dict[str, Any]:
+        """Send hop ``hop`` again (after a failure or a lost copy)."""
+        with self._lock, self.sessions.begin() as s:
+            train = s.get(TrainRow, train_id)
+            if train is None:
+                raise RouterError(f"no train {train_id!r}", 404)
+            if not 0 <= hop < len(train.route):
+                raise RouterError(f"hop {hop} is not on the route")
+            if train.mode == "sequential" and hop > 0 and train.hops[hop - 1].state != "done":
+                raise RouterError(f"hop {hop - 1} has no accepted result yet; retry that first")
+            source = self._source_for(s, train, hop)
+            train.status, train.reason = "routing", None
+            self._event(s, train, "retry", f"hop {hop} sent again on request")
+            self._send(s, train, hop, source)
+            s.flush()
+            return train.to_dict()
+
+    # --- registry events -------------------------------------------------------------
+
+    def handle_push(self, event: PushEvent) -> str | None:
+        """Act on a manifest push; returns what was done, None for duplicates and noise."""
+        project, _, rest = event.repository.partition("/")
+        tag = event.tag or ""
+        m = RESULT_TAG.match(tag)
+        if m is None or not rest:
+            return None
+        with self._lock, self.sessions.begin() as s:
+            try:
+                with s.begin_nested():
+                    s.add(EventRow(kind="push", message=event.event_id, dedup_key=event.event_id))
+            except IntegrityError:
+                return None  # delivered before
+            return self._on_result(s, rest, project, int(m.group(1)), event.digest, "webhook")
+
+    def _on_result(
+        self, s: Session, train_id: str, project: str, hop: int, digest: str, via: str
+    ) -> str | None:
+        train = s.get(TrainRow, train_id)
+        if train is None or train.status not in ("routing",):
+            return None
+        if not 0 <= hop < len(train.hops):
+            return None
+        row = train.hops[hop]
+        station = s.get(StationRow, row.station)
+        if station is None or station.project != project or row.state == "done":
+            return None
+        spec = TrainSpec.from_dict(train.spec, check_expiry=False)
+        repo = f"{project}/{train.id}"
+        pinned = Reference(self.client.registry, repo, digest=train.digest)
+        previous = train.hops[hop - 1].result_digest if train.mode == "sequential" and hop else None
+        try:
+            candidates = [c for c in find_results(self.client, pinned) if c.tag_hop == hop]
+            accepted = accept_hop(self.client, pinned, spec, candidates, hop, previous)
+        except VerificationError as exc:
+            self._fail(s, train, f"hop {hop} ({row.station}): {exc.reason}")
+            return "failed"
+        if accepted is None:
+            return None
+        row.state, row.result_digest, row.done_at = "done", accepted.digest, utcnow()
+        self._event(
+            s, train, "result", f"hop {hop} ({row.station}) delivered {accepted.digest} ({via})"
+        )
+        if train.mode == "sequential":
+            if hop + 1 < len(train.hops):
+                self._send(s, train, hop + 1, repo)
+                return f"sent hop {hop + 1}"
+            self._to_outbox(s, train, [repo])
+            return "done"
+        if all(h.state in ("done", "failed") for h in train.hops):
+            done = [h for h in train.hops if h.state == "done"]
+            repos = [f"{self._project(s, h.station)}/{train.id}" for h in done]
+            self._to_outbox(s, train, repos)
+            return "done"
+        return "collected"
+
+    # --- reconciliation --------------------------------------------------------------
+
+    def reconcile(self) -> int:
+        """Resume what lost webhooks stalled and fail hops over time; return actions taken."""
+        actions = 0
+        with self._lock, self.sessions.begin() as s:
+            for train in s.scalars(select(TrainRow).where(TrainRow.status == "routing")).all():
+                for row in train.hops:
+                    if row.state != "sent":
+                        continue
+                    project = self._project(s, row.station)
+                    try:
+                        tags = self.client.list_tags(f"{project}/{train.id}")
+                    except PhtError as exc:
+                        log.warning("reconcile: cannot list %s/%s: %s", project, train.id, exc)
+                        continue
+                    if f"result-{row.hop}" in tags:
+                        digest = self.client.resolve(f"{project}/{train.id}", f"result-{row.hop}")
+                        if self._on_result(s, train.id, project, row.hop, digest, "reconcile"):
+                            actions += 1
+                        if train.status != "routing":
+                            break
+                        continue
+                    if row.sent_at and utcnow() - row.sent_at > self.hop_timeout:
+                        self._fail(s, train, f"hop {row.hop} ({row.station}) timed out")
+                        actions += 1
+                        break
+        return actions
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _project(self, s: Session, station_id: str) -> str:
+        row = s.get(StationRow, station_id)
+        if row is None:
+            raise ConfigError(f"station {station_id} is no longer in the directory")
+        return row.project
+
+    def _source_for(self, s: Session, train: TrainRow, hop: int) -> str:
+        if train.mode == "sequential" and hop > 0:
+            return f"{self._project(s, train.hops[hop - 1].station)}/{train.id}"
+        return train.source_repository
+
+    def _send(self, s: Session, train: TrainRow, hop: int, source: str) -> None:
+        row = train.hops[hop]
+        target = f"{self._project(s, row.station)}/{train.id}"
+        try:
+            report = self.copier.copy_train(source, target, train.digest)
+        except (PhtError, NotFoundError) as exc:
+            self._fail(s, train, f"copy to {target} failed: {exc}")
+            return
+        row.state, row.sent_at = "sent", utcnow()
+        self._event(s, train, "sent", f"hop {hop} -> {target} ({_describe(report)})")
+
+    def _to_outbox(self, s: Session, train: TrainRow, sources: Sequence[str]) -> None:
+        target = f"{self.outbox}/{train.id}"
+        for source in sources:
+            report = self.copier.copy_train(source, target, train.digest)
+            self._event(s, train, "outbox", f"{source} -> {target} ({_describe(report)})")
+        train.status = "done"
+        self._event(s, train, "done", f"every result is in {target}")
+
+    def _fail(self, s: Session, train: TrainRow, reason: str) -> None:
+        train.status, train.reason = "failed", reason
+        for row in train.hops:
+            if row.state == "sent":
+                row.state = "failed"
+        self._event(s, train, "failed", reason)
+
+    @staticmethod
+    def _event(s: Session, train: TrainRow, kind: str, message: str) -> None:
+        log.info("train %s: %s: %s", train.id, kind, message)
+        s.add(EventRow(train=train, kind=kind, message=message))
+
+
+def _describe(report: Any) -> str:
+    if report is None:
+        return "copied"
+    parts = []
+    for name in ("manifests", "blobs_mounted", "blobs_streamed", "bytes_streamed"):
+        value = getattr(report, name, None)
+        if value is not None:
+            parts.append(f"{name.replace('_', ' ')} {value}")
+    return ", ".join(parts) or "copied"

@@ -1,0 +1,248 @@
+"""The central service: directory, submission, routing on results, reconciliation, the API.
+
+Real registry, real engine, the real station hop (``run_hop``) at each station, the real
+FastAPI app served by uvicorn on 127.0.0.1 for the API and CLI tests.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import uvicorn
+from click.testing import CliRunner
+from stationkit import build_train, make_station, make_train_spec, sign_train
+
+from pht_airflow.central.app import create_app
+from pht_airflow.central.db import make_engine, make_sessionmaker
+from pht_airflow.central.registry import PlainRegistryAdmin
+from pht_airflow.central.router import Router, RouterError
+from pht_airflow.cli import main
+from pht_airflow.localregistry import free_port
+from pht_airflow.oci import Reference, RegistryClient
+from pht_airflow.sealing import fetch_results, seal
+from pht_airflow.station.hop import run_hop
+from pht_airflow.webhooks import parse_events
+
+pytestmark = [pytest.mark.registry, pytest.mark.docker]
+
+TOKEN = "central-test-token"
+SECRET = "central-webhook-secret"
+
+
+@pytest.fixture()
+def client(registry: Any) -> Iterator[RegistryClient]:
+    with RegistryClient(registry.host) as c:
+        yield c
+
+
+@pytest.fixture()
+def router(tmp_path: Path, client: RegistryClient, parties: Any) -> Router:
+    r = Router(make_sessionmaker(make_engine(f"sqlite:///{tmp_path / 'central.db'}")), client,
+               PlainRegistryAdmin(client))  # fmt: skip
+    for name in ("station-a", "station-b"):
+        r.add_station(name, parties[name].public.pem, parties[name].age.recipient, project=name)
+    return r
+
+
+@pytest.fixture()
+def stations(tmp_path: Path, parties: Any, registry: Any) -> dict[str, Any]:
+    return {
+        name: make_station(
+            tmp_path / name,
+            parties[name],
+            registry.host,
+            creators=[parties["alice"].public.pem],
+            approvers=[parties["reviewer"].public.pem],
+            rows=rows,
+        )
+        for name, rows in (("station-a", 3), ("station-b", 4))
+    }
+
+
+def _incoming_train(docker_client: Any, client: Any, registry: Any, parties: Any,
+                    mode: str = "sequential") -> tuple[Reference, Any]:  # fmt: skip
+    spec = make_train_spec(parties, ["station-a", "station-b"], mode=mode)
+    ref = Reference(registry.host, f"pht-incoming/{spec.id}", tag="train")
+    digest = build_train(docker_client, ref, spec)
+    sign_train(client, ref.with_digest(digest), parties, "alice", "reviewer")
+    return ref, spec
+
+
+def _push_event(registry: Any, repository: str, tag: str, digest: str) -> Any:
+    """A distribution notification for a manifest push, as the registry sends it."""
+    envelope = {
+        "events": [
+            {
+                "action": "push",
+                "target": {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": digest,
+                    "repository": repository,
+                    "url": f"http://{registry.host}/v2/{repository}/manifests/{digest}",
+                    "tag": tag,
+                },
+                "request": {"method": "PUT", "host": registry.host},
+            }
+        ]
+    }
+    body = json.dumps(envelope).encode()
+    (event,) = parse_events(body, "application/vnd.docker.distribution.events.v1+json")
+    return event
+
+
+def test_sequential_route_end_to_end(
+    router: Router, stations: Any, docker_client: Any, client: Any, registry: Any, parties: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    ref, spec = _incoming_train(docker_client, client, registry, parties)
+    with pytest.raises(RouterError, match="not the key the spec names"):
+        router.submit(str(ref), parties["mallory"].public.pem)
+    info = router.submit(str(ref), parties["alice"].public.pem)
+    assert info["status"] == "routing"
+    assert [h["state"] for h in info["hops"]] == ["sent", "pending"]
+    assert "train" in client.list_tags(f"station-a/{spec.id}")
+    # Submitting again changes nothing.
+    assert router.submit(str(ref), parties["alice"].public.pem)["hops"] == info["hops"]
+
+    a = run_hop(stations["station-a"].config(), f"{registry.host}/station-a/{spec.id}:train",
+                docker_client=docker_client)  # fmt: skip
+    event = _push_event(registry, f"station-a/{spec.id}", "result-0", a["result_digest"])
+    assert router.handle_push(event) == "sent hop 1"
+    assert router.handle_push(event) is None  # a duplicate delivery does nothing
+    assert "result-0" in client.list_tags(f"station-b/{spec.id}")
+
+    run_hop(stations["station-b"].config(), f"{registry.host}/station-b/{spec.id}:train",
+            docker_client=docker_client)  # fmt: skip
+    # The webhook for hop 1 is lost: reconciliation finds the result anyway.
+    assert router.reconcile() == 1
+    info = router.train(spec.id)
+    assert info["status"] == "done"
+    assert [h["state"] for h in info["hops"]] == ["done", "done"]
+    kinds = [e["kind"] for e in info["events"]]
+    assert kinds[:2] == ["submitted", "sent"] and kinds[-1] == "done"
+
+    outbox = Reference(registry.host, f"pht-outbox/{spec.id}", digest=info["digest"])
+    assert {"train", "result-0", "result-1"} <= set(client.list_tags(outbox.repository))
+    fetch_results(client, outbox, spec, parties["alice"].age, tmp_path / "results")
+    assert (tmp_path / "results" / "1-station-b" / "state.json").is_file()
+
+
+def test_parallel_route_collects_every_result(
+    router: Router, stations: Any, docker_client: Any, client: Any, registry: Any, parties: Any,
+) -> None:  # fmt: skip
+    ref, spec = _incoming_train(docker_client, client, registry, parties, mode="parallel")
+    info = router.submit(str(ref), parties["alice"].public.pem)
+    assert [h["state"] for h in info["hops"]] == ["sent", "sent"]
+    for hop, name in enumerate(("station-a", "station-b")):
+        record = run_hop(stations[name].config(), f"{registry.host}/{name}/{spec.id}:train",
+                         docker_client=docker_client)  # fmt: skip
+        result = router.handle_push(
+            _push_event(registry, f"{name}/{spec.id}", f"result-{hop}", record["result_digest"])
+        )
+        assert result == ("collected" if hop == 0 else "done")
+    assert {"result-0", "result-1"} <= set(client.list_tags(f"pht-outbox/{spec.id}"))
+
+
+def test_a_forged_result_fails_the_train(
+    router: Router, docker_client: Any, client: Any, registry: Any, parties: Any, tmp_path: Path
+) -> None:
+    ref, spec = _incoming_train(docker_client, client, registry, parties)
+    router.submit(str(ref), parties["alice"].public.pem)
+    repo = f"station-a/{spec.id}"
+    pinned = Reference(registry.host, repo, digest=client.resolve(repo, "train"))
+    out = tmp_path / "forged"
+    out.mkdir()
+    (out / "x.txt").write_text("forged")
+    sealed = seal(client, pinned, client.get_manifest(repo, pinned.digest), spec, hop=0,
+                  output_dir=out, key=parties["mallory"].key, previous=None)  # fmt: skip
+    assert router.handle_push(_push_event(registry, repo, "result-0", sealed.digest)) == "failed"
+    info = router.train(spec.id)
+    assert info["status"] == "failed"
+    assert "not signed by station-a's key" in info["reason"]
+    assert "result-0" not in client.list_tags(f"station-b/{spec.id}")
+    # Retrying sends the hop again (the station would run it afresh).
+    assert router.retry(spec.id, 0)["status"] == "routing"
+
+
+@pytest.fixture()
+def served(router: Router) -> Iterator[str]:
+    app = create_app(router, api_token=lambda: TOKEN, webhook_secret=lambda: SECRET,
+                     reconcile_seconds=0)  # fmt: skip
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not server.started:
+        time.sleep(0.05)
+    yield url
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_api_and_cli(
+    served: str, docker_client: Any, client: Any, registry: Any, parties: Any,
+    tmp_path: Path, key_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    session = requests.Session()
+    session.trust_env = False
+    stations = session.get(f"{served}/stations").json()
+    assert [s["id"] for s in stations] == ["station-a", "station-b"]
+    body = {"id": "station-c", "key": parties["station-c"].public.pem,
+            "recipient": parties["station-c"].age.recipient}  # fmt: skip
+    assert session.post(f"{served}/stations", json=body).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert session.post(f"{served}/stations", json=body, headers=wrong).status_code == 401
+    assert session.get(f"{served}/docs").status_code == 200
+    big = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    assert session.post(f"{served}/stations", data=b" " * (2 << 20), headers=big).status_code == 413
+
+    runner = CliRunner()
+    monkeypatch.setenv("PHT_CENTRAL_TOKEN", TOKEN)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "c.pub").write_text(parties["station-c"].public.pem)
+    (keys / "c.age.pub").write_text(parties["station-c"].age.recipient + "\n")
+    result = runner.invoke(main, ["central", "stations", "add", "--central", served,
+                                  "--id", "station-c", "--key", str(keys / "c.pub"),
+                                  "--recipient-file", str(keys / "c.age.pub")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "project station-station-c" in result.output
+    result = runner.invoke(main, ["central", "stations", "list", "--central", served, "--json"])
+    assert [s["id"] for s in json.loads(result.stdout)] == [
+        "station-a", "station-b", "station-c"
+    ]  # fmt: skip
+
+    # A researcher builds against the directory, submits, and follows the train.
+    folder = tmp_path / "analysis"
+    assert runner.invoke(main, ["train", "init", str(folder)]).exit_code == 0
+    result = runner.invoke(main, [
+        "train", "build", str(folder), "--route", "station-a,station-b", "--dataset", "cohort",
+        "--creator-key", str(key_files["key"]), "--central", served,
+        "--push", f"{registry.host}/pht-incoming", "--json",
+        "--passphrase-file", str(key_files["passphrase"]),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    built = json.loads(result.stdout)
+    # The train was built from the directory; alice's key signs it; approve as the reviewer.
+    sign_train(client, Reference.parse(built["reference"]).with_digest(built["digest"]), parties,
+               "reviewer")  # fmt: skip
+    result = runner.invoke(main, ["train", "submit", built["reference"], "--central", served,
+                                  "--key", str(key_files["pub"])])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "routing" in result.output
+    result = runner.invoke(main, ["train", "track", built["id"], "--central", served, "--json"])
+    info = json.loads(result.stdout)
+    assert [h["state"] for h in info["hops"]] == ["sent", "pending"]
+    # A registry webhook with a wrong secret is refused.
+    response = session.post(f"{served}/webhooks/registry-events", data=b"{}",
+                            headers={"Authorization": "wrong"})  # fmt: skip
+    assert response.status_code == 401
