@@ -353,3 +353,11 @@ class ConflictError(RegistryError):
 class SelfTestError(PhtError):
     """A station self-test check failed. The message names the check, the failed step and
     what to fix; it never contains key material, passphrases or data."""
+
+
+# --- local services (demo, tests) ---------------------------------------------------------
+
+
+class ServiceError(PhtError):
+    """A local service this tool started (Airflow, the central service) did not come up or
+    died. The message names the service and says where its log is."""
