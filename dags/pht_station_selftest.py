@@ -14,25 +14,14 @@ Five independent checks, one task each, so one failure does not hide the others:
 
 A failed task's log says what failed and what to fix; it never shows keys, passphrases or
 data. Run it after installing or changing a station (config, keys, registry account, Docker).
+A deployment hosting several stations (``PHT_STATION_CONFIG_DIR``) gets
+``pht_station_selftest__<station>`` for each.
 """
 
 from __future__ import annotations
 
-from airflow.sdk import DAG
+from pht_airflow.airflow.dags import SELFTEST, selftest_dag, station_dags
 
-from pht_airflow.airflow.selftest_operators import StationSelfTestOperator
-from pht_airflow.station.selftest import CHECKS
-
-# The station config comes from PHT_STATION_CONFIG in the worker's environment.
-with DAG(
-    dag_id="pht_station_selftest",
-    description="Check the engine, registry, keys, data sets and sandbox of this station",
-    schedule=None,
-    catchup=False,
-    max_active_runs=1,
-    tags=["pht"],
-    doc_md=__doc__,
-    default_args={"retries": 0},
-) as dag:
-    for check in CHECKS:
-        StationSelfTestOperator(task_id=check, check=check)
+dags = station_dags(SELFTEST, selftest_dag, __doc__)
+globals().update(dags)
+dag = dags.get(SELFTEST)

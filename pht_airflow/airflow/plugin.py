@@ -5,22 +5,29 @@ notifications, checks the shared secret (``webhook.secret`` in the station confi
 only pushes of a train (tag ``train``) in this station's own project, and creates one
 ``pht_run_train`` run per train digest. The run id is derived from the digest, so a
 duplicated delivery finds the run already there and starts nothing.
+
+A deployment hosting several stations (``$PHT_STATION_CONFIG_DIR``, see
+:mod:`pht_airflow.airflow.dags`) gets one receiver per station at
+``POST /pht/<station>/registry-events``, each with that station's secret, project and DAG.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from ..station.config import StationConfig, load_config
+from ..station.config import StationConfig, hosted_station_configs, load_config
 from ..webhook_app import create_app
 from ..webhooks import PushEvent
+from .dags import RUN_TRAIN, dag_id_for
 
 log = logging.getLogger(__name__)
 
-DAG_ID = "pht_run_train"
+DAG_ID = RUN_TRAIN
 TRAIN_TAG = "train"
 
 
@@ -29,12 +36,12 @@ def run_id_for(digest: str) -> str:
     return "pht__" + digest.replace(":", "_")
 
 
-def _config() -> StationConfig:
-    return load_config()
+def _config(path: Path | None = None) -> StationConfig:
+    return load_config(path)
 
 
-def _secret() -> str:
-    config = _config()
+def _secret(path: Path | None = None) -> str:
+    config = _config(path)
     if config.webhook_secret is None:
         return ""  # the app answers 503: the receiver is not configured
     try:
@@ -44,11 +51,13 @@ def _secret() -> str:
         return ""
 
 
-def _projects() -> list[str]:
-    return [_config().registry.project]
+def _projects(path: Path | None = None) -> list[str]:
+    return [_config(path).registry.project]
 
 
-def trigger_for_push(event: PushEvent) -> str | None:
+def trigger_for_push(
+    event: PushEvent, *, dag_id: str = DAG_ID, config_path: Path | None = None
+) -> str | None:
     """Create the DAG run for a train push; None if it is not a train or already exists."""
     from airflow.api.common.trigger_dag import trigger_dag
     from airflow.exceptions import DagRunAlreadyExists
@@ -57,16 +66,16 @@ def trigger_for_push(event: PushEvent) -> str | None:
 
     if event.tag != TRAIN_TAG:
         return None
-    config = _config()
+    config = _config(config_path)
     run_id = run_id_for(event.digest)
-    if DagRun.find(dag_id=DAG_ID, run_id=run_id):
-        log.info("run %s already exists; duplicate delivery ignored", run_id)
+    if DagRun.find(dag_id=dag_id, run_id=run_id):
+        log.info("run %s of %s already exists; duplicate delivery ignored", run_id, dag_id)
         return None
     # The registry host comes from our own config, never from the (sender-controlled) body.
     reference = f"{config.registry.host}/{event.repository}@{event.digest}"
     try:
         trigger_dag(
-            DAG_ID,
+            dag_id,
             run_id=run_id,
             conf={"train": reference, "rerun": False},
             triggered_by=DagRunTriggeredByType.REST_API,
@@ -75,17 +84,36 @@ def trigger_for_push(event: PushEvent) -> str | None:
         )
     except DagRunAlreadyExists:
         return None
-    log.info("created run %s for %s", run_id, reference)
+    log.info("created run %s of %s for %s", run_id, dag_id, reference)
     return run_id
 
 
-def build_app() -> Any:
-    """The FastAPI app the plugin mounts at ``/pht``."""
-    return create_app(secret_provider=_secret, on_push=trigger_for_push, projects=_projects)
+def build_app(config_path: Path | None = None, dag_id: str = DAG_ID) -> Any:
+    """The FastAPI receiver for one station (``config_path`` None: $PHT_STATION_CONFIG)."""
+    return create_app(
+        secret_provider=partial(_secret, config_path),
+        on_push=partial(trigger_for_push, dag_id=dag_id, config_path=config_path),
+        projects=partial(_projects, config_path),
+    )
+
+
+def receiver_apps() -> list[dict[str, Any]]:
+    """The receivers to mount: ``/pht`` for one station, ``/pht/<station>`` for each hosted one."""
+    hosted = hosted_station_configs()
+    if not hosted:
+        return [{"app": build_app(), "url_prefix": "/pht", "name": "PHT registry webhook"}]
+    return [
+        {
+            "app": build_app(path, dag_id_for(RUN_TRAIN, name)),
+            "url_prefix": f"/pht/{name}",
+            "name": f"PHT registry webhook ({name})",
+        }
+        for name, path in hosted.items()
+    ]
 
 
 class PhtStationPlugin(AirflowPlugin):
-    """Registers the webhook receiver with the Airflow API server."""
+    """Registers the webhook receiver(s) with the Airflow API server."""
 
     name = "pht_station"
-    fastapi_apps = [{"app": build_app(), "url_prefix": "/pht", "name": "PHT registry webhook"}]
+    fastapi_apps = receiver_apps()

@@ -31,6 +31,9 @@ from ..oci.reference import check_registry, check_repository
 from ..sandbox import Limits
 
 CONFIG_ENV = "PHT_STATION_CONFIG"
+# One Airflow deployment hosting several stations: a folder of station configs, one per
+# ``<station>.yaml`` (the demo uses this to fit three stations on a 2-core machine).
+CONFIG_DIR_ENV = "PHT_STATION_CONFIG_DIR"
 _STATION_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?", re.IGNORECASE)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
@@ -276,6 +279,31 @@ _SCHEMA: dict[str, Any] = {
     "work_dir": None,
     "webhook": {"secret": None},
 }
+
+
+def hosted_station_configs() -> dict[str, Path]:
+    """The station configs this Airflow deployment hosts, by name.
+
+    With ``$PHT_STATION_CONFIG_DIR`` set: every ``*.yaml`` in that folder, named by its file
+    stem (``station-a.yaml`` -> ``station-a``), sorted. Otherwise an empty mapping: the
+    deployment is one station whose config ``$PHT_STATION_CONFIG`` names. Only file names are
+    read here (it runs at DAG-file parse time); each config is validated when a task runs.
+    """
+    folder = os.environ.get(CONFIG_DIR_ENV)
+    if not folder:
+        return {}
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"{CONFIG_DIR_ENV}={folder} is not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(root.glob("*.yaml")):
+        if not _STATION_RE.fullmatch(path.stem):
+            raise ConfigError(
+                f"{path}: a hosted station config is named <station-id>.yaml "
+                "(lowercase letters, digits and '-')"
+            )
+        found[path.stem] = path.resolve()
+    return found
 
 
 def load_config(path: Path | str | None = None) -> StationConfig:

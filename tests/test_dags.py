@@ -1,0 +1,132 @@
+"""DAG integrity: every DAG file imports in a real ``DagBag``, for one station and for several.
+
+A deployment runs one station (``PHT_STATION_CONFIG``: ``pht_run_train``,
+``pht_station_selftest``) or hosts several (``PHT_STATION_CONFIG_DIR``: a pair of DAGs per
+``<station>.yaml``, each bound to its config, and one webhook receiver per station). The
+hosted DAG is also run once with ``dag.test()`` to show it uses its own station's config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO
+from stationkit import build_train, make_station, make_train_spec, sign_train
+
+from pht_airflow.errors import ConfigError
+from pht_airflow.oci import Reference, RegistryClient
+from pht_airflow.station.config import CONFIG_DIR_ENV, hosted_station_configs
+
+pytestmark = [pytest.mark.airflow]
+
+
+def _dagbag() -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def _hosted(tmp_path: Path, names: list[str]) -> Path:
+    folder = tmp_path / "stations"
+    folder.mkdir()
+    for name in names:
+        (folder / f"{name}.yaml").write_text(f"station: {{id: {name}}}\n")
+    return folder
+
+
+def test_single_station_dag_files_import_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CONFIG_DIR_ENV, raising=False)
+    bag = _dagbag()
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == {"pht_run_train", "pht_station_selftest"}
+    run = bag.get_dag("pht_run_train")
+    assert {t.task_id for t in run.tasks} == {
+        "verify", "approval_gate", "approve", "execute", "record"
+    }  # fmt: skip
+    assert all(getattr(t, "config_path", None) is None for t in run.tasks)
+
+
+def test_hosted_stations_get_a_dag_pair_each_bound_to_their_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _hosted(tmp_path, ["station-a", "station-b"])
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(folder))
+    bag = _dagbag()
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == {
+        "pht_run_train__station-a",
+        "pht_run_train__station-b",
+        "pht_station_selftest__station-a",
+        "pht_station_selftest__station-b",
+    }
+    for name in ("station-a", "station-b"):
+        for dag_id in (f"pht_run_train__{name}", f"pht_station_selftest__{name}"):
+            bound = {
+                getattr(t, "config_path", None)
+                for t in bag.get_dag(dag_id).tasks
+                if t.task_id != "approve"  # Airflow's approval operator reads no config
+            }
+            assert bound == {str((folder / f"{name}.yaml").resolve())}, dag_id
+
+
+def test_hosted_stations_get_one_webhook_receiver_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pht_airflow.airflow.plugin import receiver_apps
+
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(_hosted(tmp_path, ["station-a", "station-b"])))
+    assert [a["url_prefix"] for a in receiver_apps()] == ["/pht/station-a", "/pht/station-b"]
+    monkeypatch.delenv(CONFIG_DIR_ENV)
+    assert [a["url_prefix"] for a in receiver_apps()] == ["/pht"]
+
+
+def test_hosted_config_names_must_be_station_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _hosted(tmp_path, ["Station_A"])
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(folder))
+    with pytest.raises(ConfigError, match=r"Station_A\.yaml: a hosted station config is named"):
+        hosted_station_configs()
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="is not a folder"):
+        hosted_station_configs()
+
+
+@pytest.mark.docker
+@pytest.mark.registry
+def test_hosted_dag_runs_with_its_own_station_config(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    airflow_db: Path,
+    docker_client: Any,
+    registry: Any,
+    parties: Any,
+) -> None:
+    """No PHT_STATION_CONFIG at all: the hosted DAG must find station-b's config itself."""
+    folder = tmp_path / "stations"
+    folder.mkdir()
+    for name in ("station-a", "station-b"):
+        station = make_station(
+            tmp_path / name,
+            parties[name],
+            registry.host,
+            creators=[parties["alice"].public.pem],
+            approvers=[parties["reviewer"].public.pem],
+        )
+        (folder / f"{name}.yaml").symlink_to(station.config_path)
+    monkeypatch.delenv("PHT_STATION_CONFIG", raising=False)
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(folder))
+
+    spec = make_train_spec(parties, ["station-b"])
+    ref = Reference(registry.host, f"station-b/{spec.id}", tag="train")
+    digest = build_train(docker_client, ref, spec)
+    with RegistryClient(registry.host) as client:
+        sign_train(client, ref.with_digest(digest), parties, "alice", "reviewer")
+        dag = _dagbag().get_dag("pht_run_train__station-b")
+        run = dag.test(run_conf={"train": str(ref), "rerun": False})
+        states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+        assert run.state == "success", states
+        assert states["execute"] == "success"
+        assert "result-0" in client.list_tags(ref.repository)
