@@ -194,6 +194,7 @@ def test_plain_copy_mounts_and_moves_no_layer_bytes(
     # train: config + layer; each .sig: config + payload; result: config + layer
     assert report.blobs_mounted == 8
     assert sorted(report.tags) == sorted(t.expected_tags)
+    assert report.tags[-1] == "train"  # tagged last: the station's webhook fires on it
     assert_copied(client, t, dst)
 
     # Copying again changes nothing and mounts nothing.
@@ -484,7 +485,10 @@ def test_harbor_copy_train(
     copies = [r for r in requests_made if r.method == "POST" and r.path.endswith("/artifacts")]
     tags = [r for r in requests_made if r.method == "POST" and r.path.endswith("/tags")]
     assert copies and tags
-    assert copies[0].params["from"] == f"{src}@{t.train.digest}"
+    # The train is copied last: a station starts when `train` appears in its project, so
+    # its signatures and results must be there first.
+    assert copies[-1].params["from"] == f"{src}@{t.train.digest}"
+    assert tags[-1].json() == {"name": "train"}
     for r in requests_made:
         if "/repositories/" in r.raw_path:
             assert f"/repositories/trains%252F{tid}/" in r.raw_path, r.raw_path

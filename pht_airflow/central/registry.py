@@ -297,6 +297,10 @@ class PlainRegistryAdmin:
                 continue
             plan.append((result, tag))
             plan.extend(self._signature(src_repository, result.digest, tags))
+        # The train's own tag goes last: a station starts its hop when ``train`` appears in
+        # its project (the registry's webhook), so everything the hop verifies (signatures,
+        # earlier results) must already be there by then.
+        plan.append(plan.pop(0))
         seen: set[str] = set()
         for manifest, tag in plan:
             self._copy_tagged(src_repository, dst_repository, manifest, tag, report, seen)
@@ -968,6 +972,7 @@ class HarborAdmin:
         for art in sorted(results, key=lambda a: _tag_order(_result_tags(a.tags)[0])):
             plan.extend((art.digest, tag) for tag in _result_tags(art.tags))
             plan.extend(self._signature_plan(inventory, art.digest))
+        plan.append(plan.pop(0))  # the train's tag last, as in PlainRegistryAdmin.copy_train
         report = CopyReport(src_repository, dst_repository, train_digest)
         for digest, tag in plan:
             self._copy_artifact(src_repository, dst_project, dst_name, digest, tag, report)
