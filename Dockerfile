@@ -15,6 +15,7 @@
 #     config/station.example.yaml); the keys and secrets it refers to come from mounted files,
 #     environment variables or Airflow Variables/Connections (a secrets backend), never from
 #     this image. The API server needs it too: the webhook checks the secret it names.
+#     (Or PHT_STATION_CONFIG_DIR, a folder of <station>.yaml, for one Airflow hosting several.)
 #   - The Docker engine that runs the trains in the sandbox:
 #     -v /var/run/docker.sock:/var/run/docker.sock --group-add "$(stat -c %g /var/run/docker.sock)"
 #     (or DOCKER_HOST). Whoever reaches that socket controls the host: give it to this
