@@ -1,115 +1,565 @@
-"""``make demo``: the researcher's side of a train's journey, with real parts only.
+"""``make demo``: a train across three stations, sequential then parallel, with real parts only.
 
-What runs today: a local CNCF distribution registry on 127.0.0.1, key generation for a
-researcher, a reviewer and three stations, ``pht train init`` / ``pht train build`` (a real
-image build on ``pht-local/python:3.11`` and a push through the Docker engine), the creator
-signature, ``pht train approve`` (an approver signature), ``pht verify`` and
-``pht train status``. The stations' Airflow hops and the central router are the next
-milestones (issues 4 and 5); until then the demo stops after the train is signed and
-approved and says so.
+What runs, all on 127.0.0.1 and all started (and stopped, by PID) here:
 
-Everything lives under ``.pht/demo`` and every process the demo starts is stopped by PID.
+* a CNCF distribution registry (``docker-registry``) whose notifications go to the central
+  service and to each station's webhook receiver;
+* the central service (``pht central serve``: station directory and router, SQLite);
+* one Airflow deployment (API server, scheduler, DAG processor; LocalExecutor, SQLite) that
+  hosts the three stations, each with its own config, keys, data set, registry project, audit
+  log and DAG ``pht_run_train__<station>``. One Airflow for three stations is what fits a
+  2-core machine; in production each hospital runs its own.
+
+The researcher's side is the ``pht`` command line, run as a user would: keys, ``train init``,
+``train build --central``, ``train approve``, ``train submit``, ``results fetch``. The train
+computes an age histogram and per-stage counts; in sequential mode each station adds its counts
+to the previous hop's result, in parallel mode each station counts alone and the researcher
+adds the decrypted results up. Either way the demo checks the numbers against the same
+statistic computed directly over the three cohorts and says whether they match.
+
+Everything lives under ``.pht/demo`` (wiped at the start of the next run; the keys, station
+configs, audit logs, results and logs stay there for inspection until then).
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import json
 import os
+import random
 import secrets
-import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import yaml
 from rich.console import Console
+from rich.table import Table
 
-from .localregistry import start_registry
+from .airflow.names import dag_id_for
+from .central.client import CentralClient
+from .errors import PhtError, ServiceError
+from .localairflow import LocalAirflow, start_airflow
+from .localregistry import Endpoint, LocalRegistry, free_port, start_registry
 
 console = Console(highlight=False)
-STATIONS = ("station-a", "station-b", "station-c")
+
+# Three hospitals; each station's registry project is station-<id> (PROTOCOL.md, Routing).
+STATIONS = {"aachen": 2400, "bonn": 3100, "cologne": 1800}  # station id -> cohort size
+DATASET = "cohort"
+AGE_BINS = [(lo, lo + 9) for lo in range(0, 90, 10)]
+STAGES = ["I", "II", "III", "IV"]
+DIAGNOSES = ["C18 colon", "C34 lung", "C50 breast", "C61 prostate", "C43 melanoma"]
+HOP_TIMEOUT = 600.0  # seconds for a whole route, on a busy 2-core machine
+
+# The train's analysis: Python's standard library only (the image has nothing else).
+ANALYSIS = '''\
+"""Age histogram and per-stage counts, added to the previous hop's (sequential mode).
+
+Reads /pht/data/*.csv (columns: id, age, sex, diagnosis, stage) and /pht/input/result.json
+(the previous hop's result, absent at the first hop and in parallel mode); writes
+/pht/output/result.json. Only aggregate counts leave the station.
+"""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+BINS = [f"{lo}-{lo + 9}" for lo in range(0, 90, 10)] + ["90+"]
 
 
-def _pht(*args: str, env: dict[str, str]) -> str:
-    """Run the ``pht`` command line as a user would, echoing the command."""
-    console.print(f"[bold cyan]$ pht {' '.join(args)}[/bold cyan]")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pht_airflow.cli", *args],
-        env=env,
-        text=True,
-        capture_output=True,
-        check=False,
-    )
-    if proc.stdout:
-        console.print(proc.stdout.rstrip(), markup=False)
-    if proc.returncode != 0:
-        console.print(proc.stderr.rstrip(), markup=False)
-        raise SystemExit(f"demo step failed: pht {args[0]} exited {proc.returncode}")
-    return proc.stdout
+def age_bin(age):
+    return BINS[min(age // 10, len(BINS) - 1)]
+
+
+def main():
+    previous = Path("/pht/input/result.json")
+    if previous.exists():
+        result = json.loads(previous.read_text())
+    else:
+        result = {"patients": 0, "age_histogram": {b: 0 for b in BINS}, "stage_counts": {},
+                  "stations": []}
+    counted = 0
+    for path in sorted(Path("/pht/data").glob("*.csv")):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                counted += 1
+                result["age_histogram"][age_bin(int(row["age"]))] += 1
+                stage = row["stage"]
+                result["stage_counts"][stage] = result["stage_counts"].get(stage, 0) + 1
+    result["patients"] += counted
+    result["stations"].append({"station": os.environ["PHT_STATION_ID"], "patients": counted})
+    Path("/pht/output/result.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    print(f"{os.environ['PHT_STATION_ID']}: added {counted} patients (hop {os.environ['PHT_HOP']})")
+
+
+main()
+'''
+
+
+# --- the cohorts and the direct computation ------------------------------------------------
+
+
+def age_bin(age: int) -> str:
+    labels = [f"{lo}-{hi}" for lo, hi in AGE_BINS] + ["90+"]
+    return labels[min(age // 10, len(labels) - 1)]
+
+
+def write_cohort(path: Path, station: str, rows: int) -> None:
+    """A synthetic cohort: id, age, sex, diagnosis, stage (seeded per station)."""
+    rng = random.Random(f"pht-demo-{station}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "age", "sex", "diagnosis", "stage"])
+        for i in range(rows):
+            age = max(18, min(99, int(rng.gauss(62, 14))))
+            stage = rng.choices(STAGES, weights=[30, 30, 25, 15])[0]
+            w.writerow([f"{station}-{i:05d}", age, rng.choice("FM"), rng.choice(DIAGNOSES), stage])
+    # The sandbox user (uid 65534) reads the data set through a read-only bind mount.
+    os.chmod(path.parent, 0o755)  # noqa: S103 - data set folder, read by the sandbox user
+    os.chmod(path, 0o644)
+
+
+def direct_statistic(csv_paths: list[Path]) -> dict[str, Any]:
+    """The same statistic as the train, computed here over every cohort at once."""
+    hist: Counter[str] = Counter({age_bin(lo): 0 for lo, _ in AGE_BINS} | {"90+": 0})
+    stages: Counter[str] = Counter()
+    patients = 0
+    for path in csv_paths:
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                patients += 1
+                hist[age_bin(int(row["age"]))] += 1
+                stages[row["stage"]] += 1
+    return {"patients": patients, "age_histogram": dict(hist), "stage_counts": dict(stages)}
+
+
+def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add up parallel results (each a single station's counts)."""
+    hist: Counter[str] = Counter()
+    stages: Counter[str] = Counter()
+    for r in results:
+        hist.update(r["age_histogram"])
+        stages.update(r["stage_counts"])
+    return {
+        "patients": sum(r["patients"] for r in results),
+        "age_histogram": dict(hist),
+        "stage_counts": dict(stages),
+        "stations": [s for r in results for s in r["stations"]],
+    }
+
+
+def comparable(stat: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "patients": stat["patients"],
+        "age_histogram": {k: v for k, v in stat["age_histogram"].items() if v},
+        "stage_counts": {k: v for k, v in stat["stage_counts"].items() if v},
+    }
+
+
+def result_table(title: str, stat: dict[str, Any], direct: dict[str, Any]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("statistic")
+    table.add_column("from the train", justify="right")
+    table.add_column("computed directly", justify="right")
+    rows = [("patients", stat["patients"], direct["patients"])]
+    for label in direct["age_histogram"]:
+        rows.append((f"age {label}", stat["age_histogram"].get(label, 0),
+                     direct["age_histogram"][label]))  # fmt: skip
+    for stage in STAGES:
+        rows.append((f"stage {stage}", stat["stage_counts"].get(stage, 0),
+                     direct["stage_counts"].get(stage, 0)))  # fmt: skip
+    for name, got, want in rows:
+        mark = "" if got == want else " [red]≠[/red]"
+        table.add_row(name, f"{got}{mark}", str(want))
+    return table
+
+
+# --- running things ----------------------------------------------------------------------
+
+
+class Demo:
+    """The demo's state: folders, secrets, processes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.keys = root / "keys"
+        self.secrets = root / "secrets"
+        self.passfile = self.secrets / "passphrase"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PHT_")}
+        self.env["PYTHONUNBUFFERED"] = "1"
+        self.registry: LocalRegistry | None = None
+        self.central: subprocess.Popen[bytes] | None = None
+        self.airflow: LocalAirflow | None = None
+        self.central_url = ""
+        self.pidfile = root.parent / "demo.pids"
+
+    # -- helpers
+
+    def pht(self, *args: str, show: bool = True) -> str:
+        """Run the ``pht`` command line as a user would, echoing the command."""
+        shown = " ".join(a if len(a) < 60 else a[:57] + "…" for a in args)
+        console.print(f"[bold cyan]$ pht {shown}[/bold cyan]")
+        proc = subprocess.run(  # noqa: S603 - our own CLI
+            [sys.executable, "-m", "pht_airflow.cli", *args],
+            env=self.env,
+            text=True,
+            capture_output=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        if show and proc.stdout.strip():
+            console.print(proc.stdout.rstrip(), markup=False)
+        if proc.returncode != 0:
+            console.print(proc.stderr.rstrip(), markup=False, style="red")
+            raise PhtError(f"demo step failed: pht {args[0]} {args[1]} exited {proc.returncode}")
+        return proc.stdout
+
+    def secret_file(self, name: str) -> tuple[Path, str]:
+        value = secrets.token_urlsafe(24)
+        path = self.secrets / name
+        path.write_text(value + "\n")
+        path.chmod(0o600)
+        return path, value
+
+    def remember_pids(self) -> None:
+        pids = []
+        if self.registry:
+            pids.append(self.registry.process.pid)
+        if self.central:
+            pids.append(self.central.pid)
+        if self.airflow:
+            pids.extend(self.airflow.pids)
+        self.pidfile.write_text("\n".join(map(str, pids)) + "\n")
+
+    # -- setup
+
+    def make_keys(self) -> None:
+        self.keys.mkdir(parents=True)
+        self.secrets.mkdir(mode=0o700)
+        self.passfile.write_text(secrets.token_urlsafe(24) + "\n")
+        self.passfile.chmod(0o600)
+        for name in ("alice", "reviewer", *STATIONS):
+            self.pht("keys", "generate", "--name", name, "--out", str(self.keys),
+                     "--passphrase-file", str(self.passfile), show=False)  # fmt: skip
+        console.print(f"keys for alice (researcher), reviewer and {', '.join(STATIONS)} in "
+                      f"{self.keys} (private files encrypted, mode 0600)")  # fmt: skip
+
+    def write_stations(self, registry_host: str) -> list[str]:
+        """Each station's data set, secrets and config; returns its webhook secrets."""
+        configs = self.root / "stations"
+        configs.mkdir()
+        webhook_secrets = []
+        for station, rows in STATIONS.items():
+            state = self.root / "station-state" / station
+            write_cohort(state / "data" / "patients.csv", station, rows)
+            secret_path, secret = self.secret_file(f"webhook-{station}")
+            webhook_secrets.append(secret)
+            rel = Path("..")
+            config = {
+                "station": {"id": station},
+                "keys": {
+                    "public_key": str(rel / "keys" / f"{station}.pub"),
+                    "signing_key": {"file": str(rel / "keys" / f"{station}.key")},
+                    "signing_passphrase": {"file": str(rel / "secrets" / "passphrase")},
+                    "age_identity": {"file": str(rel / "keys" / f"{station}.age")},
+                    "age_passphrase": {"file": str(rel / "secrets" / "passphrase")},
+                },
+                "registry": {"host": registry_host, "project": f"station-{station}"},
+                "trust": {
+                    "trusted_creators": [str(rel / "keys" / "alice.pub")],
+                    "trusted_approvers": [str(rel / "keys" / "reviewer.pub")],
+                    "required_approvals": 1,
+                },
+                "datasets": {DATASET: str(rel / "station-state" / station / "data")},
+                "sandbox": {
+                    "memory": "256MiB",
+                    "cpus": 1,
+                    "pids": 64,
+                    "wall_time": "120s",
+                    "output_bytes": "1MiB",
+                },  # fmt: skip
+                # A scripted demo has nobody to click Approve; stations default to asking.
+                "policy": {"require_approval": False},
+                "audit_log": str(rel / "station-state" / station / "audit.jsonl"),
+                "work_dir": str(rel / "station-state" / station / "work"),
+                "webhook": {"secret": {"file": str(rel / "secrets" / secret_path.name)}},
+            }
+            (configs / f"{station}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        console.print(f"station configs in {configs}; cohorts of "
+                      + ", ".join(f"{n} ({r} rows)" for n, r in STATIONS.items()))  # fmt: skip
+        return webhook_secrets
+
+    def start_services(self) -> None:
+        central_port, airflow_port = free_port(), free_port()
+        self.central_url = f"http://127.0.0.1:{central_port}"
+        airflow_url = f"http://127.0.0.1:{airflow_port}"
+        _, central_secret = self.secret_file("central-webhook")
+        _, token = self.secret_file("central-token")
+        self.env["PHT_CENTRAL_TOKEN"] = token
+
+        console.rule("2. a registry, the central service and three stations on Airflow")
+        registry_port = free_port()
+        registry_host = f"127.0.0.1:{registry_port}"
+        station_secrets = self.write_stations(registry_host)
+        endpoints = [
+            Endpoint(
+                "central",
+                f"{self.central_url}/webhooks/registry-events",
+                {"Authorization": [central_secret]},
+            )  # fmt: skip
+        ] + [
+            Endpoint(
+                f"station-{s}",
+                f"{airflow_url}/pht/{s}/registry-events",
+                {"Authorization": [secret]},
+            )  # fmt: skip
+            for s, secret in zip(STATIONS, station_secrets, strict=True)
+        ]
+        self.registry = start_registry(
+            self.root / "registry", port=registry_port, endpoints=endpoints
+        )
+        self.remember_pids()
+        console.print(f"registry     {self.registry.url}  (pid {self.registry.process.pid}; "
+                      "notifies the central service and each station)")  # fmt: skip
+
+        log = (self.root / "central.log").open("wb")
+        self.central = subprocess.Popen(  # noqa: S603 - our own CLI
+            [
+                sys.executable, "-m", "pht_airflow.cli", "central", "serve",
+                "--registry", registry_host, "--port", str(central_port),
+                "--db", f"sqlite:///{self.root / 'central.db'}",
+                "--reconcile-seconds", "10", "--hop-timeout", "15m",
+            ],
+            env={**self.env, "PHT_WEBHOOK_SECRET": central_secret},
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.remember_pids()
+        client = CentralClient(self.central_url, token=token)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.central.poll() is not None:
+                raise ServiceError(f"the central service exited; see {self.root / 'central.log'}")
+            with contextlib.suppress(PhtError):
+                client.stations()
+                break
+            if time.monotonic() > deadline:
+                raise ServiceError(f"the central service did not answer; see {log.name}")
+            time.sleep(0.5)
+        console.print(f"central      {self.central_url}  (pid {self.central.pid}; API docs at "
+                      f"{self.central_url}/docs)")  # fmt: skip
+
+        with console.status("starting Airflow (API server, scheduler, DAG processor)…"):
+            started = time.monotonic()
+            self.airflow = start_airflow(
+                self.root / "airflow",
+                env={"PHT_STATION_CONFIG_DIR": str(self.root / "stations")},
+                port=airflow_port,
+                log_dir=self.root,
+            )
+            self.remember_pids()
+            for station in STATIONS:
+                self.airflow.wait_for_dag(dag_id_for(station))
+        console.print(f"Airflow      {self.airflow.url}  (pids "
+                      f"{', '.join(map(str, sorted(self.airflow.pids)))}; up in "
+                      f"{time.monotonic() - started:.0f} s; user admin, password in "
+                      f"{self.airflow.home / 'passwords.json'})")  # fmt: skip
+        console.print("stations     " + ", ".join(f"{s} (DAG {dag_id_for(s)}, webhook "
+                      f"/pht/{s}/registry-events)" for s in STATIONS))  # fmt: skip
+
+        console.rule("3. the central team registers the stations")
+        for station in STATIONS:
+            self.pht("central", "stations", "add", "--central", self.central_url,
+                     "--id", station, "--key", str(self.keys / f"{station}.pub"),
+                     "--recipient-file", str(self.keys / f"{station}.age.pub"))  # fmt: skip
+        self.pht("central", "stations", "list", "--central", self.central_url)
+
+    # -- one train
+
+    def run_train(self, mode: str, step: int) -> dict[str, Any]:
+        assert self.registry is not None and self.airflow is not None
+        console.rule(f"{step}. a {mode} train across {', '.join(STATIONS)}")
+        folder = self.root / f"age-histogram-{mode}"
+        self.pht("train", "init", str(folder))
+        (folder / "analysis.py").write_text(ANALYSIS)
+        console.print("analysis.py replaced by the age histogram / stage count analysis")
+        out = self.pht(
+            "train", "build", str(folder), "--route", ",".join(STATIONS), "--mode", mode,
+            "--dataset", DATASET, "--creator-key", str(self.keys / "alice.key"),
+            "--central", self.central_url, "--push", f"{self.registry.host}/pht-incoming",
+            "--passphrase-file", str(self.passfile), "--json", show=False,
+        )  # fmt: skip
+        train = json.loads(out)
+        ref = f"{train['reference'].rsplit(':', 1)[0]}@{train['digest']}"
+        console.print(f"train {train['id']} built, pushed and signed by alice: {train['digest']}")
+        self.pht("train", "approve", ref, "--key", str(self.keys / "reviewer.key"), "--yes",
+                 "--max-files", "5", "--passphrase-file", str(self.passfile),
+                 show=False)  # fmt: skip
+        console.print("approved by reviewer (approver signature added)")
+        self.pht("train", "submit", ref, "--central", self.central_url,
+                 "--key", str(self.keys / "alice.pub"))  # fmt: skip
+
+        info = self.follow(train["id"])
+        if info["status"] != "done":
+            raise PhtError(f"train {train['id']} {info['status']}: {info.get('reason')}")
+
+        results = self.root / "results" / mode
+        self.pht("results", "fetch", f"{self.registry.host}/pht-outbox/{train['id']}:train",
+                 "--identity", str(self.keys / "alice.age"), "--out", str(results),
+                 "--passphrase-file", str(self.passfile))  # fmt: skip
+        files = sorted(results.glob("*/result.json"))
+        decrypted = [json.loads(p.read_text()) for p in files]
+        if mode == "sequential":
+            # visibility "final": only the last hop is addressed to alice
+            if len(decrypted) != 1:
+                raise PhtError(f"expected one readable result, got {len(decrypted)}")
+            stat = decrypted[0]
+        else:
+            stat = combine(decrypted)
+        return stat
+
+    def follow(self, train_id: str) -> dict[str, Any]:
+        """Print the train's timeline (central) and its stations' Airflow runs as they move."""
+        assert self.airflow is not None
+        client = CentralClient(self.central_url)
+        seen_events = 0
+        run_states: dict[tuple[str, str], str] = {}
+        started = time.monotonic()
+        with console.status("routing…") as status:
+            while True:
+                info = client.train(train_id)
+                for e in info["events"][seen_events:]:
+                    console.print(f"  [dim]{e['time'][11:19]}[/dim] central  "
+                                  f"{e['kind']:<9} {e['message']}")  # fmt: skip
+                seen_events = len(info["events"])
+                waiting = []
+                for hop in info["hops"]:
+                    if hop["state"] not in ("sent", "done"):
+                        continue
+                    for run in self.airflow.runs(dag_id_for(hop["station"])):
+                        if train_id not in str((run.get("conf") or {}).get("train", "")):
+                            continue
+                        key = (hop["station"], run["dag_run_id"])
+                        if run_states.get(key) != run["state"]:
+                            run_states[key] = run["state"]
+                            console.print(f"  [dim]{time.strftime('%H:%M:%S', time.gmtime())}"
+                                          f"[/dim] {hop['station']:<8} Airflow run "
+                                          f"{run['dag_run_id'][:20]}… {run['state']}")  # fmt: skip
+                        if run["state"] in ("queued", "running"):
+                            waiting.append(f"hop {hop['hop']} at {hop['station']}")
+                if info["status"] in ("done", "failed"):
+                    break
+                if time.monotonic() - started > HOP_TIMEOUT:
+                    raise PhtError(f"train {train_id} did not finish in {HOP_TIMEOUT:.0f} s")
+                status.update(f"{time.monotonic() - started:.0f} s: " +
+                              (", ".join(waiting) or "routing"))  # fmt: skip
+                self.airflow.check_alive()
+                time.sleep(2)
+        table = Table(title=f"train {train_id}: {info['status']} in "
+                      f"{time.monotonic() - started:.0f} s", title_justify="left")  # fmt: skip
+        for col in ("hop", "station", "state", "result"):
+            table.add_column(col)
+        for hop in info["hops"]:
+            table.add_row(str(hop["hop"]), hop["station"], hop["state"],
+                          (hop["result_digest"] or "")[:23])  # fmt: skip
+        console.print(table)
+        if info["status"] == "failed":
+            console.print(f"[red]reason: {info.get('reason')}[/red]")
+            console.print(self.airflow.diagnostics(lines=15), markup=False)
+        return info
+
+    def stop(self) -> None:
+        if self.airflow is not None:
+            self.airflow.stop()
+        if self.central is not None and self.central.poll() is None:
+            self.central.send_signal(signal.SIGTERM)
+            try:
+                self.central.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.central.kill()
+                self.central.wait(timeout=10)
+        if self.registry is not None:
+            self.registry.stop()
+        self.pidfile.unlink(missing_ok=True)
+
+
+def _stop_leftovers(pidfile: Path) -> None:
+    """Stop what an interrupted earlier demo left running (only our own processes)."""
+    if not pidfile.exists():
+        return
+    for line in pidfile.read_text().split():
+        pid = int(line)
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"airflow" in cmdline or b"docker-registry" in cmdline or b"pht_airflow" in cmdline:
+            console.print(f"stopping process {pid} left by an earlier demo")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    pidfile.unlink()
+
+
+@contextlib.contextmanager
+def _phase(title: str) -> Iterator[None]:
+    console.rule(title)
+    yield
 
 
 def main() -> int:
     root = Path(".pht/demo").resolve()
-    shutil.rmtree(root, ignore_errors=True)
-    keys = root / "keys"
-    keys.mkdir(parents=True)
+    demo = Demo(root)
+    _stop_leftovers(demo.pidfile)
+    if root.exists():
+        import shutil
+
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
     os.chmod(root, 0o700)
-    passfile = keys / "demo-passphrase"
-    passfile.write_text(secrets.token_urlsafe(24) + "\n")
-    passfile.chmod(0o600)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("PHT_PASSPHRASE", None)
     started = time.monotonic()
-
-    console.rule("1. a local registry on 127.0.0.1")
-    registry = start_registry(root / "registry")
     try:
-        console.print(f"registry at {registry.url} (pid {registry.process.pid})")
-        console.rule("2. keys for the researcher, a reviewer and three stations")
-        for name in ("alice", "reviewer", *STATIONS):
-            _pht(
-                "keys", "generate", "--name", name, "--out", str(keys),
-                "--passphrase-file", str(passfile), env=env,
-            )  # fmt: skip
-        directory = root / "stations.yaml"
-        lines = ["stations:"]
-        for s in STATIONS:
-            lines += [f"  {s}:", f"    key: keys/{s}.pub", f"    recipient_file: keys/{s}.age.pub"]
-        directory.write_text("\n".join(lines) + "\n")
-
-        console.rule("3. build, push and sign a train")
-        folder = root / "age-histogram"
-        _pht("train", "init", str(folder), env=env)
-        out = _pht(
-            "train", "build", str(folder), "--route", ",".join(STATIONS),
-            "--mode", "sequential", "--dataset", "cohort", "--creator-key",
-            str(keys / "alice.key"), "--stations", str(directory),
-            "--push", f"{registry.host}/pht-incoming", "--passphrase-file", str(passfile),
-            "--json", env=env,
-        )  # fmt: skip
-        import json
-
-        train = json.loads(out)
-        ref = f"{train['reference'].rsplit(':', 1)[0]}@{train['digest']}"
-
-        console.rule("4. a reviewer approves it")
-        _pht(
-            "train", "approve", ref, "--key", str(keys / "reviewer.key"), "--yes",
-            "--max-files", "10", "--passphrase-file", str(passfile), env=env,
-        )  # fmt: skip
-        _pht(
-            "verify", ref, "--key", str(keys / "alice.pub"), "--key",
-            str(keys / "reviewer.pub"), env=env,
-        )  # fmt: skip
-        _pht("train", "status", ref, "--key", str(keys / "alice.pub"), env=env)
-        console.rule("done")
-        console.print(
-            f"train {train['id']} is built, signed by its creator and approved "
-            f"({time.monotonic() - started:.0f} s). The station hops (Airflow) and the "
-            "central router are not part of this build yet: see the README's status section."
-        )
+        with _phase("1. keys for a researcher, a reviewer and three stations"):
+            demo.make_keys()
+        demo.start_services()
+        cohorts = [root / "station-state" / s / "data" / "patients.csv" for s in STATIONS]
+        direct = direct_statistic(cohorts)
+        outcomes = []
+        for step, mode in ((4, "sequential"), (5, "parallel")):
+            stat = demo.run_train(mode, step)
+            console.print(result_table(f"{mode}: the decrypted result", stat, direct))
+            ok = comparable(stat) == comparable(direct)
+            outcomes.append(ok)
+            if ok:
+                console.print(f"[bold green]{mode}: matches direct computation[/bold green] "
+                              f"({stat['patients']} patients from "
+                              f"{', '.join(s['station'] for s in stat['stations'])})")  # fmt: skip
+            else:
+                console.print(f"[bold red]{mode}: does NOT match direct computation[/bold red]")
+    except PhtError as exc:
+        console.print(f"[bold red]demo failed:[/bold red] {exc}", markup=True)
+        console.print(f"logs and state are in {root}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
     finally:
-        registry.stop()
-    return 0
+        with console.status("stopping the registry, the central service and Airflow…"):
+            demo.stop()
+    console.rule("done")
+    console.print(f"both modes finished in {time.monotonic() - started:.0f} s; keys, station "
+                  f"configs, audit logs ({root}/station-state/*/audit.jsonl), results and logs "
+                  f"are in {root}. Check an audit log with: pht audit verify "
+                  f"{root}/station-state/aachen/audit.jsonl")  # fmt: skip
+    return 0 if all(outcomes) else 1
 
 
 if __name__ == "__main__":

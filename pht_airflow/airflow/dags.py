@@ -19,6 +19,7 @@ from airflow.sdk import DAG, Param, TriggerRule
 
 from ..station.config import hosted_station_configs
 from ..station.selftest import CHECKS
+from .names import RUN_TRAIN, SELFTEST, dag_id_for
 from .operators import (
     ApprovalPolicyGate,
     ExecuteTrainOperator,
@@ -27,15 +28,8 @@ from .operators import (
 )
 from .selftest_operators import StationSelfTestOperator
 
-RUN_TRAIN = "pht_run_train"
-SELFTEST = "pht_station_selftest"
 _TRAIN = "{{ params.train }}"
 _VERIFIED = "ti.xcom_pull(task_ids='verify')"
-
-
-def dag_id_for(base: str, station: str | None) -> str:
-    """``base`` for a single-station deployment, ``base__<station>`` for a hosted station."""
-    return f"{base}__{station}" if station else base
 
 
 def run_train_dag(
@@ -138,6 +132,6 @@ def station_dags(
     if not hosted:
         return {base: build(base, None, doc_md)}
     return {
-        dag_id_for(base, name): build(dag_id_for(base, name), str(path), doc_md)
+        dag_id_for(name, base): build(dag_id_for(name, base), str(path), doc_md)
         for name, path in hosted.items()
     }

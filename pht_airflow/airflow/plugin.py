@@ -23,7 +23,7 @@ from airflow.plugins_manager import AirflowPlugin
 from ..station.config import StationConfig, hosted_station_configs, load_config
 from ..webhook_app import create_app
 from ..webhooks import PushEvent
-from .dags import RUN_TRAIN, dag_id_for
+from .names import RUN_TRAIN, dag_id_for
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def receiver_apps() -> list[dict[str, Any]]:
         return [{"app": build_app(), "url_prefix": "/pht", "name": "PHT registry webhook"}]
     return [
         {
-            "app": build_app(path, dag_id_for(RUN_TRAIN, name)),
+            "app": build_app(path, dag_id_for(name)),
             "url_prefix": f"/pht/{name}",
             "name": f"PHT registry webhook ({name})",
         }
