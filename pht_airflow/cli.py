@@ -619,16 +619,41 @@ def _train_signers(
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Creator/approver public keys to check the train's signatures against.",
 )
+@click.option(
+    "--central",
+    help="Ask the central service instead: route progress and event timeline (REF may be "
+    "the train id).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @registry_options
 def train_status(
-    ref: str, key_paths: tuple[Path, ...], as_json: bool, username: str | None, insecure: bool
+    ref: str,
+    key_paths: tuple[Path, ...],
+    central: str | None,
+    as_json: bool,
+    username: str | None,
+    insecure: bool,
 ) -> None:
-    """Show a train's spec, signers, and per hop: result, signer, and whether the chain holds."""
+    """Show a train's spec, signers, and per hop: result, signer, and whether the chain holds.
+
+    With --central, show where the central service has the train: each hop's state and the
+    event timeline (submitted, sent, result, outbox, failed).
+    """
     from .oci import Reference
     from .sealing import chain_status
     from .spec import read_spec
 
+    if central:
+        from .central.client import CentralClient
+
+        # A reference names the train by its repository: <project>/<train-id>.
+        train_id = ref if "/" not in ref else Reference.parse(ref).repository.rsplit("/", 1)[1]
+        info = CentralClient(central).train(train_id)
+        if as_json:
+            _print_json(info)
+        else:
+            _print_timeline(info)
+        return
     with _client(Reference.parse(ref), username, insecure) as client:
         pinned = _resolved(client, ref)
         spec, digest = read_spec(client, pinned, check_expiry=False)
@@ -811,21 +836,6 @@ def _print_timeline(info: dict[str, Any]) -> None:
         out.print(f"reason: {info['reason']}", markup=False)
     for e in info.get("events", []):
         out.print(f"{e['time'][:19]}  {e['kind']:<9} {e['message']}", markup=False)
-
-
-@train.command("track")
-@click.argument("train_id")
-@click.option("--central", required=True, help="The central service URL.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def train_track(train_id: str, central: str, as_json: bool) -> None:
-    """Show a train's route progress and event timeline from the central service."""
-    from .central.client import CentralClient
-
-    info = CentralClient(central).train(train_id)
-    if as_json:
-        _print_json(info)
-        return
-    _print_timeline(info)
 
 
 @train.command("retry")

@@ -239,9 +239,17 @@ def test_api_and_cli(
                                   "--key", str(key_files["pub"])])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "routing" in result.output
-    result = runner.invoke(main, ["train", "track", built["id"], "--central", served, "--json"])
+    result = runner.invoke(main, ["train", "status", built["id"], "--central", served, "--json"])
     info = json.loads(result.stdout)
     assert [h["state"] for h in info["hops"]] == ["sent", "pending"]
+    # The same by reference, as a table with the timeline.
+    result = runner.invoke(main, ["train", "status", built["reference"], "--central", served])
+    assert result.exit_code == 0, result.output
+    assert "submitted" in result.output and "station-a" in result.output
+    # The same by reference, as a table with the timeline.
+    result = runner.invoke(main, ["train", "status", built["reference"], "--central", served])
+    assert result.exit_code == 0, result.output
+    assert "submitted" in result.output and "station-a" in result.output
     # A registry webhook with a wrong secret is refused.
     response = session.post(f"{served}/webhooks/registry-events", data=b"{}",
                             headers={"Authorization": "wrong"})  # fmt: skip
