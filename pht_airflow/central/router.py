@@ -8,6 +8,13 @@ Every input may arrive twice, late or never: registry events are deduplicated on
 repository + tag + digest, each action checks the state it expects first, and
 :meth:`Router.reconcile` compares the registry with the database to resume whatever a lost
 webhook stalled and to fail hops that took too long.
+
+A station pushes its result and signs it afterwards, and the registry announces the result
+as soon as it is pushed, so the notification often arrives before the signature. An
+unsigned result is therefore "not yet", never a failure: the router waits a moment for the
+signature (``signature_wait``) and otherwise leaves the hop to reconciliation, without
+recording the event as handled. A result whose signatures are there but wrong fails the
+train at once.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Protocol
@@ -23,12 +31,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import ConfigError, NotFoundError, PhtError, VerificationError
+from ..errors import ChainError, ConfigError, NotFoundError, PhtError, VerificationError
 from ..keys import public_key_from_pem, validate_recipient
 from ..oci import Reference, RegistryClient
 from ..oci.reference import check_repository
 from ..sealing import accept_hop, find_results
-from ..signing import verify
+from ..signing import signature_tag, verify
 from ..spec import TrainSpec, read_spec
 from ..webhooks import PushEvent
 from .db import EventRow, HopRow, StationRow, TrainRow, utcnow
@@ -65,6 +73,7 @@ class Router:
         incoming_project: str = "pht-incoming",
         outbox_project: str = "pht-outbox",
         hop_timeout: timedelta = timedelta(hours=24),
+        signature_wait: float = 2.0,
     ) -> None:
         self.sessions = sessions
         self.client = client
@@ -72,6 +81,7 @@ class Router:
         self.incoming = incoming_project
         self.outbox = outbox_project
         self.hop_timeout = hop_timeout
+        self.signature_wait = signature_wait
         self._lock = threading.RLock()  # one routing decision at a time
 
     # --- station directory ------------------------------------------------------------
@@ -203,13 +213,47 @@ class Router:
         m = RESULT_TAG.match(tag)
         if m is None or not rest:
             return None
+        hop = int(m.group(1))
+        if self._awaits(rest, project, hop) and not self._signature_arrives(
+            event.repository, event.digest
+        ):
+            # Not recorded as handled: a redelivery or reconciliation routes it once signed.
+            log.info("%s has no signature yet; left to reconciliation", event.event_id)
+            return "waiting for the station's signature"
         with self._lock, self.sessions.begin() as s:
             try:
                 with s.begin_nested():
                     s.add(EventRow(kind="push", message=event.event_id, dedup_key=event.event_id))
             except IntegrityError:
                 return None  # delivered before
-            return self._on_result(s, rest, project, int(m.group(1)), event.digest, "webhook")
+            return self._on_result(s, rest, project, hop, event.digest, "webhook")
+
+    def _awaits(self, train_id: str, project: str, hop: int) -> bool:
+        """True if ``hop`` of a routing train was sent to ``project`` and is not done."""
+        with self.sessions() as s:
+            train = s.get(TrainRow, train_id)
+            if train is None or train.status != "routing" or not 0 <= hop < len(train.hops):
+                return False
+            row = train.hops[hop]
+            station = s.get(StationRow, row.station)
+            return row.state == "sent" and station is not None and station.project == project
+
+    def _signed(self, repository: str, digest: str) -> bool:
+        """True if ``digest`` has a signature manifest in ``repository`` (valid or not)."""
+        try:
+            self.client.resolve(repository, signature_tag(digest))
+        except NotFoundError:
+            return False
+        return True
+
+    def _signature_arrives(self, repository: str, digest: str) -> bool:
+        """Wait up to ``signature_wait`` seconds for the station to sign its result."""
+        deadline = time.monotonic() + self.signature_wait
+        while not self._signed(repository, digest):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def _on_result(
         self, s: Session, train_id: str, project: str, hop: int, digest: str, via: str
@@ -225,13 +269,17 @@ class Router:
             return None
         spec = TrainSpec.from_dict(train.spec, check_expiry=False)
         repo = f"{project}/{train.id}"
+        if not self._signed(repo, digest):
+            return None  # pushed, not signed yet: the hop is still running (see module doc)
         pinned = Reference(self.client.registry, repo, digest=train.digest)
         previous = train.hops[hop - 1].result_digest if train.mode == "sequential" and hop else None
         try:
             candidates = [c for c in find_results(self.client, pinned) if c.tag_hop == hop]
             accepted = accept_hop(self.client, pinned, spec, candidates, hop, previous)
         except VerificationError as exc:
-            self._fail(s, train, f"hop {hop} ({row.station}): {exc.reason}")
+            # A ChainError's reason already names the hop and the station.
+            where = "" if isinstance(exc, ChainError) else f"hop {hop} ({row.station}): "
+            self._fail(s, train, where + exc.reason)
             return "failed"
         if accepted is None:
             return None
