@@ -2,7 +2,9 @@
 
 Real engine, real registry. The tamper matrix shows, for every verification check, that the
 hop fails at verify with that check's error, that no sandbox container was ever created,
-that nothing was pushed, and that the audit log names the check.
+that nothing was pushed, and that the audit log names the check; each case runs twice, once
+through ``run_hop`` (what ``pht station run`` calls) and once as a ``pht_run_train`` DAG run
+under ``dag.test()`` (verify failed, execute upstream_failed, record audited the failure).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from pht_airflow.errors import (
     UnsignedError,
     UntrustedCreatorError,
     UntrustedSignatureError,
-    VerificationError,
 )
 from pht_airflow.oci import Reference, RegistryClient
 from pht_airflow.sealing import fetch_results, verify_chain
@@ -158,27 +159,78 @@ def test_a_second_run_is_refused_and_a_rerun_reuses_the_result(
     assert records[1]["failed_check"] == "already-done"
 
 
-def _expect_refused(
-    docker_client: Any, client: Any, station: Any, reference: str, error: type, check: str
-) -> VerificationError:
-    repository = Reference.parse(reference).repository
-    tags_before = repository_tags(client, repository)
-    since = time.time()
-    with pytest.raises(error) as info:
-        run_hop(station.config(), reference, docker_client=docker_client)
-    assert info.value.check == check
-    assert _sandbox_creates(docker_client, since, repository) == []
-    assert repository_tags(client, repository) == tags_before
-    last = AuditLog(station.audit_path).last()
-    assert last is not None
-    assert last["outcome"] == "failure"
-    assert last["failed_check"] == check
-    assert last["failure"]["message"] == str(info.value)
-    return info.value
+@dataclasses.dataclass
+class Refusal:
+    """What a refused hop reported: the error class name, check, digest, key id, message."""
+
+    error: str
+    check: str
+    digest: str | None
+    key_id: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
 
 
-def test_invalid_spec(docker_client: Any, client: Any, registry: Any, parties: Any,
-                      stations: Any) -> None:  # fmt: skip
+@pytest.fixture(scope="module")
+def run_train_dag(airflow_db: Path) -> Any:
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("pht_run_train_dag_matrix",
+                                                  REPO / "dags" / "pht_run_train.py")  # fmt: skip
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
+
+
+@pytest.fixture(params=["hop", "dag"])
+def refuse(request: pytest.FixtureRequest, docker_client: Any, client: Any,
+           monkeypatch: pytest.MonkeyPatch) -> Any:  # fmt: skip
+    """Run a hop that must be refused at verify, as ``pht station run`` does (``hop``) or as
+    the ``pht_run_train`` DAG does under ``dag.test()`` (``dag``), and check that it failed at
+    verify with the check's error, that no sandbox container was created, that nothing was
+    pushed, and that the audit log names the check."""
+
+    def check_refused(station: Any, reference: str, error: type, check: str) -> Refusal:
+        repository = Reference.parse(reference).repository
+        tags_before = repository_tags(client, repository)
+        since = time.time()
+        if request.param == "hop":
+            with pytest.raises(error) as info:
+                run_hop(station.config(), reference, docker_client=docker_client)
+            assert info.value.check == check
+        else:
+            dag = request.getfixturevalue("run_train_dag")
+            monkeypatch.setenv("PHT_STATION_CONFIG", str(station.config_path))
+            run = dag.test(run_conf={"train": reference, "rerun": False})
+            states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+            assert run.state == "failed", states
+            assert states["verify"] == "failed", states
+            assert states["execute"] == "upstream_failed", states
+            assert states["record"] == "failed", states  # recorded, then failed the run
+        assert _sandbox_creates(docker_client, since, repository) == []
+        assert repository_tags(client, repository) == tags_before
+        last = AuditLog(station.audit_path).last()
+        assert last is not None
+        assert last["outcome"] == "failure"
+        assert last["failed_check"] == check
+        failure = last["failure"]
+        assert failure["error"] == error.__name__
+        if request.param == "hop":
+            assert failure["message"] == str(info.value)
+        return Refusal(failure["error"], failure["check"], failure.get("digest"),
+                       failure.get("key_id"), failure["message"])  # fmt: skip
+
+    return check_refused
+
+
+def test_invalid_spec(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
+) -> None:
     spec = make_train_spec(parties, ["station-a"])
     ref = Reference(registry.host, f"station-a/{spec.id}", tag="train")
     broken = json.loads(spec.to_canonical_json())
@@ -190,56 +242,62 @@ def test_invalid_spec(docker_client: Any, client: Any, registry: Any, parties: A
     fake = type("S", (), {"to_canonical_json": lambda self: spec_text})()
     digest = build_train(docker_client, ref, fake)
     sign_train(client, ref.with_digest(digest), parties, "alice", "reviewer")
-    err = _expect_refused(docker_client, client, stations["station-a"], str(ref),
+    err = refuse(stations["station-a"], str(ref),
                           InvalidSpecError, "spec")  # fmt: skip
     assert "unknown field 'surprise'" in str(err)
 
 
-def test_unsigned(docker_client: Any, client: Any, registry: Any, parties: Any,
-                  stations: Any) -> None:  # fmt: skip
+def test_unsigned(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
+) -> None:
     ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
                     signers=())  # fmt: skip
-    _expect_refused(docker_client, client, stations["station-a"], str(ref), UnsignedError, "signed")
+    refuse(stations["station-a"], str(ref), UnsignedError, "signed")
 
 
-def test_signed_only_by_an_untrusted_key(docker_client: Any, client: Any, registry: Any,
-                                         parties: Any, stations: Any) -> None:  # fmt: skip
+def test_signed_only_by_an_untrusted_key(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
+) -> None:
     ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
                     signers=("mallory",))  # fmt: skip
-    err = _expect_refused(docker_client, client, stations["station-a"], str(ref),
+    err = refuse(stations["station-a"], str(ref),
                           UntrustedSignatureError, "signature-trusted")  # fmt: skip
     assert err.key_id == parties["mallory"].key.key_id
 
 
-def test_creator_untrusted(docker_client: Any, client: Any, registry: Any, parties: Any,
-                           stations: Any) -> None:  # fmt: skip
+def test_creator_untrusted(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
+) -> None:
     # Approved by a trusted reviewer, but the creator's signature is missing.
     ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
                     signers=("reviewer",))  # fmt: skip
-    err = _expect_refused(docker_client, client, stations["station-a"], str(ref),
+    err = refuse(stations["station-a"], str(ref),
                           UntrustedCreatorError, "creator")  # fmt: skip
     assert err.key_id == parties["alice"].key.key_id
 
 
-def test_too_few_approvals(docker_client: Any, client: Any, registry: Any, parties: Any,
-                           stations: Any) -> None:  # fmt: skip
+def test_too_few_approvals(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
+) -> None:
     ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
                     signers=("alice",))  # fmt: skip
-    err = _expect_refused(docker_client, client, stations["station-a"], str(ref),
+    err = refuse(stations["station-a"], str(ref),
                           TooFewApprovalsError, "approvals")  # fmt: skip
     assert "0 approval(s)" in str(err)
 
 
-def test_station_not_on_route(docker_client: Any, client: Any, registry: Any, parties: Any,
-                              stations: Any) -> None:  # fmt: skip
+def test_station_not_on_route(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
+) -> None:
     ref, _ = _train(docker_client, client, registry, parties, "station-a",
                     ["station-b", "station-c"])  # fmt: skip
-    _expect_refused(docker_client, client, stations["station-a"], str(ref), NotOnRouteError,
+    refuse(stations["station-a"], str(ref), NotOnRouteError,
                     "route")  # fmt: skip
 
 
-def test_route_key_is_not_this_stations_key(docker_client: Any, client: Any, registry: Any,
-                                            parties: Any, stations: Any) -> None:  # fmt: skip
+def test_route_key_is_not_this_stations_key(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
+) -> None:
     mallory = parties["mallory"]
 
     def change(spec: Any) -> dict[str, Any]:
@@ -248,13 +306,14 @@ def test_route_key_is_not_this_stations_key(docker_client: Any, client: Any, reg
 
     ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
                     change=change)  # fmt: skip
-    err = _expect_refused(docker_client, client, stations["station-a"], str(ref),
+    err = refuse(stations["station-a"], str(ref),
                           RouteKeyMismatchError, "route-key")  # fmt: skip
     assert err.key_id == mallory.key.key_id
 
 
-def test_expired(docker_client: Any, client: Any, registry: Any, parties: Any,
-                 stations: Any) -> None:  # fmt: skip
+def test_expired(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
+) -> None:
     past = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
 
     def change(spec: Any) -> dict[str, Any]:
@@ -262,34 +321,37 @@ def test_expired(docker_client: Any, client: Any, registry: Any, parties: Any,
 
     ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
                     change=change)  # fmt: skip
-    _expect_refused(docker_client, client, stations["station-a"], str(ref), ExpiredError, "expired")
+    refuse(stations["station-a"], str(ref), ExpiredError, "expired")
 
 
-def test_already_done(docker_client: Any, client: Any, registry: Any, parties: Any,
-                      stations: Any) -> None:  # fmt: skip
+def test_already_done(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
+) -> None:
     ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"])
     run_hop(stations["station-a"].config(), str(ref), docker_client=docker_client)
-    _expect_refused(docker_client, client, stations["station-a"], str(ref), AlreadyDoneError,
+    refuse(stations["station-a"], str(ref), AlreadyDoneError,
                     "already-done")  # fmt: skip
 
 
-def test_chain_broken(docker_client: Any, client: Any, registry: Any, parties: Any,
-                      stations: Any) -> None:  # fmt: skip
+def test_chain_broken(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
+) -> None:
     # Hop 1 at station-b, but hop 0 never ran: there is no result-0.
     ref, _ = _train(docker_client, client, registry, parties, "station-b",
                     ["station-a", "station-b"])  # fmt: skip
-    err = _expect_refused(docker_client, client, stations["station-b"], str(ref), ChainError,
+    err = refuse(stations["station-b"], str(ref), ChainError,
                           "chain")  # fmt: skip
     assert "hop 0 (station-a)" in str(err)
 
 
-def test_retagged_after_signing(docker_client: Any, client: Any, registry: Any, parties: Any,
-                                stations: Any) -> None:  # fmt: skip
+def test_retagged_after_signing(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
+) -> None:
     ref, spec = _train(docker_client, client, registry, parties, "station-a", ["station-a"])
     signed_digest = client.resolve(ref.repository, "train")
     other = build_train(docker_client, ref, spec, script="print('something else')\n")
     assert other != signed_digest
-    err = _expect_refused(docker_client, client, stations["station-a"], str(ref), UnsignedError,
+    err = refuse(stations["station-a"], str(ref), UnsignedError,
                           "signed")  # fmt: skip
     assert err.digest == other
 
