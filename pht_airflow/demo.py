@@ -5,7 +5,7 @@ What runs, all on 127.0.0.1 and all started (and stopped, by PID) here:
 * a CNCF distribution registry (``docker-registry``) whose notifications go to the central
   service and to each station's webhook receiver;
 * the central service (``pht central serve``: station directory and router, SQLite);
-* one Airflow deployment (API server, scheduler, DAG processor; LocalExecutor, SQLite) that
+* one Airflow deployment (API server, scheduler, DAG processor, triggerer; LocalExecutor) that
   hosts the three stations, each with its own config, keys, data set, registry project, audit
   log and DAG ``pht_run_train__<station>``. One Airflow for three stations is what fits a
   2-core machine; in production each hospital runs its own.
@@ -358,7 +358,7 @@ class Demo:
         console.print(f"central      {self.central_url}  (pid {self.central.pid}; API docs at "
                       f"{self.central_url}/docs)")  # fmt: skip
 
-        with console.status("starting Airflow (API server, scheduler, DAG processor)…"):
+        with console.status("starting Airflow (API server, scheduler, DAG processor, triggerer)…"):
             started = time.monotonic()
             self.airflow = start_airflow(
                 self.root / "airflow",

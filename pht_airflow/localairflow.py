@@ -1,4 +1,4 @@
-"""Start and stop a local Airflow deployment: API server, scheduler and DAG processor.
+"""Start and stop a local Airflow deployment: API server, scheduler, DAG processor, triggerer.
 
 Used by the demo and the end-to-end tests. ``airflow standalone`` is not used: the log
 servers its scheduler and triggerer start bind every interface with a hard-coded host. This
@@ -9,9 +9,11 @@ starts the components standalone would start, each bound to 127.0.0.1, with a pr
   the station plugin's webhook receivers under ``/pht``);
 * ``airflow scheduler --skip-serve-logs`` with the LocalExecutor (it runs tasks in parallel
   worker processes, also on SQLite);
-* ``airflow dag-processor``.
+* ``airflow dag-processor``;
+* ``airflow triggerer --skip-serve-logs`` (the approval step defers to it while it waits for
+  a person).
 
-No triggerer: a station whose policy asks for no approval defers nothing. Every process is
+Every process is
 started in a session of its own and stopped by process group, then by PID (task processes
 make groups of their own).
 """
@@ -244,7 +246,7 @@ def start_airflow(
     start_timeout: float = 180,
     log_dir: Path | None = None,
 ) -> LocalAirflow:
-    """Migrate the database, start the three components, wait for the API, get a token.
+    """Migrate the database, start the four components, wait for the API, get a token.
 
     :param home: a private, empty-or-reused ``AIRFLOW_HOME``.
     :param env: extra environment for every component (``PHT_STATION_CONFIG`` or
@@ -285,6 +287,7 @@ def start_airflow(
         ],
         "scheduler": ["scheduler", "--skip-serve-logs"],
         "dag-processor": ["dag-processor"],
+        "triggerer": ["triggerer", "--skip-serve-logs"],
     }  # fmt: skip
     try:
         for name, args in commands.items():

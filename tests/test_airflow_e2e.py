@@ -1,11 +1,14 @@
-"""pht_run_train on a real, running Airflow: API server, scheduler and DAG processor.
+"""pht_run_train on a real, running Airflow: API server, scheduler, DAG processor, triggerer.
 
 The deployment is started by :mod:`pht_airflow.localairflow` (the same code the demo uses):
 every component bound to 127.0.0.1, a private ``AIRFLOW_HOME`` and SQLite database, the
 LocalExecutor. The tests trigger one train through the REST API and one through a Harbor
 webhook (twice: one run per digest), check the results in the registry and the station's
 audit log, and check that no process started here listens on anything but the loopback
-address.
+address. With ``policy.require_approval`` switched on (the config is read when each task runs),
+a run waits at ``approve`` until a person answers through the REST API (what the UI's
+Approve and Reject buttons call): approved, it runs and the audit log names the approver;
+rejected, nothing runs and the rejection is audited.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import secrets
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
+import yaml
 from conftest import VECTORS
 from stationkit import Station, build_train, make_station, make_train_spec, sign_train
 
@@ -246,6 +251,97 @@ def test_webhook_run_once_per_digest(
     assert "result-0" in client.list_tags(ref.repository)
     record = _audit_record(stack.station, run_id)
     assert record["outcome"] == "success"
+    assert record["train_digest"] == digest
+
+
+@contextmanager
+def _approval_required(stack: AirflowStack) -> Iterator[None]:
+    """Switch the station's policy to require a person's approval, for one test."""
+    path = stack.station.config_path
+    original = path.read_text()
+    config = yaml.safe_load(original)
+    config["policy"]["require_approval"] = True
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
+def _trigger_and_wait_for_approval(stack: AirflowStack, http: httpx.Client, ref: Reference) -> str:
+    resp = http.post(
+        f"/api/v2/dags/{DAG_ID}/dagRuns",
+        json={"logical_date": None, "conf": {"train": str(ref), "rerun": False}},
+    )
+    assert resp.status_code == 200, resp.text
+    run_id = str(resp.json()["dag_run_id"])
+
+    def waiting() -> bool | None:
+        # Airflow 3.3 parks a human-in-the-loop task as "awaiting_input" (older: "deferred").
+        state = _task_states(http, run_id).get("approve")
+        return True if state in ("awaiting_input", "deferred") else None
+
+    try:
+        stack.airflow.wait(f"run {run_id} to wait for approval", waiting, RUN_TIMEOUT)
+    except ServiceError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return run_id
+
+
+def _answer(http: httpx.Client, run_id: str, option: str) -> dict[str, Any]:
+    resp = http.patch(
+        f"{_run_url(run_id)}/taskInstances/approve/-1/hitlDetails",
+        json={"chosen_options": [option]},
+    )
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+def test_run_waits_for_a_persons_approval(
+    stack: AirflowStack, docker_client: Any, client: RegistryClient, registry: Any, parties: Any
+) -> None:
+    ref, digest = _train(docker_client, client, registry, parties)
+    with _approval_required(stack), stack.client() as http:
+        run_id = _trigger_and_wait_for_approval(stack, http, ref)
+        states = _task_states(http, run_id)
+        assert states["verify"] == "success" and states["approval_gate"] == "success"
+        assert states["execute"] in (None, "none", "scheduled"), states
+        assert "result-0" not in client.list_tags(ref.repository)  # nothing ran yet
+
+        answer = _answer(http, run_id, "Approve")
+        assert answer["responded_by"]["name"] == "admin"
+        _wait_for_run(stack, http, run_id)
+        assert set(_task_states(http, run_id).values()) == {"success"}
+
+    assert "result-0" in client.list_tags(ref.repository)
+    record = _audit_record(stack.station, run_id)
+    assert record["outcome"] == "success"
+    assert record["approved_by"] == "admin"
+    assert record["train_digest"] == digest
+
+
+def test_rejected_run_runs_nothing_and_is_audited(
+    stack: AirflowStack, docker_client: Any, client: RegistryClient, registry: Any, parties: Any
+) -> None:
+    ref, digest = _train(docker_client, client, registry, parties)
+    tags_before = sorted(client.list_tags(ref.repository))
+    with _approval_required(stack), stack.client() as http:
+        run_id = _trigger_and_wait_for_approval(stack, http, ref)
+        _answer(http, run_id, "Reject")
+
+        def finished() -> dict[str, Any] | None:
+            run = http.get(_run_url(run_id)).json()
+            return run if run["state"] in ("success", "failed") else None
+
+        run = stack.airflow.wait(f"run {run_id} to finish", finished, RUN_TIMEOUT)
+        states = _task_states(http, run_id)
+    assert run["state"] == "failed", states
+    assert states["approve"] == "success"  # the person answered; the answer was "Reject"
+    assert states["execute"] == "skipped"
+    assert states["record"] == "failed"  # it audited the hop that did not run
+    assert sorted(client.list_tags(ref.repository)) == tags_before
+    record = _audit_record(stack.station, run_id)
+    assert record["outcome"] == "failure"
     assert record["train_digest"] == digest
 
 
