@@ -322,3 +322,18 @@ def test_token_realm_sees_digest_pull(
         with out.open("wb") as f:
             assert c.download_blob(repo, desc.digest, f) == len(data)
     assert sha256_digest(out.read_bytes()) == desc.digest
+
+
+def test_challenged_scopes_merge_with_ours_whatever_the_action_order() -> None:
+    """Regression: distribution names a challenge's actions from a Go map, so the same scope
+    comes as ``push,pull`` or ``pull,push``; merged with ours it must stay one scope."""
+    from pht_airflow.oci.auth import merge_scopes
+
+    assert merge_scopes(["repository:a/b:push,pull", "repository:a/b:pull,push"]) == [
+        "repository:a/b:pull,push"
+    ]
+    assert merge_scopes(["repository:a/b:pull", "repository:c:pull", "repository:a/b:push"]) == [
+        "repository:a/b:pull,push",
+        "repository:c:pull",
+    ]
+    assert merge_scopes(["registry:catalog:*"]) == ["registry:catalog:*"]

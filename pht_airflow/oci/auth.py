@@ -89,6 +89,32 @@ def repository_scope(repository: str, actions: Sequence[str]) -> str:
     return f"repository:{repository}:{','.join(actions)}"
 
 
+_ACTION_ORDER = {"pull": 0, "push": 1, "delete": 2}
+
+
+def merge_scopes(scopes: Iterable[str]) -> list[str]:
+    """One scope per resource with the union of its actions, in a canonical order.
+
+    A registry's challenge may name actions in any order (distribution builds it from a Go
+    map: ``push,pull`` one time, ``pull,push`` the next); merged with the client's own scope
+    it must still make one scope per repository, so tokens are asked for and cached once.
+    """
+    merged: dict[str, list[str]] = {}
+    for scope in scopes:
+        resource, sep, actions = scope.rpartition(":")
+        if not sep or ":" not in resource:
+            merged.setdefault(scope, [])  # not type:name:actions; pass it on as it is
+            continue
+        known = merged.setdefault(resource, [])
+        known.extend(a for a in actions.split(",") if a and a not in known)
+    return [
+        f"{resource}:{','.join(sorted(actions, key=lambda a: (_ACTION_ORDER.get(a, 9), a)))}"
+        if actions
+        else resource
+        for resource, actions in merged.items()
+    ]
+
+
 def is_loopback_host(host: str) -> bool:
     """True for ``localhost``, 127.0.0.0/8 and ``::1`` (with or without port or brackets)."""
     if host.startswith("["):
@@ -240,7 +266,7 @@ class RegistryAuth:
                 status=401,
                 url=realm,
             )
-        wanted = list(dict.fromkeys([*challenge.scopes, *scopes]))
+        wanted = merge_scopes([*challenge.scopes, *scopes])
         params: list[tuple[str, str]] = []
         if "service" in challenge.params:
             params.append(("service", challenge.params["service"]))
