@@ -281,8 +281,18 @@ def _trigger_and_wait_for_approval(stack: AirflowStack, http: httpx.Client, ref:
         state = _task_states(http, run_id).get("approve")
         return True if state in ("awaiting_input", "deferred") else None
 
+    # Answer only once the scheduler has taken the worker's exit of the parked task: an answer
+    # that lands before it makes the scheduler fail the task ("executor reports success"
+    # for a task that is no longer running); a person never answers within that second.
+    scheduler_log = next(c.log for c in stack.airflow.components if c.name == "scheduler")
+    finished = f"TaskInstance Finished: dag_id={DAG_ID}, task_id=approve, run_id={run_id},"
+
+    def parked() -> bool | None:
+        return True if finished in scheduler_log.read_text(errors="replace") else None
+
     try:
         stack.airflow.wait(f"run {run_id} to wait for approval", waiting, RUN_TIMEOUT)
+        stack.airflow.wait("the scheduler to see the approval step parked", parked, 60)
     except ServiceError as exc:
         pytest.fail(str(exc), pytrace=False)
     return run_id
