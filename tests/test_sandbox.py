@@ -439,7 +439,9 @@ def test_missing_image_is_refused_never_pulled(box: Box, docker_client: Any) -> 
 def test_image_with_a_volume_is_refused(box: Box, docker_client: Any) -> None:
     dockerfile = f"FROM {BUSYBOX}\nVOLUME /scratch\n".encode()
     tag = f"pht-local/sbtest-volume:{uuid.uuid4().hex[:8]}"
-    image, _ = docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, pull=False)
+    image, _ = docker_client.images.build(
+        fileobj=io.BytesIO(dockerfile), tag=tag, pull=False, rm=True, forcerm=True
+    )
     try:
         with pytest.raises(SandboxError, match="VOLUME /scratch"):
             box.run(tag, ["true"])
