@@ -71,6 +71,25 @@ def docker_client():  # type: ignore[no-untyped-def]
     client.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_containers_left_behind() -> Iterator[None]:
+    """Fail the session if any test left a container in the engine (sandbox, build, probe)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=30)
+        before = {c.id for c in client.containers.list(all=True)}
+    except Exception:  # noqa: BLE001 - no engine: the tests that need one say so
+        yield
+        return
+    yield
+    left = [c for c in client.containers.list(all=True) if c.id not in before]
+    client.close()
+    if left:
+        names = ", ".join(f"{c.name} ({c.image.tags or c.image.id[:19]}, {c.status})" for c in left)
+        pytest.fail(f"tests left containers behind: {names}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def busybox_image(docker_client) -> str:  # type: ignore[no-untyped-def]
     """The local ``pht-local/busybox`` base image (built by bootstrap; never pulled)."""
