@@ -4,7 +4,7 @@
 # Each step checks first and is skipped when already satisfied; each failure is one line that
 # says what to do. Steps:
 #   1. system packages (Debian, as root): docker.io, docker-registry, age, busybox-static,
-#      debootstrap, curl, openssl
+#      debootstrap, curl, openssl, postgresql (its server binaries; no service is started)
 #   2. a running Docker engine (dockerd --bridge=none --iptables=false, log under .pht/)
 #   3. the venv at .venv with the package in editable mode and all extras, from constraints.txt
 #   4. local base images for trains: pht-local/busybox and pht-local/python:3.11 (never pulled)
@@ -44,6 +44,8 @@ dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+# PostgreSQL: the central service's production database; the router tests run on it too.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_pkgs+=(postgresql)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if is_root && is_debian; then
     say "installing ${need_pkgs[*]} (apt-get)"
@@ -58,11 +60,16 @@ else
   say "system packages present"
 fi
 
-# Debian's docker-registry package ships a service bound to :5000 on every interface. We never
-# use it (tests start their own on 127.0.0.1); make sure it is not running where systemd exists.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
-  say "stopping the system docker-registry service (it listens on all interfaces)"
-  systemctl disable --now docker-registry >/dev/null 2>&1 || true
+# Debian's docker-registry and postgresql packages ship services (the registry on :5000 on every
+# interface). We never use them (tests start their own on 127.0.0.1); make sure they are not
+# running where systemd exists.
+if command -v systemctl >/dev/null 2>&1; then
+  for svc in docker-registry postgresql; do
+    if systemctl is-active --quiet "$svc" 2>/dev/null; then
+      say "stopping the system $svc service (tests start their own on 127.0.0.1)"
+      systemctl disable --now "$svc" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 # ---- 2. Docker engine --------------------------------------------------------------------

@@ -42,10 +42,17 @@ def client(registry: Any) -> Iterator[RegistryClient]:
         yield c
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The central database: a SQLite file (the default), or PostgreSQL (production's)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'central.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 @pytest.fixture()
-def router(tmp_path: Path, client: RegistryClient, parties: Any) -> Router:
-    r = Router(make_sessionmaker(make_engine(f"sqlite:///{tmp_path / 'central.db'}")), client,
-               PlainRegistryAdmin(client))  # fmt: skip
+def router(db_url: str, client: RegistryClient, parties: Any) -> Router:
+    r = Router(make_sessionmaker(make_engine(db_url)), client, PlainRegistryAdmin(client))
     for name in ("station-a", "station-b"):
         r.add_station(name, parties[name].public.pem, parties[name].age.recipient, project=name)
     return r
