@@ -14,6 +14,9 @@ for each size, ``--repeat`` times and interleaved, it measures on the same files
        The digest is computed before the clock starts;
   ours seal+push: ``sealing.seal`` (deterministic tar -> age -> streamed blob upload, then
        config, manifest and the station's signature);
+  ours seal core: the same folder through the same deterministic tar and age encryption to
+       the same recipient, SHA-256 of the ciphertext and an ECDSA signature of it, into no
+       sink at all: the like-for-like comparison with (b1), which does no I/O either;
   ours fetch+open: what the next station does: ``sealing.verify_chain`` up to its hop, then
        ``sealing.open_result`` (stream the blob, check its digest, decrypt, extract safely
        into a new folder);
@@ -85,6 +88,7 @@ RSS_LIMIT_MB = 100
 ROWS = {
     "curl": "(a) curl upload",
     "seal": "ours seal+push",
+    "core": "ours seal core (no registry)",
     "fetch": "ours fetch+open",
     "ref_crypto": "(b1) ref crypto core",
     "ref_protocol": "(b2) ref post_run_protocol",
@@ -240,6 +244,21 @@ def one(mode: str, job_path: Path) -> None:
 
     job = json.loads(job_path.read_text())
     spec = TrainSpec.from_json(job["spec"])
+    if mode == "core":
+        from pht_airflow.sealing import TarStream, encrypt_stream, plan_tar
+
+        key = load_signing_key(job["key"], job["passphrase"].encode())
+        recipients = [spec.route[1].recipient]  # what seal() encrypts hop 0 to
+        cpu0, start = _cpu(), time.perf_counter()
+        digest, size = hashlib.sha256(), 0
+        for chunk in encrypt_stream(TarStream(plan_tar(Path(job["output_dir"]))), recipients):
+            digest.update(chunk)
+            size += len(chunk)
+        key.sign(digest.hexdigest().encode())
+        seconds, cpu = time.perf_counter() - start, _cpu() - cpu0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({"seconds": seconds, "cpu": cpu, "maxrss_kib": peak, "blob_bytes": size}))
+        return
     train = Reference(job["registry"], job["repository"], digest=job["train_digest"])
     with RegistryClient(job["registry"]) as client:
         if mode == "seal":
@@ -447,6 +466,11 @@ class Bench:
             out = self.python_child("seal", self.job(folder, dest))
             runs["seal"].add(out["seconds"], out["rss_kib"], out["cpu"])
 
+            print(", core", end="", flush=True)
+            os.sync()
+            out = self.python_child("core", self.job(folder, dest))
+            runs["core"].add(out["seconds"], out["rss_kib"], out["cpu"])
+
             print(", fetch", end="", flush=True)
             os.sync()
             out = self.python_child("fetch", self.job(folder, dest))
@@ -581,6 +605,14 @@ def verdicts(results: dict[int, dict[str, Runs]]) -> list[str]:
                     f"target at {TARGET_SIZE} MB: seal+push ≥ {want:g} × {ROWS[key]}: "
                     f"{got:.2f} × — {verdict}"
                 )
+        if "core" in runs and "ref_crypto" in runs:
+            like = _mbs(TARGET_SIZE, runs["core"].median) / _mbs(
+                TARGET_SIZE, runs["ref_crypto"].median
+            )
+            lines.append(
+                f"like for like at {TARGET_SIZE} MB (no I/O on either side): ours seal core = "
+                f"{like:.2f} × {ROWS['ref_crypto']}"
+            )
     if RSS_SIZE in results:
         peak = results[RSS_SIZE]["seal"].peak_mb
         verdict = "met" if peak < RSS_LIMIT_MB else "MISSED"
