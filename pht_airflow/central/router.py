@@ -31,7 +31,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import ChainError, ConfigError, NotFoundError, PhtError, VerificationError
+from ..errors import (
+    ChainError,
+    ConfigError,
+    NotFoundError,
+    PhtError,
+    RegistryError,
+    VerificationError,
+)
 from ..keys import public_key_from_pem, validate_recipient
 from ..oci import Reference, RegistryClient
 from ..oci.reference import check_repository
@@ -247,13 +254,27 @@ class Router:
         return True
 
     def _signature_arrives(self, repository: str, digest: str) -> bool:
-        """Wait up to ``signature_wait`` seconds for the station to sign its result."""
+        """Wait up to ``signature_wait`` seconds for the station to sign its result.
+
+        A station signs a few requests after its push, so the first looks come quickly
+        (10 ms, doubling to 200 ms). A retryable registry error while looking counts as "not
+        yet": distribution answers 500 to a tag read while it writes that tag.
+        """
         deadline = time.monotonic() + self.signature_wait
-        while not self._signed(repository, digest):
-            if time.monotonic() >= deadline:
+        pause = 0.01
+        while True:
+            try:
+                if self._signed(repository, digest):
+                    return True
+            except RegistryError as exc:
+                if not exc.retryable:
+                    raise
+                log.debug("looking for the signature of %s: %s", digest, exc)
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            time.sleep(0.1)
-        return True
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.2)
 
     def _on_result(
         self, s: Session, train_id: str, project: str, hop: int, digest: str, via: str
