@@ -292,6 +292,8 @@ class Demo:
                 "audit_log": str(rel / "station-state" / station / "audit.jsonl"),
                 "work_dir": str(rel / "station-state" / station / "work"),
                 "webhook": {"secret": {"file": str(rel / "secrets" / secret_path.name)}},
+                # A failed hop is reported to the central service at once, signed.
+                "central": {"url": self.central_url},
             }
             (configs / f"{station}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         console.print(f"station configs in {configs}; cohorts of "

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from pht_airflow.central.db import make_engine, make_sessionmaker
 from pht_airflow.central.registry import PlainRegistryAdmin
 from pht_airflow.central.router import Router, RouterError
 from pht_airflow.cli import main
+from pht_airflow.errors import VerificationError
+from pht_airflow.hopreport import make_report
 from pht_airflow.localregistry import free_port
 from pht_airflow.oci import Reference, RegistryClient
 from pht_airflow.sealing import fetch_results, seal
@@ -253,11 +256,135 @@ def test_api_and_cli(
     result = runner.invoke(main, ["train", "status", built["reference"], "--central", served])
     assert result.exit_code == 0, result.output
     assert "submitted" in result.output and "station-a" in result.output
-    # The same by reference, as a table with the timeline.
-    result = runner.invoke(main, ["train", "status", built["reference"], "--central", served])
-    assert result.exit_code == 0, result.output
-    assert "submitted" in result.output and "station-a" in result.output
     # A registry webhook with a wrong secret is refused.
     response = session.post(f"{served}/webhooks/registry-events", data=b"{}",
                             headers={"Authorization": "wrong"})  # fmt: skip
     assert response.status_code == 401
+
+
+# --- failed hops: the station's signed report, and timeouts ---------------------------
+
+
+def test_a_station_reports_its_failed_hop_and_the_train_fails_at_once(
+    router: Router, served: str, docker_client: Any, client: Any, registry: Any, parties: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    ref, spec = _incoming_train(docker_client, client, registry, parties)
+    router.submit(str(ref), parties["alice"].public.pem)
+    # station-a does not trust alice: its verify step fails, and its record step reports it.
+    station = make_station(tmp_path / "station-a", parties["station-a"], registry.host,
+                           creators=[parties["mallory"].public.pem],
+                           approvers=[parties["reviewer"].public.pem],
+                           overrides={"central": {"url": served}})  # fmt: skip
+    said: list[str] = []
+    with pytest.raises(VerificationError, match="creator"):
+        run_hop(station.config(), f"{registry.host}/station-a/{spec.id}:train",
+                docker_client=docker_client, logger=said.append)  # fmt: skip
+    assert any("reported the failed hop" in line for line in said), said
+    info = router.train(spec.id)
+    assert info["status"] == "failed"
+    assert info["reason"].startswith("hop 0 (station-a) failed at the station: [creator] ")
+    assert [h["state"] for h in info["hops"]] == ["failed", "pending"]
+    assert not client.list_tags(f"station-b/{spec.id}")  # nothing moved on
+    # The station's audit log holds the same failure.
+    (line,) = (tmp_path / "station-a" / "audit.jsonl").read_text().splitlines()
+    assert json.loads(line)["failed_check"] == "creator"
+
+
+def test_failure_reports_that_do_not_hold_change_nothing(
+    router: Router, served: str, docker_client: Any, client: Any, registry: Any, parties: Any,
+) -> None:  # fmt: skip
+    ref, spec = _incoming_train(docker_client, client, registry, parties)
+    info = router.submit(str(ref), parties["alice"].public.pem)
+    url = f"{served}/trains/{spec.id}/failures"
+    session = requests.Session()
+    session.trust_env = False
+
+    def report(key: str = "station-a", **changes: Any) -> dict[str, Any]:
+        failure = {"check": "creator", "error": "UntrustedCreatorError", "message": "no"}
+        signed = {"train_digest": info["digest"], "hop": 0, "now": None}
+        signed.update((k, changes.pop(k)) for k in list(changes) if k in signed)
+        made = make_report(train_id=spec.id, station="station-a", failure=failure,
+                           audit_seq=0, key=parties[key].key, **signed)  # fmt: skip
+        return {**made, **changes}
+
+    refusals = [
+        (report("mallory"), 422, "not the station's key"),
+        ({**report(), "message": "edited after signing"}, 422, "does not verify"),
+        ({**report(), "signature": "%%%"}, 422, "not base64"),
+        ({**report(), "extra": 1}, 422, "unknown field"),
+        (report(station="station-c"), 422, "not on the route"),
+        (report(train_id="another"), 422, "another train"),
+    ]
+    for body, status, message in refusals:
+        answer = session.post(url, json=body)
+        assert (answer.status_code, message in answer.json()["detail"]) == (status, True), (
+            answer.text
+        )
+    missing = session.post(f"{served}/trains/nope/failures", json=report(train_id="nope"))
+    assert missing.status_code == 404
+    # Signed by the station but about another digest, or another hop.
+    with pytest.raises(RouterError, match="another digest"):
+        router.station_failure(spec.id, report(train_digest="sha256:" + "0" * 64))
+    with pytest.raises(RouterError, match="is hop 0, not hop 1"):
+        router.station_failure(spec.id, report(hop=1))
+    assert router.train(spec.id)["status"] == "routing"
+    # A report made before the hop was sent (a replay of an old one) is ignored.
+    old = report(now=datetime.now(UTC) - timedelta(hours=1))
+    assert session.post(url, json=old).json() == {
+        "accepted": False, "why": "the report predates hop 0's last send"
+    }  # fmt: skip
+    assert router.train(spec.id)["status"] == "routing"
+    # The real one fails the hop; a second delivery changes nothing.
+    good = report()
+    assert session.post(url, json=good).json()["accepted"] is True
+    assert session.post(url, json=good).json() == {
+        "accepted": False, "why": "hop 0 is failed, not in flight"
+    }  # fmt: skip
+    # After a retry, the old report cannot fail the hop again.
+    router.retry(spec.id, 0)
+    assert session.post(url, json=good).json()["accepted"] is False
+    assert router.train(spec.id)["status"] == "routing"
+
+
+def test_a_parallel_train_delivers_what_arrived_when_a_hop_fails(
+    router: Router, stations: Any, docker_client: Any, client: Any, registry: Any, parties: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    ref, spec = _incoming_train(docker_client, client, registry, parties, mode="parallel")
+    router.submit(str(ref), parties["alice"].public.pem)
+    record = run_hop(stations["station-b"].config(), f"{registry.host}/station-b/{spec.id}:train",
+                     docker_client=docker_client)  # fmt: skip
+    event = _push_event(registry, f"station-b/{spec.id}", "result-1", record["result_digest"])
+    assert router.handle_push(event) == "collected"
+    # station-a never answers: once its hop times out, the train is done with station-b's result.
+    router.hop_timeout = timedelta(0)
+    assert router.reconcile() == 1
+    info = router.train(spec.id)
+    assert info["status"] == "done"
+    assert [h["state"] for h in info["hops"]] == ["failed", "done"]
+    assert info["reason"] == "hop 0 (station-a) timed out"
+    tags = set(client.list_tags(f"pht-outbox/{spec.id}"))
+    assert "result-1" in tags and "result-0" not in tags
+    fetch_results(client, Reference(registry.host, f"pht-outbox/{spec.id}", digest=info["digest"]),
+                  spec, parties["alice"].age, tmp_path / "results")  # fmt: skip
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["1-station-b"]
+
+
+def test_a_parallel_train_fails_when_every_hop_fails(
+    router: Router, docker_client: Any, client: Any, registry: Any, parties: Any,
+) -> None:  # fmt: skip
+    ref, spec = _incoming_train(docker_client, client, registry, parties, mode="parallel")
+    info = router.submit(str(ref), parties["alice"].public.pem)
+    for hop, name in enumerate(("station-a", "station-b")):
+        report = make_report(train_id=spec.id, train_digest=info["digest"], station=name,
+                             hop=hop, failure={"error": "NotRun", "message": "rejected"},
+                             audit_seq=3, key=parties[name].key)  # fmt: skip
+        assert router.station_failure(spec.id, report)["accepted"] is True
+    info = router.train(spec.id)
+    assert info["status"] == "failed"
+    assert info["reason"] == (
+        "every hop failed: hop 0 (station-a) failed at the station: rejected; "
+        "hop 1 (station-b) failed at the station: rejected"
+    )
+    assert not client.list_tags(f"pht-outbox/{spec.id}")

@@ -61,6 +61,7 @@ def test_example_config_is_complete_and_valid(tmp_path: Path, parties: Any) -> N
     assert config.registry.connection_id == "pht_registry"
     assert config.policy.require_approval is True
     assert config.limits.pids == 256
+    assert config.central_url == "https://pht-central.example.org"
 
 
 def _rewrite(station: Any, change: Any) -> Path:
@@ -79,6 +80,7 @@ def test_every_problem_is_listed_with_its_line(station: Any) -> None:
         d["trust"]["required_approvals"] = 3
         d["datasets"]["missing"] = "no/such/folder"
         d["keys"]["signing_passphrase"] = {"vault": "x"}
+        d["central"] = {"url": "http://pht-central.example.org"}
 
     path = _rewrite(station, change)
     lines = path.read_text().splitlines()
@@ -93,7 +95,8 @@ def test_every_problem_is_listed_with_its_line(station: Any) -> None:
     assert "required_approvals: is 3 but only 1 trusted approver" in message
     assert "datasets.missing: no such folder" in message
     assert "keys.signing_passphrase: must be one of" in message
-    assert message.count("\n  - ") >= 7
+    assert "central.url: plain http only for a loopback host; use https" in message
+    assert message.count("\n  - ") >= 8
 
 
 def test_missing_config_and_bad_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -138,6 +138,7 @@ class RecordHopOperator(_HopOperator):
             failure=failure,
             approved_by=approved_by,
             run_id=context["run_id"],
+            logger=self.log.info,
         )
         summary = {
             "outcome": record["outcome"],

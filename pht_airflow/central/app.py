@@ -147,6 +147,15 @@ def create_app(
         """Send one hop again."""
         return call(lambda: router.retry(train_id, body.hop))
 
+    @app.post("/trains/{train_id}/failures", tags=["trains"])
+    def station_failure(train_id: str, report: dict[str, Any]) -> dict[str, Any]:
+        """A station reports that its hop failed, signed with its key (no token needed).
+
+        The body is the report ``pht_airflow.hopreport`` makes from the station's audit
+        record. A report for a hop that is not in flight is answered but changes nothing.
+        """
+        return call(lambda: router.station_failure(train_id, report))
+
     @app.post("/reconcile", tags=["trains"], dependencies=[Depends(require_token)])
     def reconcile_now() -> dict[str, int]:
         """Run one reconciliation pass now."""

@@ -7,7 +7,10 @@ route keys inside the signed spec) and copies artifacts (mounts, no layer bytes 
 Every input may arrive twice, late or never: registry events are deduplicated on
 repository + tag + digest, each action checks the state it expects first, and
 :meth:`Router.reconcile` compares the registry with the database to resume whatever a lost
-webhook stalled and to fail hops that took too long.
+webhook stalled and to fail hops that took too long. A station whose hop fails reports it
+at once, signed with its key (:meth:`Router.station_failure`). A failed hop fails a
+sequential train; a parallel train goes on, and its delivered results reach the outbox once
+every station has delivered or failed.
 
 A station pushes its result and signs it afterwards, and the registry announces the result
 as soon as it is pushed, so the notification often arrives before the signature. An
@@ -39,6 +42,7 @@ from ..errors import (
     RegistryError,
     VerificationError,
 )
+from ..hopreport import check_report
 from ..keys import public_key_from_pem, validate_recipient
 from ..oci import Reference, RegistryClient
 from ..oci.reference import check_repository
@@ -211,6 +215,42 @@ class Router:
             s.flush()
             return train.to_dict()
 
+    def station_failure(self, train_id: str, report: dict[str, Any]) -> dict[str, Any]:
+        """A station's signed report that its hop failed (see :mod:`pht_airflow.hopreport`).
+
+        Checked against the station's key in the directory. A report for a hop that is not
+        in flight (already done, failed, or sent again after the report was made) changes
+        nothing, so a duplicated or replayed report is harmless.
+        """
+        if report.get("train_id") != train_id:
+            raise RouterError("the report names another train than the URL", 422)
+        with self._lock, self.sessions.begin() as s:
+            train = s.get(TrainRow, train_id)
+            if train is None:
+                raise RouterError(f"no train {train_id!r}", 404)
+            station_id = report.get("station")
+            station = s.get(StationRow, station_id) if isinstance(station_id, str) else None
+            if station is None or station_id not in train.route:
+                raise RouterError(f"station {station_id!r} is not on the route of {train_id}", 422)
+            made = check_report(report, public_key_from_pem(station.key_pem))
+            if report["train_digest"] not in (None, train.digest):
+                raise RouterError(f"the report is about another digest than {train_id}'s", 422)
+            hop = train.route.index(station_id)
+            if report["hop"] not in (None, hop):
+                raise RouterError(f"{station_id} is hop {hop}, not hop {report['hop']}", 422)
+            row = train.hops[hop]
+            if train.status != "routing" or row.state != "sent":
+                return {"accepted": False, "why": f"hop {hop} is {row.state}, not in flight"}
+            if row.sent_at is not None and made < row.sent_at:
+                return {"accepted": False, "why": f"the report predates hop {hop}'s last send"}
+            what = f"[{report['check']}] " if report["check"] else ""
+            detail = report["message"] or report["error"] or "no reason given"
+            self._hop_failed(
+                s, train, hop, f"hop {hop} ({station_id}) failed at the station: {what}{detail}"
+            )
+            s.flush()  # column defaults (event times) are filled in at flush
+            return {"accepted": True, "train": train.to_dict()}
+
     # --- registry events -------------------------------------------------------------
 
     def handle_push(self, event: PushEvent) -> str | None:
@@ -345,9 +385,12 @@ class Router:
                             break
                         continue
                     if row.sent_at and utcnow() - row.sent_at > self.hop_timeout:
-                        self._fail(s, train, f"hop {row.hop} ({row.station}) timed out")
+                        self._hop_failed(
+                            s, train, row.hop, f"hop {row.hop} ({row.station}) timed out"
+                        )
                         actions += 1
-                        break
+                        if train.status != "routing":
+                            break
         return actions
 
     # --- helpers --------------------------------------------------------------------
@@ -381,6 +424,27 @@ class Router:
             self._event(s, train, "outbox", f"{source} -> {target} ({_describe(report)})")
         train.status = "done"
         self._event(s, train, "done", f"every result is in {target}")
+
+    def _hop_failed(self, s: Session, train: TrainRow, hop: int, reason: str) -> None:
+        """One hop failed. Sequential: the train fails. Parallel: the others go on, and when
+        every hop has delivered or failed the delivered results go to the outbox (the train
+        fails only if none delivered)."""
+        if train.mode == "sequential":
+            self._fail(s, train, reason)
+            return
+        train.hops[hop].state = "failed"
+        self._event(s, train, "hop-failed", reason)
+        failures = [e.message for e in train.events if e.kind == "hop-failed"]
+        if reason not in failures:
+            failures.append(reason)  # the new event is not in the relationship until flush
+        train.reason = "; ".join(failures)
+        if any(h.state not in ("done", "failed") for h in train.hops):
+            return
+        done = [h for h in train.hops if h.state == "done"]
+        if not done:
+            self._fail(s, train, "every hop failed: " + train.reason)
+            return
+        self._to_outbox(s, train, [f"{self._project(s, h.station)}/{train.id}" for h in done])
 
     def _fail(self, s: Session, train: TrainRow, reason: str) -> None:
         train.status, train.reason = "failed", reason

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -27,6 +28,7 @@ from ..keys import (
     public_key_from_pem,
     signing_key_from_pem,
 )
+from ..oci.auth import is_loopback_host
 from ..oci.reference import check_registry, check_repository
 from ..sandbox import Limits
 
@@ -187,6 +189,7 @@ class StationConfig:
     audit_log: Path
     work_dir: Path
     webhook_secret: SecretRef | None = None
+    central_url: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def load_signing_key(self) -> SigningKey:
@@ -278,6 +281,7 @@ _SCHEMA: dict[str, Any] = {
     "audit_log": None,
     "work_dir": None,
     "webhook": {"secret": None},
+    "central": {"url": None},
 }
 
 
@@ -510,6 +514,15 @@ def load_config(path: Path | str | None = None) -> StationConfig:
     work_dir = resolve_path(data.get("work_dir", "work"), ("work_dir",))
     webhook = section("webhook")
     webhook_secret = secret(webhook.get("secret"), ("webhook", "secret"), False)
+    central_url = section("central").get("url")
+    if central_url is not None:
+        parts = urlsplit(str(central_url))
+        if not isinstance(central_url, str) or parts.scheme not in ("http", "https"):
+            problem(("central", "url"), "must be an http(s) URL of the central service")
+            central_url = None
+        elif parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+            problem(("central", "url"), "plain http only for a loopback host; use https")
+            central_url = None
 
     if problems:
         head = f"invalid station config {source} ({len(problems)} problem(s)):"
@@ -531,4 +544,5 @@ def load_config(path: Path | str | None = None) -> StationConfig:
         audit_log=audit_log,
         work_dir=work_dir,
         webhook_secret=webhook_secret,
+        central_url=central_url.rstrip("/") if central_url else None,
     )

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import PolicyError, RegistryError, VerificationError
+from ..errors import PhtError, PolicyError, RegistryError, VerificationError
+from ..hopreport import make_report, send_report
 from ..oci import Reference, RegistryClient
 from ..sandbox import run_train
 from ..sealing import accept_hop, find_results, open_result, seal
@@ -265,8 +266,13 @@ def record_step(
     failure: dict[str, Any] | None,
     approved_by: str | None = None,
     run_id: str | None = None,
+    logger: Log | None = None,
 ) -> dict[str, Any]:
-    """Append the hop to the audit log (success or failure) and return the record."""
+    """Append the hop to the audit log (success or failure) and return the record.
+
+    A failure is also reported to the central service when the config names one
+    (:func:`report_failure`).
+    """
     limits = config.limits
     v = verified or {}
     x = executed or {}
@@ -297,7 +303,48 @@ def record_step(
         result_digest=x.get("result_digest"),
         recipients=x.get("recipients") or [],
     )
-    return dict(audit_log(config).append(record))
+    written = dict(audit_log(config).append(record))
+    if written.get("outcome") != "success" and config.central_url:
+        report_failure(config, written, reference, logger=logger)
+    return written
+
+
+def report_failure(
+    config: StationConfig,
+    record: dict[str, Any],
+    reference: str,
+    *,
+    logger: Log | None = None,
+) -> bool:
+    """Send a failed hop's audit record to the central service, signed; True if accepted.
+
+    Never raises: the audit log is the record that counts, and the central service fails
+    the hop by its timeout anyway if the report does not arrive. Says why when it fails.
+    """
+    assert config.central_url  # noqa: S101 - callers check
+    train_id = record.get("train_id")
+    if not train_id:
+        try:  # verification failed before the spec was read: the repository names the train
+            train_id = Reference.parse(reference.strip()).repository.rsplit("/", 1)[-1]
+        except PhtError:
+            _say(logger, f"not reporting the failure to {config.central_url}: bad reference")
+            return False
+    try:
+        report = make_report(
+            train_id=str(train_id),
+            train_digest=record.get("train_digest"),
+            station=config.station_id,
+            hop=record.get("hop"),
+            failure=record.get("failure") or {},
+            audit_seq=record.get("seq"),
+            key=config.load_signing_key(),
+        )
+        send_report(config.central_url, report)
+    except PhtError as exc:
+        _say(logger, f"could not report the failed hop to the central service: {exc}")
+        return False
+    _say(logger, f"reported the failed hop to the central service at {config.central_url}")
+    return True
 
 
 def run_hop(
@@ -332,6 +379,7 @@ def run_hop(
                 executed=None,
                 failure=failure_summary(exc),
                 approved_by=approved_by,
+                logger=logger,
             )
         except Exception:  # noqa: BLE001 - the original error matters more
             log.exception("could not record the failed hop in the audit log")
@@ -343,4 +391,5 @@ def run_hop(
         executed=executed,
         failure=None,
         approved_by=approved_by,
+        logger=logger,
     )
