@@ -867,6 +867,14 @@ def central() -> None:
 @click.option("--port", default=8600, show_default=True, type=int)
 @click.option("--reconcile-seconds", default=30.0, show_default=True, type=float)
 @click.option("--hop-timeout", default="24h", show_default=True, help="Fail a hop after this.")
+@click.option(
+    "--incoming-approvals",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Approver signatures (keys from `pht central keys`) a push to the incoming project "
+    "needs before it is submitted.",
+)
 @click.option("--incoming", default="pht-incoming", show_default=True)
 @click.option("--outbox", default="pht-outbox", show_default=True)
 @registry_options
@@ -878,6 +886,7 @@ def central_serve(
     port: int,
     reconcile_seconds: float,
     hop_timeout: str,
+    incoming_approvals: int,
     incoming: str,
     outbox: str,
     username: str | None,
@@ -915,6 +924,7 @@ def central_serve(
         incoming_project=incoming,
         outbox_project=outbox,
         hop_timeout=parse_duration(hop_timeout),
+        incoming_approvals=incoming_approvals,
     )
     app = create_app(
         router,
@@ -987,6 +997,56 @@ def central_stations_list(url: str, as_json: bool) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["id"], r["project"], r["key_id"], r["recipient"])
+    out.print(table)
+
+
+@central.group("keys")
+def central_keys() -> None:
+    """Researchers' keys trusted for submission by a push to the incoming project."""
+
+
+@central_keys.command("add")
+@click.option("--central", "url", required=True, help="The central service URL.")
+@click.option("--name", required=True, help="A name for the researcher (e.g. alice).")
+@click.option(
+    "--role",
+    type=click.Choice(["creator", "approver"]),
+    required=True,
+    help="creator: their signed pushes submit trains; approver: their signatures count.",
+)
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The researcher's signing public key (NAME.pub).",
+)
+def central_keys_add(url: str, name: str, role: str, key_path: Path) -> None:
+    """Register (or update) a researcher's key. A train pushed to the incoming project is
+    submitted, without `pht train submit`, once its creator and enough approvers signed it."""
+    from .central.client import CentralClient
+    from .keys import load_public_key
+
+    row = CentralClient(url).add_trusted_key(name, role, load_public_key(key_path).pem)
+    out.print(f"{row['role']} {row['name']}: key {row['key_id']}", markup=False)
+
+
+@central_keys.command("list")
+@click.option("--central", "url", required=True, help="The central service URL.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def central_keys_list(url: str, as_json: bool) -> None:
+    """List the researchers' keys the central service trusts for submission by push."""
+    from .central.client import CentralClient
+
+    rows = CentralClient(url).trusted_keys()
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="trusted keys", title_justify="left")
+    for col in ("name", "role", "key id"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["role"], r["key_id"])
     out.print(table)
 
 

@@ -27,6 +27,7 @@ from pht_airflow.central.router import Router, RouterError
 from pht_airflow.cli import main
 from pht_airflow.errors import VerificationError
 from pht_airflow.hopreport import make_report
+from pht_airflow.keys import load_public_key
 from pht_airflow.localregistry import free_port
 from pht_airflow.oci import Reference, RegistryClient
 from pht_airflow.sealing import fetch_results, seal
@@ -144,6 +145,24 @@ def test_sequential_route_end_to_end(
     assert (tmp_path / "results" / "1-station-b" / "state.json").is_file()
 
 
+def test_a_push_to_incoming_submits_only_when_push_submission_is_on(
+    router: Router, docker_client: Any, client: Any, registry: Any, parties: Any,
+) -> None:  # fmt: skip
+    ref, spec = _incoming_train(docker_client, client, registry, parties)
+    event = _push_event(registry, ref.repository, "train", client.resolve(ref.repository, "train"))
+    assert (
+        router.handle_push(event) is None
+    )  # no creator key registered: pushes are not submissions
+    assert router.incoming_pushes() == {"waiting": [], "refused": []}
+    with pytest.raises(RouterError, match="role 'owner' must be creator or approver"):
+        router.add_trusted_key("alice", parties["alice"].public.pem, "owner")
+    router.add_trusted_key("alice", parties["alice"].public.pem, "creator")
+    router.add_trusted_key("reviewer", parties["reviewer"].public.pem, "approver")
+    assert router.handle_push(event) == "submitted"  # signed by alice and the reviewer
+    assert router.handle_push(event) is None  # a second delivery
+    assert [h["state"] for h in router.train(spec.id)["hops"]] == ["sent", "pending"]
+
+
 def test_parallel_route_collects_every_result(
     router: Router, stations: Any, docker_client: Any, client: Any, registry: Any, parties: Any,
 ) -> None:  # fmt: skip
@@ -230,6 +249,16 @@ def test_api_and_cli(
     assert [s["id"] for s in json.loads(result.stdout)] == [
         "station-a", "station-b", "station-c"
     ]  # fmt: skip
+    # Researchers' keys: a push to pht-incoming signed by a registered creator submits.
+    add_key = ["central", "keys", "add", "--central", served, "--key", str(key_files["pub"])]
+    result = runner.invoke(main, [*add_key, "--name", "alice", "--role", "creator"])
+    assert result.exit_code == 0, result.output
+    creator_id = load_public_key(key_files["pub"]).key_id
+    assert f"creator alice: key {creator_id}" in result.output
+    result = runner.invoke(main, [*add_key, "--name", "bob", "--role", "approver"])
+    assert result.exit_code != 0 and "already registered as 'alice'" in result.output
+    result = runner.invoke(main, ["central", "keys", "list", "--central", served])
+    assert result.exit_code == 0 and creator_id[:20] in result.output
 
     # A researcher builds against the directory, submits, and follows the train.
     folder = tmp_path / "analysis"

@@ -677,3 +677,85 @@ def test_result_announced_before_its_signature_waits_instead_of_failing(
     assert central.replay(delivery) == [None]
     assert "train" in _tags(client, f"station-b/{spec.id}")
     assert central.train(spec.id)["hops"][0]["result_digest"] == result
+
+
+def _verdicts(recorder: Recorder, repository: str, tag: str) -> list[str | None]:
+    """The router's answers to the registry's deliveries of a push of ``repository:tag``."""
+    match = _is_push_of(repository, tag)
+    verdicts: list[str | None] = []
+    for delivery in recorder.snapshot():
+        if match(delivery.envelope) and not delivery.held:
+            verdicts.extend(delivery.results())
+    return verdicts
+
+
+def test_a_push_to_incoming_by_a_registered_creator_submits_the_train(
+    central: Central, stations: dict[str, Station], docker_client: Any,
+    client: RegistryClient, route_registry: LocalRegistry, parties: Any,
+) -> None:  # fmt: skip
+    """No `pht train submit`: the registry's notification of the push is the submission. The
+    creator's key comes from the central service's creator directory, never from the train."""
+    for name, role in (("alice", "creator"), ("reviewer", "approver")):
+        resp = central.post("/keys", {"name": name, "role": role, "key": parties[name].public.pem})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["key_id"] == parties[name].key.key_id
+    central.router.signature_wait = 0.2
+    spec = make_train_spec(parties, list(STATIONS))
+    repo = f"pht-incoming/{spec.id}"
+    ref = Reference(route_registry.host, repo, tag="train")
+    digest = build_train(docker_client, ref, spec)  # pushed, not signed yet
+    _wait("the central service's answer to the push",
+          lambda: _verdicts(central.recorder, repo, "train"))  # fmt: skip
+    assert _verdicts(central.recorder, repo, "train") == [
+        "waiting for its creator's signature and approvals (0 of 1)"
+    ]
+    waiting = central.http.get(f"{central.url}/incoming", timeout=30).json()["waiting"]
+    assert [(w["repository"], w["digest"]) for w in waiting] == [(repo, digest)]
+    not_yet = central.http.get(f"{central.url}/trains/{spec.id}", timeout=30)
+    assert not_yet.status_code == 404 and "is waiting for its creator's signature" in not_yet.text
+
+    # Signed by its creator, it still waits for the reviewer (a station would refuse it).
+    sign_train(client, ref.with_digest(digest), parties, "alice")
+    assert central.post("/reconcile").json()["actions"] == 0
+    (row,) = central.http.get(f"{central.url}/incoming", timeout=30).json()["waiting"]
+    assert row["waiting_for"] == "approvals (0 of 1)"
+    # A signature by an unregistered key does not count.
+    sign(client, ref.with_digest(digest), parties["mallory"].key, role="approver")
+    assert central.post("/reconcile").json()["actions"] == 0
+    sign_train(client, ref.with_digest(digest), parties, "reviewer")
+    assert central.post("/reconcile").json()["actions"] == 1
+    assert central.http.get(f"{central.url}/incoming", timeout=30).json()["waiting"] == []
+    info = central.train(spec.id)
+    assert info["status"] == "routing" and _sent_hops(info) == [0]
+    assert "verified creator signature" in info["events"][0]["message"]
+    for name in STATIONS:
+        _run_station(central, stations[name], client, route_registry, spec.id, docker_client)
+    info = _wait_status(central, spec.id, "done")
+    assert [h["state"] for h in info["hops"]] == ["done", "done", "done"]
+
+
+def test_a_push_to_incoming_by_an_unregistered_creator_is_refused(
+    central: Central, docker_client: Any, client: RegistryClient,
+    route_registry: LocalRegistry, parties: Any,
+) -> None:  # fmt: skip
+    central.post("/keys", {"name": "alice", "role": "creator", "key": parties["alice"].public.pem})
+    spec = make_train_spec(parties, list(STATIONS), creator_id="mallory",
+                           creator_key_id=parties["mallory"].key.key_id,
+                           creator_recipient=parties["mallory"].age.recipient)  # fmt: skip
+    repo = f"pht-incoming/{spec.id}"
+    ref = Reference(route_registry.host, repo, tag="train")
+    digest = build_train(docker_client, ref, spec)
+    sign(client, ref.with_digest(digest), parties["mallory"].key, role="creator")
+    _wait("the central service's answer to the push",
+          lambda: _verdicts(central.recorder, repo, "train"))  # fmt: skip
+    assert _verdicts(central.recorder, repo, "train") == ["refused"]
+    answer = central.http.get(f"{central.url}/trains/{spec.id}", timeout=30)
+    assert answer.status_code == 404
+    assert f"the creator key {parties['mallory'].key.key_id} is not registered" in answer.text
+    (refusal,) = central.http.get(f"{central.url}/incoming", timeout=30).json()["refused"]
+    assert refusal["message"].startswith(f"{repo}@{digest}: the creator key")
+    # Nothing was copied to any station.
+    assert all(not _tags(client, f"{name}/{spec.id}") for name in STATIONS)
+    # Registering a key needs the API token.
+    body = {"name": "m", "role": "creator", "key": parties["mallory"].public.pem}
+    assert central.http.post(f"{central.url}/keys", json=body).status_code == 401

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -36,6 +36,15 @@ class StationIn(BaseModel):
     recipient: str = Field(examples=["age1…"])
     project: str | None = Field(None, description="default: station-<id>")
     webhook_url: str | None = None
+
+
+class TrustedKeyIn(BaseModel):
+    """A researcher's key: a creator whose pushes to the incoming project submit trains,
+    or an approver whose signatures count towards such a submission."""
+
+    name: str = Field(examples=["alice"])
+    role: Literal["creator", "approver"]
+    key: str = Field(description="SubjectPublicKeyInfo PEM of the researcher's signing key")
 
 
 class TrainIn(BaseModel):
@@ -127,6 +136,24 @@ def create_app(
                 webhook_url=body.webhook_url,
             )
         )
+
+    @app.get("/keys", tags=["directory"])
+    def list_trusted_keys() -> list[dict[str, Any]]:
+        """Researchers' keys trusted for submission by a push to the incoming project."""
+        return router.trusted_keys()
+
+    @app.post("/keys", tags=["directory"], dependencies=[Depends(require_token)])
+    def add_trusted_key(body: TrustedKeyIn) -> dict[str, Any]:
+        """Register a researcher's key, or update it. A train pushed to the incoming project
+        is submitted once its creator's key (registered here as ``creator``) and enough
+        ``approver`` keys registered here have signed it."""
+        return call(lambda: router.add_trusted_key(body.name, body.key, body.role))
+
+    @app.get("/incoming", tags=["trains"])
+    def incoming() -> dict[str, Any]:
+        """Pushes to the incoming project waiting for signatures, and the latest refused ones
+        with the reason."""
+        return router.incoming_pushes()
 
     @app.post("/trains", tags=["trains"], dependencies=[Depends(require_token)])
     def submit_train(body: TrainIn) -> dict[str, Any]:

@@ -64,6 +64,13 @@ class CentralClient:
     def add_station(self, **fields: Any) -> dict[str, Any]:
         return dict(self._call("POST", "/stations", fields, write=True))
 
+    def trusted_keys(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/keys"))
+
+    def add_trusted_key(self, name: str, role: str, key_pem: str) -> dict[str, Any]:
+        body = {"name": name, "role": role, "key": key_pem}
+        return dict(self._call("POST", "/keys", body, write=True))
+
     def submit(self, reference: str, creator_key_pem: str) -> dict[str, Any]:
         body = {"reference": reference, "creator_key": creator_key_pem}
         return dict(self._call("POST", "/trains", body, write=True))

@@ -1,4 +1,4 @@
-"""The central service's database: stations, trains, hops and an event timeline.
+"""The central service's database: stations, researchers' keys, trains, hops, a timeline.
 
 SQLAlchemy 2 ORM; SQLite file by default, any SQLAlchemy URL (PostgreSQL in production).
 Every registry event is stored once under a unique key (repository + digest + tag), so a
@@ -44,6 +44,46 @@ class StationRow(Base):
             "recipient": self.recipient,
             "project": self.project,
             "webhook_url": self.webhook_url,
+        }
+
+
+class TrustedKeyRow(Base):
+    """A researcher's key the central service trusts for submission by push.
+
+    A train pushed to the incoming project is submitted once its creator (a ``creator`` key
+    here, the one the spec names) and enough ``approver`` keys have signed it.
+    """
+
+    __tablename__ = "trusted_keys"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    key_pem: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str] = mapped_column(String(80), unique=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "key": self.key_pem, "key_id": self.key_id}
+
+
+class IncomingRow(Base):
+    """A train pushed to the incoming project that waits for its signatures."""
+
+    __tablename__ = "incoming"
+    __table_args__ = (UniqueConstraint("repository", "digest"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    repository: Mapped[str] = mapped_column(String(255))
+    digest: Mapped[str] = mapped_column(String(71))
+    waiting_for: Mapped[str] = mapped_column(Text, default="")
+    first_seen: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "repository": self.repository,
+            "digest": self.digest,
+            "waiting_for": self.waiting_for,
+            "first_seen": self.first_seen.isoformat() + "Z",
         }
 
 

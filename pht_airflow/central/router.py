@@ -1,5 +1,11 @@
 """The router: moves a train between station projects as results arrive.
 
+A train enters by ``pht train submit`` (an API call with the creator's public key) or by a
+push to the incoming project once keys are registered with :meth:`Router.add_trusted_key`:
+the push is submitted when the creator the spec names and ``incoming_approvals`` registered
+approvers have signed it (approvals are signature tags that webhooks do not announce, so
+reconciliation rechecks waiting pushes).
+
 It holds no key that can read a result and cannot forge a station's signature: it only
 checks signatures (the creator's at submission, each station's on its result, against the
 route keys inside the signed spec) and copies artifacts (mounts, no layer bytes move).
@@ -22,6 +28,7 @@ train at once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -50,7 +57,7 @@ from ..sealing import accept_hop, find_results
 from ..signing import signature_tag, verify
 from ..spec import TrainSpec, read_spec
 from ..webhooks import PushEvent
-from .db import EventRow, HopRow, StationRow, TrainRow, utcnow
+from .db import EventRow, HopRow, IncomingRow, StationRow, TrainRow, TrustedKeyRow, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +92,7 @@ class Router:
         outbox_project: str = "pht-outbox",
         hop_timeout: timedelta = timedelta(hours=24),
         signature_wait: float = 2.0,
+        incoming_approvals: int = 1,
     ) -> None:
         self.sessions = sessions
         self.client = client
@@ -93,6 +101,7 @@ class Router:
         self.outbox = outbox_project
         self.hop_timeout = hop_timeout
         self.signature_wait = signature_wait
+        self.incoming_approvals = incoming_approvals
         self._lock = threading.RLock()  # one routing decision at a time
 
     # --- station directory ------------------------------------------------------------
@@ -130,6 +139,45 @@ class Router:
             if row is None:
                 raise RouterError(f"no station {station_id!r} in the directory", 404)
             return row.to_dict()
+
+    # --- researchers' keys (submission by pushing to the incoming project) -------------
+
+    def add_trusted_key(self, name: str, key_pem: str, role: str) -> dict[str, Any]:
+        """Register or update a researcher's key as ``creator`` or ``approver``."""
+        if role not in ("creator", "approver"):
+            raise RouterError(f"role {role!r} must be creator or approver")
+        if not _STATION_RE.fullmatch(name or ""):
+            raise RouterError(f"name {name!r} must be lowercase letters, digits, '-'")
+        key = public_key_from_pem(key_pem, f"{role} {name} key")
+        with self.sessions.begin() as s:
+            other = s.scalars(select(TrustedKeyRow).where(TrustedKeyRow.key_id == key.key_id))
+            clash = other.first()
+            if clash is not None and clash.name != name:
+                raise RouterError(f"key {key.key_id} is already registered as {clash.name!r}", 409)
+            row = s.get(TrustedKeyRow, name) or TrustedKeyRow(name=name)
+            row.key_pem, row.key_id, row.role = key.pem, key.key_id, role
+            s.add(row)
+            return row.to_dict()
+
+    def trusted_keys(self) -> list[dict[str, Any]]:
+        with self.sessions() as s:
+            rows = s.scalars(select(TrustedKeyRow).order_by(TrustedKeyRow.name))
+            return [r.to_dict() for r in rows]
+
+    def incoming_pushes(self) -> dict[str, Any]:
+        """Pushes waiting for signatures, and the latest refused pushes with the reason."""
+        with self.sessions() as s:
+            waiting = s.scalars(select(IncomingRow).order_by(IncomingRow.first_seen)).all()
+            refused = s.scalars(
+                select(EventRow)
+                .where(EventRow.kind == "refused")
+                .order_by(EventRow.id.desc())
+                .limit(50)
+            ).all()
+            return {
+                "waiting": [r.to_dict() for r in waiting],
+                "refused": [e.to_dict() for e in refused],
+            }
 
     # --- trains ---------------------------------------------------------------------
 
@@ -189,9 +237,28 @@ class Router:
     def train(self, train_id: str) -> dict[str, Any]:
         with self.sessions() as s:
             row = s.get(TrainRow, train_id)
-            if row is None:
-                raise RouterError(f"no train {train_id!r}", 404)
-            return row.to_dict()
+            if row is not None:
+                return row.to_dict()
+            repository = f"{self.incoming}/{train_id}"
+            waiting = s.scalars(
+                select(IncomingRow).where(IncomingRow.repository == repository)
+            ).first()
+            if waiting is not None:
+                raise RouterError(
+                    f"no train {train_id!r} yet: {repository} was pushed and is waiting for "
+                    f"{waiting.waiting_for}",
+                    404,
+                )
+            refusal = s.scalars(
+                select(EventRow)
+                .where(EventRow.kind == "refused", EventRow.message.startswith(repository + "@"))
+                .order_by(EventRow.id.desc())
+            ).first()
+            if refusal is not None:
+                raise RouterError(
+                    f"no train {train_id!r}: the push was refused: {refusal.message}", 404
+                )
+            raise RouterError(f"no train {train_id!r}", 404)
 
     def trains(self) -> list[dict[str, Any]]:
         with self.sessions() as s:
@@ -257,6 +324,8 @@ class Router:
         """Act on a manifest push; returns what was done, None for duplicates and noise."""
         project, _, rest = event.repository.partition("/")
         tag = event.tag or ""
+        if project == self.incoming and tag == "train" and rest and "/" not in rest:
+            return self._on_incoming(event.repository, event.digest, wait=True)
         m = RESULT_TAG.match(tag)
         if m is None or not rest:
             return None
@@ -274,6 +343,127 @@ class Router:
             except IntegrityError:
                 return None  # delivered before
             return self._on_result(s, rest, project, hop, event.digest, "webhook")
+
+    def _on_incoming(self, repository: str, digest: str, *, wait: bool) -> str | None:
+        """A train pushed to the incoming project: submit it once it is signed.
+
+        Submitted when the creator the spec names (a ``creator`` key registered here; keys
+        come from this directory, never from the train) and ``incoming_approvals`` distinct
+        ``approver`` keys registered here have signed it. Until then it waits in the
+        ``incoming`` table, rechecked by reconciliation (approver signatures are tags the
+        webhooks do not announce), until the train expires.
+        """
+        train_id = repository.rsplit("/", 1)[-1]
+        with self.sessions() as s:
+            existing = s.get(TrainRow, train_id)
+            if existing is not None and existing.digest == digest:
+                self._forget_incoming(repository, digest)
+                return None  # submitted before
+            rows = [(r.role, r.key_id, r.key_pem) for r in s.scalars(select(TrustedKeyRow))]
+        if not any(role == "creator" for role, _, _ in rows):
+            return None  # submission by push is off until a creator key is registered
+        pinned = Reference(self.client.registry, repository, digest=digest)
+        try:
+            spec, _ = read_spec(self.client, pinned)
+        except NotFoundError:
+            self._forget_incoming(repository, digest)
+            return None  # deleted since the push
+        except RegistryError:
+            raise  # the registry is unwell: the delivery or the next pass tries again
+        except PhtError as exc:
+            return self._refuse(repository, digest, f"no valid train spec: {exc}")
+        creator_pem = next(
+            (pem for role, kid, pem in rows if role == "creator" and kid == spec.creator.key),
+            None,
+        )
+        if creator_pem is None:
+            return self._refuse(
+                repository,
+                digest,
+                f"the creator key {spec.creator.key} is not registered with the central "
+                "service (pht central keys add --role creator), so a push cannot submit it",
+            )
+        creator = public_key_from_pem(creator_pem)
+        approvers = [
+            public_key_from_pem(pem)
+            for role, kid, pem in rows
+            if role == "approver" and kid != creator.key_id
+        ]
+        if wait:
+            self._signature_arrives(repository, digest)
+        try:
+            signers = verify(self.client, pinned, [creator, *approvers])
+        except VerificationError:
+            signers = []  # unsigned, or only by keys this directory does not know
+        approvals = {x.key_id for x in signers} & {k.key_id for k in approvers}
+        missing = []
+        if not any(x.key_id == creator.key_id for x in signers):
+            missing.append("its creator's signature")
+        if len(approvals) < self.incoming_approvals:
+            missing.append(f"approvals ({len(approvals)} of {self.incoming_approvals})")
+        if missing:
+            return self._wait_incoming(repository, digest, " and ".join(missing))
+        try:
+            self.submit(f"{self.client.registry}/{repository}@{digest}", creator_pem)
+        except (RouterError, VerificationError) as exc:
+            return self._refuse(repository, digest, str(exc))
+        self._forget_incoming(repository, digest)
+        return "submitted"
+
+    def _wait_incoming(self, repository: str, digest: str, waiting_for: str) -> str:
+        with self._lock, self.sessions.begin() as s:
+            row = s.scalars(
+                select(IncomingRow).where(
+                    IncomingRow.repository == repository, IncomingRow.digest == digest
+                )
+            ).first()
+            if row is None:
+                row = IncomingRow(repository=repository, digest=digest)
+                s.add(row)
+            row.waiting_for = waiting_for
+        return f"waiting for {waiting_for}"
+
+    def _refuse(self, repository: str, digest: str, reason: str) -> str:
+        log.warning("refused %s@%s: %s", repository, digest, reason)
+        message = f"{repository}@{digest}: {reason}"
+        with self._lock, self.sessions.begin() as s:
+            try:
+                with s.begin_nested():  # one refusal event per push and reason
+                    key = "refused:" + hashlib.sha256(message.encode()).hexdigest()
+                    s.add(EventRow(kind="refused", message=message, dedup_key=key))
+            except IntegrityError:
+                pass
+            for row in s.scalars(
+                select(IncomingRow).where(
+                    IncomingRow.repository == repository, IncomingRow.digest == digest
+                )
+            ):
+                s.delete(row)
+        return "refused"
+
+    def _forget_incoming(self, repository: str, digest: str) -> None:
+        with self.sessions.begin() as s:
+            for row in s.scalars(
+                select(IncomingRow).where(
+                    IncomingRow.repository == repository, IncomingRow.digest == digest
+                )
+            ):
+                s.delete(row)
+
+    def _reconcile_incoming(self) -> int:
+        """Submit waiting pushes that are signed by now; refuse those whose train expired."""
+        actions = 0
+        with self.sessions() as s:
+            waiting = [(r.repository, r.digest) for r in s.scalars(select(IncomingRow))]
+        for repository, digest in waiting:
+            try:
+                outcome = self._on_incoming(repository, digest, wait=False)
+            except PhtError as exc:
+                log.warning("reconcile: cannot check %s@%s: %s", repository, digest, exc)
+                continue
+            if outcome in ("submitted", "refused"):
+                actions += 1
+        return actions
 
     def _awaits(self, train_id: str, project: str, hop: int) -> bool:
         """True if ``hop`` of a routing train was sent to ``project`` and is not done."""
@@ -365,7 +555,7 @@ class Router:
 
     def reconcile(self) -> int:
         """Resume what lost webhooks stalled and fail hops over time; return actions taken."""
-        actions = 0
+        actions = self._reconcile_incoming()
         with self._lock, self.sessions.begin() as s:
             for train in s.scalars(select(TrainRow).where(TrainRow.status == "routing")).all():
                 for row in train.hops:
