@@ -313,13 +313,13 @@ class Demo:
         registry_host = f"127.0.0.1:{registry_port}"
         station_secrets = self.write_stations(registry_host)
         endpoints = [
-            Endpoint(
+            Endpoint.manifest_pushes(
                 "central",
                 f"{self.central_url}/webhooks/registry-events",
                 {"Authorization": [central_secret]},
             )  # fmt: skip
         ] + [
-            Endpoint(
+            Endpoint.manifest_pushes(
                 f"station-{s}",
                 f"{airflow_url}/pht/{s}/registry-events",
                 {"Authorization": [secret]},

@@ -33,6 +33,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+BLOB_MEDIA_TYPE = "application/octet-stream"  # the target media type of blob events
+
+
 @dataclass
 class Endpoint:
     """A notification endpoint: the registry POSTs event envelopes to ``url``."""
@@ -40,6 +43,24 @@ class Endpoint:
     name: str
     url: str
     headers: dict[str, list[str]] = field(default_factory=dict)
+    #: Actions the registry does not announce to this endpoint (e.g. ``pull``, ``mount``).
+    ignore_actions: tuple[str, ...] = ()
+    #: Target media types it does not announce (blob events carry
+    #: ``application/octet-stream``).
+    ignore_media_types: tuple[str, ...] = ()
+
+    @classmethod
+    def manifest_pushes(cls, name: str, url: str, headers: dict[str, list[str]]) -> Endpoint:
+        """An endpoint told only of manifest pushes and deletes: no pulls, no blob events,
+        no mounts (about nine in ten of a route's notifications, which the registry would
+        otherwise deliver one at a time before the pushes that matter)."""
+        return cls(
+            name,
+            url,
+            headers,
+            ignore_actions=("pull", "mount"),
+            ignore_media_types=(BLOB_MEDIA_TYPE,),
+        )
 
 
 @dataclass
@@ -80,6 +101,23 @@ class LocalRegistry:
                 self.process.wait(timeout=10)
 
 
+def _endpoint_config(endpoint: Endpoint) -> dict[str, object]:
+    config: dict[str, object] = {
+        "name": endpoint.name,
+        "url": endpoint.url,
+        "headers": endpoint.headers,
+        "timeout": "3s",
+        "threshold": 5,
+        "backoff": "1s",
+    }
+    if endpoint.ignore_actions or endpoint.ignore_media_types:
+        config["ignore"] = {
+            "actions": list(endpoint.ignore_actions),
+            "mediatypes": list(endpoint.ignore_media_types),
+        }
+    return config
+
+
 def registry_config(
     root: Path, port: int, endpoints: Sequence[Endpoint] = (), debug_port: int | None = None
 ) -> dict[str, object]:
@@ -102,17 +140,7 @@ def registry_config(
     if endpoints:
         config["notifications"] = {
             "events": {"includereferences": True},
-            "endpoints": [
-                {
-                    "name": e.name,
-                    "url": e.url,
-                    "headers": e.headers,
-                    "timeout": "3s",
-                    "threshold": 5,
-                    "backoff": "1s",
-                }
-                for e in endpoints
-            ],
+            "endpoints": [_endpoint_config(e) for e in endpoints],
         }
     return config
 
