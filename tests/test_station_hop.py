@@ -110,6 +110,11 @@ def test_two_station_sequential_route(
     record = run_hop(a.config(), str(ref), logger=lines.append, docker_client=docker_client)
     assert record["outcome"] == "success"
     assert record["hop"] == 0
+    # The station pulled the train by digest and dropped that reference after the hop.
+    pulled = f"{ref.registry}/{ref.repository}@{record['train_digest']}"
+    assert any(line == f"pulling {pulled}" for line in lines), lines
+    image = docker_client.images.get(str(ref))  # the builder's tag is the researcher's
+    assert pulled not in image.attrs["RepoDigests"]
     assert record["failed_check"] is None
     assert any("counted 5 rows at station-a" in line for line in lines)
     result0 = client.get_manifest(ref.repository, "result-0")

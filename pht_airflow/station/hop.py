@@ -235,6 +235,7 @@ def execute_step(
             )
         finally:
             _wipe(work)
+            _drop_image(engine, image, logger)
     _say(logger, f"pushed result {sealed.digest} for {len(sealed.recipients)} recipient(s)")
     return {
         "result_digest": sealed.digest,
@@ -246,6 +247,23 @@ def execute_step(
         "container_seconds": round(outcome.duration_seconds, 3),
         "reused": False,
     }
+
+
+def _drop_image(engine: Any, image: str, logger: Log | None) -> None:
+    """Remove the station's pulled reference to the train image after the hop.
+
+    Without this every hop leaves its train image in the engine and a busy station fills
+    its disk. Only this reference (``repository@digest``) goes; the image itself stays while
+    anything else refers to it or a container uses it. A failure here never fails the hop.
+    """
+    import docker
+
+    try:
+        engine.images.remove(image)
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError as exc:
+        _say(logger, f"left the train image {image} in the engine: {exc.explanation or exc}")
 
 
 def failure_summary(exc: BaseException) -> dict[str, Any]:
