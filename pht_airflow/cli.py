@@ -988,15 +988,23 @@ def central_stations_list(url: str, as_json: bool) -> None:
     """List the registered stations."""
     from .central.client import CentralClient
 
-    rows = CentralClient(url).stations()
+    _print_rows(CentralClient(url).stations(), "stations",
+                {"id": "id", "project": "project", "key id": "key_id",
+                 "recipient": "recipient"}, as_json)  # fmt: skip
+
+
+def _print_rows(
+    rows: list[dict[str, Any]], title: str, columns: dict[str, str], as_json: bool
+) -> None:
+    """Print directory rows as JSON, or as a table of ``columns`` (heading -> field)."""
     if as_json:
         _print_json(rows)
         return
-    table = Table(title="stations", title_justify="left")
-    for col in ("id", "project", "key id", "recipient"):
-        table.add_column(col)
+    table = Table(title=title, title_justify="left")
+    for heading in columns:
+        table.add_column(heading)
     for r in rows:
-        table.add_row(r["id"], r["project"], r["key_id"], r["recipient"])
+        table.add_row(*(str(r[name]) for name in columns.values()))
     out.print(table)
 
 
@@ -1038,16 +1046,8 @@ def central_keys_list(url: str, as_json: bool) -> None:
     """List the researchers' keys the central service trusts for submission by push."""
     from .central.client import CentralClient
 
-    rows = CentralClient(url).trusted_keys()
-    if as_json:
-        _print_json(rows)
-        return
-    table = Table(title="trusted keys", title_justify="left")
-    for col in ("name", "role", "key id"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], r["role"], r["key_id"])
-    out.print(table)
+    _print_rows(CentralClient(url).trusted_keys(), "trusted keys",
+                {"name": "name", "role": "role", "key id": "key_id"}, as_json)  # fmt: skip
 
 
 @main.group()

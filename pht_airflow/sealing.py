@@ -41,7 +41,7 @@ from .errors import (
     VerificationError,
 )
 from .keys import AgeIdentity, SigningKey, public_key_from_pem
-from .oci import OCI_MANIFEST, Descriptor, Manifest, Reference, RegistryClient
+from .oci import OCI_MANIFEST, Descriptor, Manifest, Reference, RegistryClient, sha256_digest
 from .signing import sign, verify
 from .spec import TrainSpec
 
@@ -571,9 +571,12 @@ def seal(
         },
     }
     raw = _canonical(manifest)
-    digest = client.put_manifest(train.repository, f"result-{hop}", raw, OCI_MANIFEST)
+    # Pushed by digest, signed, and only then tagged: the registry announces the tag push,
+    # and by then the signature is there for whoever the announcement wakes (the router).
+    digest = client.put_manifest(train.repository, sha256_digest(raw), raw, OCI_MANIFEST)
     ref = Reference(train.registry, train.repository, digest=digest)
     sign(client, ref, key, role="station", signer=station)
+    client.put_manifest(train.repository, f"result-{hop}", raw, OCI_MANIFEST)
     return SealedResult(reference=ref, digest=digest, layer=layer, config=config)
 
 

@@ -483,6 +483,17 @@ def test_sequential_route_across_three_stations_reaches_done(
     history = _flush(central.recorder, client)
     assert {d.authorization for d in history} == {f"Bearer {SECRET}"}
     assert {d.status for d in history} == {200}
+    # Stations tag a result only after signing it: each result's signature is announced
+    # before its result-<k> tag, so no announcement found a result unsigned.
+    pushes = [(e["target"]["repository"], e["target"].get("tag"))
+              for e in _registry_events(history)
+              if e["action"] == "push" and not _is_blob(e)]  # fmt: skip
+    for hop, (name, row) in enumerate(zip(STATIONS, info["hops"], strict=True)):
+        repo, result = f"{name}/{spec.id}", row["result_digest"]
+        assert pushes.index((repo, signature_tag(result))) < pushes.index((repo, f"result-{hop}"))
+    verdicts = [v for d in history for v in d.results()]
+    assert verdicts.count("sent hop 1") == verdicts.count("sent hop 2") == 1
+    assert "waiting for the station's signature" not in verdicts
 
     results = _check_outbox(client, route_registry, spec, digest, parties)
     assert results == [h["result_digest"] for h in info["hops"]]

@@ -18,9 +18,10 @@ at once, signed with its key (:meth:`Router.station_failure`). A failed hop fail
 sequential train; a parallel train goes on, and its delivered results reach the outbox once
 every station has delivered or failed.
 
-A station pushes its result and signs it afterwards, and the registry announces the result
-as soon as it is pushed, so the notification often arrives before the signature. An
-unsigned result is therefore "not yet", never a failure: the router waits a moment for the
+Our stations push a result by digest, sign it, and tag it ``result-<k>`` last, so the
+announcement of the tag finds the signature in place. A result from a producer that tags
+before signing may be announced before its signature, so an unsigned result is "not yet",
+never a failure: the router waits a moment for the
 signature (``signature_wait``) and otherwise leaves the hop to reconciliation, without
 recording the event as handled. A result whose signatures are there but wrong fails the
 train at once.
@@ -355,13 +356,14 @@ class Router:
         """
         train_id = repository.rsplit("/", 1)[-1]
         with self.sessions() as s:
-            existing = s.get(TrainRow, train_id)
-            if existing is not None and existing.digest == digest:
-                self._forget_incoming(repository, digest)
-                return None  # submitted before
             rows = [(r.role, r.key_id, r.key_pem) for r in s.scalars(select(TrustedKeyRow))]
-        if not any(role == "creator" for role, _, _ in rows):
-            return None  # submission by push is off until a creator key is registered
+            if not any(role == "creator" for role, _, _ in rows):
+                return None  # submission by push is off until a creator key is registered
+            existing = s.get(TrainRow, train_id)
+            submitted = existing is not None and existing.digest == digest
+        if submitted:
+            self._forget_incoming(repository, digest)
+            return None  # submitted before
         pinned = Reference(self.client.registry, repository, digest=digest)
         try:
             spec, _ = read_spec(self.client, pinned)
