@@ -331,6 +331,9 @@ class Router:
         if m is None or not rest:
             return None
         hop = int(m.group(1))
+        with self.sessions() as s:  # a duplicate is answered by one indexed read, no lock
+            if s.scalar(select(EventRow.id).where(EventRow.dedup_key == event.event_id)):
+                return None
         if self._awaits(rest, project, hop) and not self._signature_arrives(
             event.repository, event.digest
         ):
