@@ -126,10 +126,14 @@ def send_report(url: str, report: Mapping[str, Any], *, timeout: float = 10.0) -
     Raises :class:`PhtError` with the central service's answer when it is refused.
     """
     target = f"{url.rstrip('/')}/trains/{report['train_id']}/failures"
-    try:
-        answer = requests.post(target, json=dict(report), timeout=timeout)
-    except requests.RequestException as exc:
-        raise PhtError(f"could not reach the central service at {url}: {exc}") from None
+    with requests.Session() as session:
+        session.trust_env = False  # the configured URL, never a proxy from the environment
+        try:
+            answer = session.post(target, json=dict(report), timeout=timeout)
+        except requests.RequestException as exc:
+            raise PhtError(
+                f"could not reach the central service at {url}: {type(exc).__name__}"
+            ) from None
     if answer.status_code >= 400:
         try:
             detail = answer.json().get("detail", answer.text)

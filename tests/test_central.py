@@ -31,7 +31,7 @@ from pht_airflow.keys import load_public_key
 from pht_airflow.localregistry import free_port
 from pht_airflow.oci import Reference, RegistryClient
 from pht_airflow.sealing import fetch_results, seal
-from pht_airflow.station.hop import run_hop
+from pht_airflow.station.hop import record_step, run_hop
 from pht_airflow.webhooks import parse_events
 
 pytestmark = [pytest.mark.registry, pytest.mark.docker]
@@ -417,3 +417,24 @@ def test_a_parallel_train_fails_when_every_hop_fails(
         "hop 1 (station-b) failed at the station: rejected"
     )
     assert not client.list_tags(f"pht-outbox/{spec.id}")
+
+
+def test_an_unreachable_central_service_does_not_change_the_hops_outcome(
+    tmp_path: Path, parties: Any
+) -> None:
+    """Reporting is best effort: the audit record stands, the reason is said, nothing raises."""
+    nobody = f"http://127.0.0.1:{free_port()}"
+    station = make_station(tmp_path / "s", parties["station-a"], "127.0.0.1:5000",
+                           creators=[parties["alice"].public.pem],
+                           approvers=[parties["reviewer"].public.pem],
+                           overrides={"central": {"url": nobody}})  # fmt: skip
+    said: list[str] = []
+    record = record_step(station.config(), reference="127.0.0.1:5000/station-a/t1:train",
+                         verified=None, executed=None,
+                         failure={"error": "RegistryError", "message": "registry down"},
+                         logger=said.append)  # fmt: skip
+    assert record["outcome"] == "failure"
+    assert said == [
+        "could not report the failed hop to the central service: could not reach the central "
+        f"service at {station.config().central_url}: ConnectionError"
+    ]
