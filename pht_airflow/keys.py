@@ -21,6 +21,7 @@ Nothing here logs or puts a private key or a passphrase into an exception messag
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import getpass
 import hashlib
@@ -262,7 +263,10 @@ def signing_key_from_pem(data: bytes, passphrase: bytes | None, source: str) -> 
         # cryptography says "Bad decrypt. Incorrect password?" for a wrong passphrase and
         # names the structure problem otherwise; neither message holds key material.
         text = str(exc).lower()
-        if encrypted and ("password" in text or "decrypt" in text):
+        if encrypted and ("password" in text or "decrypt" in text or _outer_der_intact(data)):
+            # A wrong passphrase decrypts to garbage whose padding happens to look valid
+            # about once in 300 tries; cryptography then reports a parse error instead. An
+            # intact outer structure means the file is whole, so the passphrase is wrong.
             raise PassphraseError(f"{path}: wrong passphrase for this key") from None
         raise KeyFileError(
             f"{path}: the private key PEM is truncated or corrupt ({type(exc).__name__})"
@@ -270,6 +274,35 @@ def signing_key_from_pem(data: bytes, passphrase: bytes | None, source: str) -> 
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise KeyFileError(f"{path}: the private key is not an ECDSA key")
     return SigningKey(key, str(path))
+
+
+def _outer_der_intact(pem: bytes) -> bool:
+    """True if ``pem`` is one PEM block whose DER is a complete SEQUENCE, nothing missing.
+
+    For an encrypted PKCS#8 key that outer SEQUENCE (EncryptedPrivateKeyInfo) is readable
+    without the passphrase; cryptography offers no call that parses it alone.
+    """
+    lines = pem.strip().splitlines()
+    if (
+        len(lines) < 3
+        or not lines[0].startswith(b"-----BEGIN ")
+        or not lines[-1].startswith(b"-----END ")
+    ):
+        return False
+    try:
+        der = base64.b64decode(b"".join(line.strip() for line in lines[1:-1]), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if len(der) < 2 or der[0] != 0x30:
+        return False
+    if der[1] < 0x80:
+        head, length = 2, der[1]
+    else:
+        size = der[1] & 0x7F
+        if not 1 <= size <= 4 or len(der) < 2 + size:
+            return False
+        head, length = 2 + size, int.from_bytes(der[2 : 2 + size], "big")
+    return head + length == len(der)
 
 
 def _parse_age_secret(text: str, source: str) -> AgeIdentity:

@@ -353,6 +353,29 @@ def test_truncated_private_pem(key_files: dict[str, Path], tmp_path: Path, how: 
     assert str(f) in str(info.value)
 
 
+def test_a_wrong_passphrase_is_named_even_when_the_garbage_parses_as_padding(
+    tmp_path: Path,
+) -> None:
+    """About one wrong passphrase in 300 decrypts to bytes with valid padding, and
+    cryptography then reports a parse error, not a wrong password. It is still a wrong
+    passphrase, not a damaged file."""
+    key = SigningKey.generate()
+    data = key.private_pem(b"the right one")
+    f = tmp_path / "k.key"
+    f.write_bytes(data)
+    for i in range(20_000):
+        wrong = b"wrong-%d" % i
+        try:
+            serialization.load_pem_private_key(data, password=wrong)
+        except ValueError as exc:
+            if "password" not in str(exc).lower():
+                break
+    else:
+        pytest.fail("no wrong passphrase of 20 000 decrypted to valid padding")
+    with pytest.raises(PassphraseError, match="wrong passphrase for this key"):
+        load_signing_key(f, wrong)
+
+
 @pytest.mark.parametrize("keep", [100, -10])
 def test_truncated_age_identity(key_files: dict[str, Path], tmp_path: Path, keep: int) -> None:
     data = key_files["age"].read_bytes()
