@@ -26,9 +26,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import requests
-
-from .errors import PhtError, VerificationError
+from .errors import VerificationError
 from .keys import PublicKey, SigningKey
 from .spec import canonical_json
 
@@ -123,20 +121,9 @@ def check_report(report: Mapping[str, Any], key: PublicKey) -> datetime:
 def send_report(url: str, report: Mapping[str, Any], *, timeout: float = 10.0) -> None:
     """POST ``report`` to the central service at ``url`` (its base URL).
 
-    Raises :class:`PhtError` with the central service's answer when it is refused.
+    Raises :class:`~pht_airflow.central.client.CentralError` (a :class:`PhtError`) when the
+    service cannot be reached or refuses the report, with its answer.
     """
-    target = f"{url.rstrip('/')}/trains/{report['train_id']}/failures"
-    with requests.Session() as session:
-        session.trust_env = False  # the configured URL, never a proxy from the environment
-        try:
-            answer = session.post(target, json=dict(report), timeout=timeout)
-        except requests.RequestException as exc:
-            raise PhtError(
-                f"could not reach the central service at {url}: {type(exc).__name__}"
-            ) from None
-    if answer.status_code >= 400:
-        try:
-            detail = answer.json().get("detail", answer.text)
-        except ValueError:
-            detail = answer.text
-        raise PhtError(f"the central service refused the failure report: {detail}")
+    from .central.client import CentralClient
+
+    CentralClient(url, token="", timeout=timeout).report_failure(dict(report))

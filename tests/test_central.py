@@ -435,6 +435,6 @@ def test_an_unreachable_central_service_does_not_change_the_hops_outcome(
                          logger=said.append)  # fmt: skip
     assert record["outcome"] == "failure"
     assert said == [
-        "could not report the failed hop to the central service: could not reach the central "
+        "could not report the failed hop to the central service: cannot reach the central "
         f"service at {station.config().central_url}: ConnectionError"
     ]

@@ -78,5 +78,9 @@ class CentralClient:
     def train(self, train_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/trains/{train_id}"))
 
+    def report_failure(self, report: dict[str, Any]) -> dict[str, Any]:
+        """Send a station's signed failure report (no token: the signature authenticates)."""
+        return dict(self._call("POST", f"/trains/{report['train_id']}/failures", report))
+
     def retry(self, train_id: str, hop: int) -> dict[str, Any]:
         return dict(self._call("POST", f"/trains/{train_id}/retry", {"hop": hop}, write=True))
