@@ -26,6 +26,7 @@ import contextlib
 import getpass
 import hashlib
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,15 +43,14 @@ from .errors import KeyFileError, PassphraseError
 PASSPHRASE_ENV = "PHT_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 MAX_KEY_FILE_BYTES = 64 * 1024
 
-_PUBLIC_PEM = b"-----BEGIN PUBLIC KEY-----"
-_PRIVATE_PEMS = (
-    b"-----BEGIN ENCRYPTED PRIVATE KEY-----",
-    b"-----BEGIN PRIVATE KEY-----",
-    b"-----BEGIN EC PRIVATE KEY-----",
-)
+# PEM files are told apart by the label of their first line (RFC 7468).
+_PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
+_PUBLIC_LABEL = b"PUBLIC KEY"
+_ENCRYPTED_LABEL = b"ENCRYPTED PRIVATE KEY"
+_PRIVATE_LABELS = (_ENCRYPTED_LABEL, b"PRIVATE KEY", b"EC PRIVATE KEY")
+_AGE_ARMORED_LABEL = b"AGE ENCRYPTED FILE"
 _AGE_SECRET = b"AGE-SECRET-KEY-1"
 _AGE_ENCRYPTED = b"age-encryption.org/v1"
-_AGE_ARMORED = b"-----BEGIN AGE ENCRYPTED FILE-----"
 
 
 # --- public and private signing keys ----------------------------------------------------
@@ -185,22 +185,29 @@ def _read(path: Path | str) -> bytes:
     return data
 
 
+def _pem_label(data: bytes) -> bytes | None:
+    """The label of the PEM block ``data`` starts with (``PUBLIC KEY``…), or None."""
+    match = _PEM_BEGIN.match(data.lstrip())
+    return match.group(1) if match else None
+
+
 def _kind(data: bytes) -> str:
     head = data.lstrip()
     while head.startswith(b"#"):  # age-keygen writes "# created: …" lines before the key
         head = head.partition(b"\n")[2].lstrip()
-    if head.startswith(_PUBLIC_PEM):
+    label = _pem_label(head)
+    if label == _PUBLIC_LABEL:
         return "public"
-    if any(head.startswith(p) for p in _PRIVATE_PEMS):
+    if label in _PRIVATE_LABELS:
         return "private"
+    if label == _AGE_ARMORED_LABEL or head.startswith(_AGE_ENCRYPTED):
+        return "age-encrypted"
+    if label is not None:
+        return "other-pem"
     if head.startswith(_AGE_SECRET):
         return "age-identity"
-    if head.startswith((_AGE_ENCRYPTED, _AGE_ARMORED)):
-        return "age-encrypted"
     if head.startswith(b"age1"):
         return "age-recipient"
-    if head.startswith(b"-----BEGIN"):
-        return "other-pem"
     return "unknown"
 
 
@@ -251,7 +258,7 @@ def signing_key_from_pem(data: bytes, passphrase: bytes | None, source: str) -> 
     path = source
     if _kind(data) != "private":
         raise _wrong_kind(path, data, "a signing private key (NAME.key)")
-    encrypted = data.lstrip().startswith(_PRIVATE_PEMS[0]) or b"ENCRYPTED" in data[:200]
+    encrypted = _pem_label(data) == _ENCRYPTED_LABEL or b"ENCRYPTED" in data[:200]
     if encrypted and not passphrase:
         raise PassphraseError(
             f"{path}: the key is encrypted and no passphrase was given "
@@ -283,11 +290,7 @@ def _outer_der_intact(pem: bytes) -> bool:
     without the passphrase; cryptography offers no call that parses it alone.
     """
     lines = pem.strip().splitlines()
-    if (
-        len(lines) < 3
-        or not lines[0].startswith(b"-----BEGIN ")
-        or not lines[-1].startswith(b"-----END ")
-    ):
+    if len(lines) < 3 or _pem_label(lines[0]) is None or not lines[-1].startswith(b"-----END "):
         return False
     try:
         der = base64.b64decode(b"".join(line.strip() for line in lines[1:-1]), validate=True)
@@ -334,7 +337,7 @@ def age_identity_from_bytes(data: bytes, passphrase: bytes | None, source: str) 
             f"{path}: the age identity is passphrase-protected and no passphrase was given "
             f"(use --passphrase-file or ${PASSPHRASE_ENV})"
         )
-    if data.lstrip().startswith(_AGE_ARMORED):
+    if _pem_label(data) == _AGE_ARMORED_LABEL:
         raise KeyFileError(f"{path}: armored age identity files are not supported; use binary")
     try:
         plain = pyrage.passphrase.decrypt(data, passphrase.decode("utf-8"))

@@ -16,8 +16,11 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from pht_airflow.errors import AuditLogError, PhtError
+from pht_airflow.keys import AgeIdentity, SigningKey
 from pht_airflow.station.audit import (
     ZERO_HASH,
     AuditLog,
@@ -423,16 +426,29 @@ def test_audit_log_error_is_a_pht_error() -> None:
 # --- no secrets --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "secret",
-    [
-        "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEI…\n-----END EC PRIVATE KEY-----",
-        "-----BEGIN ENCRYPTED PRIVATE KEY-----",
-        "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ",
-        "age-secret-key-1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq",
-    ],
-)
-def test_secret_looking_values_are_refused(tmp_path: Path, secret: str) -> None:
+def _unencrypted_ec_pem() -> str:
+    private = ec.generate_private_key(ec.SECP256R1())
+    return private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+# Key material made now, for this test only: none is committed.
+_SECRETS = {
+    "ec-private-key-pem": _unencrypted_ec_pem,
+    "encrypted-pkcs8-first-line": lambda: (
+        SigningKey.generate().private_pem(b"pw").decode().splitlines()[0]
+    ),
+    "age-identity": lambda: AgeIdentity.generate().secret_text(),
+    "age-identity-lowercase": lambda: AgeIdentity.generate().secret_text().lower(),
+}
+
+
+@pytest.mark.parametrize("kind", list(_SECRETS))
+def test_secret_looking_values_are_refused(tmp_path: Path, kind: str) -> None:
+    secret = _SECRETS[kind]()
     log = AuditLog(tmp_path / "audit.jsonl")
     log.append({"event": "ok"})
     before = log.path.read_bytes()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -81,10 +82,17 @@ def test_generate_writes_four_files_with_modes(key_files: dict[str, Path]) -> No
         assert key_files[label].is_file() and key_files[label].stat().st_size > 0
 
 
+def _pem_labels(data: bytes) -> tuple[str, str]:
+    """The labels of a single PEM block's BEGIN and END lines (RFC 7468), checked whole."""
+    match = re.fullmatch(r"-----BEGIN ([A-Z ]+)-----\n[A-Za-z0-9+/=\n]+\n-----END ([A-Z ]+)-----\n",
+                         data.decode("ascii"))  # fmt: skip
+    assert match is not None, "not a single PEM block"
+    return match.group(1), match.group(2)
+
+
 def test_key_file_is_encrypted_pkcs8_p256(key_files: dict[str, Path]) -> None:
     data = key_files["key"].read_bytes()
-    assert data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n")
-    assert data.rstrip().endswith(b"-----END ENCRYPTED PRIVATE KEY-----")
+    assert _pem_labels(data) == ("ENCRYPTED PRIVATE KEY", "ENCRYPTED PRIVATE KEY")
     with pytest.raises(TypeError):  # cryptography: encrypted, but no password given
         serialization.load_pem_private_key(data, password=None)
     private = serialization.load_pem_private_key(data, password=PASSPHRASE)
@@ -94,8 +102,7 @@ def test_key_file_is_encrypted_pkcs8_p256(key_files: dict[str, Path]) -> None:
 
 def test_pub_file_is_spki_pem_and_key_id_is_sha256_of_der(key_files: dict[str, Path]) -> None:
     data = key_files["pub"].read_bytes()
-    assert data.startswith(b"-----BEGIN PUBLIC KEY-----\n")
-    assert data.rstrip().endswith(b"-----END PUBLIC KEY-----")
+    assert _pem_labels(data) == ("PUBLIC KEY", "PUBLIC KEY")
     public = serialization.load_pem_public_key(data)
     assert isinstance(public, ec.EllipticCurvePublicKey)
     assert isinstance(public.curve, ec.SECP256R1)
@@ -157,7 +164,7 @@ def test_private_pem_needs_a_passphrase_and_round_trips() -> None:
     with pytest.raises(PassphraseError):
         key.private_pem(b"")
     pem = key.private_pem(b"pw")
-    assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert _pem_labels(pem)[0] == "ENCRYPTED PRIVATE KEY"
     again = keys.signing_key_from_pem(pem, b"pw", "memory")
     assert again.key_id == key.key_id
 
