@@ -18,17 +18,25 @@ class CentralError(PhtError):
     """The central service refused a request or could not be reached."""
 
 
+def check_central_url(url: str) -> str:
+    """Check a central service URL (https, or http for a loopback host); return it without
+    a trailing slash. Raises :class:`ConfigError` saying what is wrong."""
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"central service URL {url!r} must be http(s)://host[:port]")
+    if parts.scheme == "http" and not is_loopback_host(parts.netloc):
+        raise ConfigError(
+            f"plain http only for a loopback host; use https (refusing http to {parts.netloc})"
+        )
+    return url.rstrip("/")
+
+
 class CentralClient:
     """Talks to ``url`` (https, or http for a loopback host); the token comes from
     ``$PHT_CENTRAL_TOKEN`` unless given."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 60) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"central service URL {url!r} must be http(s)://host[:port]")
-        if parts.scheme == "http" and not is_loopback_host(parts.netloc):
-            raise ConfigError(f"refusing plain http to {parts.netloc}: use https")
-        self.url = url.rstrip("/")
+        self.url = check_central_url(url)
         self.token = token if token is not None else os.environ.get(TOKEN_ENV)
         self.timeout = timeout
         self.session = requests.Session()

@@ -415,13 +415,17 @@ class Router:
         self._forget_incoming(repository, digest)
         return "submitted"
 
+    @staticmethod
+    def _waiting_row(s: Session, repository: str, digest: str) -> IncomingRow | None:
+        return s.scalars(
+            select(IncomingRow).where(
+                IncomingRow.repository == repository, IncomingRow.digest == digest
+            )
+        ).first()
+
     def _wait_incoming(self, repository: str, digest: str, waiting_for: str) -> str:
         with self._lock, self.sessions.begin() as s:
-            row = s.scalars(
-                select(IncomingRow).where(
-                    IncomingRow.repository == repository, IncomingRow.digest == digest
-                )
-            ).first()
+            row = self._waiting_row(s, repository, digest)
             if row is None:
                 row = IncomingRow(repository=repository, digest=digest)
                 s.add(row)
@@ -438,21 +442,13 @@ class Router:
                     s.add(EventRow(kind="refused", message=message, dedup_key=key))
             except IntegrityError:
                 pass
-            for row in s.scalars(
-                select(IncomingRow).where(
-                    IncomingRow.repository == repository, IncomingRow.digest == digest
-                )
-            ):
-                s.delete(row)
+        self._forget_incoming(repository, digest)
         return "refused"
 
     def _forget_incoming(self, repository: str, digest: str) -> None:
         with self.sessions.begin() as s:
-            for row in s.scalars(
-                select(IncomingRow).where(
-                    IncomingRow.repository == repository, IncomingRow.digest == digest
-                )
-            ):
+            row = self._waiting_row(s, repository, digest)
+            if row is not None:
                 s.delete(row)
 
     def _reconcile_incoming(self) -> int:
@@ -629,10 +625,7 @@ class Router:
             return
         train.hops[hop].state = "failed"
         self._event(s, train, "hop-failed", reason)
-        failures = [e.message for e in train.events if e.kind == "hop-failed"]
-        if reason not in failures:
-            failures.append(reason)  # the new event is not in the relationship until flush
-        train.reason = "; ".join(failures)
+        train.reason = f"{train.reason}; {reason}" if train.reason else reason
         if any(h.state not in ("done", "failed") for h in train.hops):
             return
         done = [h for h in train.hops if h.state == "done"]

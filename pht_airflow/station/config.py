@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
+from ..central.client import check_central_url
 from ..errors import ConfigError, KeyFileError
 from ..keys import (
     AgeIdentity,
@@ -28,7 +28,6 @@ from ..keys import (
     public_key_from_pem,
     signing_key_from_pem,
 )
-from ..oci.auth import is_loopback_host
 from ..oci.reference import check_registry, check_repository
 from ..sandbox import Limits
 
@@ -516,12 +515,10 @@ def load_config(path: Path | str | None = None) -> StationConfig:
     webhook_secret = secret(webhook.get("secret"), ("webhook", "secret"), False)
     central_url = section("central").get("url")
     if central_url is not None:
-        parts = urlsplit(str(central_url))
-        if not isinstance(central_url, str) or parts.scheme not in ("http", "https"):
-            problem(("central", "url"), "must be an http(s) URL of the central service")
-            central_url = None
-        elif parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
-            problem(("central", "url"), "plain http only for a loopback host; use https")
+        try:
+            central_url = check_central_url(central_url)
+        except ConfigError as exc:
+            problem(("central", "url"), str(exc))
             central_url = None
 
     if problems:
@@ -544,5 +541,5 @@ def load_config(path: Path | str | None = None) -> StationConfig:
         audit_log=audit_log,
         work_dir=work_dir,
         webhook_secret=webhook_secret,
-        central_url=central_url.rstrip("/") if central_url else None,
+        central_url=central_url,
     )
