@@ -69,6 +69,12 @@ def passphrase_options(f: F) -> F:
     )(f)
 
 
+central_url_option = click.option(
+    "--central", "url", required=True, help="The central service URL."
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
 def registry_options(f: F) -> F:
     """Registry credentials and transport options shared by every command that talks to one."""
     f = click.option(
@@ -186,7 +192,7 @@ def keys_generate(name: str, out_dir: Path, passphrase_file: Path | None) -> Non
 @keys.command("show")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @passphrase_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def keys_show(path: Path, passphrase_file: Path | None, as_json: bool) -> None:
     """Print what PATH is and its public identity (key id or age recipient).
 
@@ -256,7 +262,7 @@ def sign_cmd(
     type=click.Path(dir_okay=False, path_type=Path),
     help="A trusted public key (NAME.pub); repeat for several.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @registry_options
 def verify_cmd(
     ref: str, key_paths: tuple[Path, ...], as_json: bool, username: str | None, insecure: bool
@@ -289,7 +295,7 @@ def verify_cmd(
     help="Public keys to check signatures against (default: the creator's and route keys "
     "named in the spec are not trusted implicitly; without --key signers are not listed).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @registry_options
 def inspect_cmd(
     ref: str, key_paths: tuple[Path, ...], as_json: bool, username: str | None, insecure: bool
@@ -624,7 +630,7 @@ def _train_signers(
     help="Ask the central service instead: route progress and event timeline (REF may be "
     "the train id).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @registry_options
 def train_status(
     ref: str,
@@ -810,7 +816,7 @@ def results_fetch(
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="The creator's public key (NAME.pub); the service checks the creator signature.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def train_submit(ref: str, central: str, key_path: Path, as_json: bool) -> None:
     """Hand a signed train in pht-incoming to the central service, which routes it."""
     from .central.client import CentralClient
@@ -942,7 +948,7 @@ def central_stations() -> None:
 
 
 @central_stations.command("add")
-@click.option("--central", "url", required=True, help="The central service URL.")
+@central_url_option
 @click.option("--id", "station_id", required=True, help="The station id (e.g. station-a).")
 @click.option(
     "--key",
@@ -982,8 +988,8 @@ def central_stations_add(
 
 
 @central_stations.command("list")
-@click.option("--central", "url", required=True, help="The central service URL.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_url_option
+@json_option
 def central_stations_list(url: str, as_json: bool) -> None:
     """List the registered stations."""
     from .central.client import CentralClient
@@ -1014,7 +1020,7 @@ def central_keys() -> None:
 
 
 @central_keys.command("add")
-@click.option("--central", "url", required=True, help="The central service URL.")
+@central_url_option
 @click.option("--name", required=True, help="A name for the researcher (e.g. alice).")
 @click.option(
     "--role",
@@ -1040,8 +1046,8 @@ def central_keys_add(url: str, name: str, role: str, key_path: Path) -> None:
 
 
 @central_keys.command("list")
-@click.option("--central", "url", required=True, help="The central service URL.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@central_url_option
+@json_option
 def central_keys_list(url: str, as_json: bool) -> None:
     """List the researchers' keys the central service trusts for submission by push."""
     from .central.client import CentralClient
