@@ -18,7 +18,7 @@ bootstrap:
 	scripts/bootstrap.sh
 
 demo: bootstrap
-	$(PY) -m pht_airflow.demo
+	$(PY) -m pht_airflow.dev.demo
 
 lint: bootstrap
 	$(VENV)/bin/ruff check $(LINT_PATHS)

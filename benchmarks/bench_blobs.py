@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pht_airflow.localregistry import LocalRegistry, start_registry  # noqa: E402
+from pht_airflow.dev.localregistry import LocalRegistry, start_registry  # noqa: E402
 from pht_airflow.oci import CHUNK, RegistryClient  # noqa: E402
 
 MiB = 1024 * 1024

@@ -42,10 +42,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pht_airflow.central.registry import PlainRegistryAdmin  # noqa: E402
+from pht_airflow.dev.localregistry import start_registry  # noqa: E402
 from pht_airflow.keys import SigningKey  # noqa: E402
-from pht_airflow.localregistry import start_registry  # noqa: E402
 from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, Manifest, Reference, RegistryClient  # noqa: E402
-from pht_airflow.sealing import (  # noqa: E402
+from pht_airflow.protocol import (  # noqa: E402
     RESULT_ARTIFACT_TYPE,
     RESULT_CONFIG_MEDIA_TYPE,
     RESULT_MEDIA_TYPE,

@@ -5,10 +5,10 @@ Run:  .venv/bin/python benchmarks/bench_route.py [--trains 100] [--events 3000] 
 
 Everything on 127.0.0.1, in three processes besides the registry:
 
-- this process: the central service, the real FastAPI app (``pht_airflow.central.app``: router,
+- this process: the central service, the real FastAPI app (``pht_airflow.web.central_app``: router,
   SQLite database, ``PlainRegistryAdmin`` copies by mount) served by uvicorn, behind a thin
   ASGI wrapper that timestamps every registry delivery and can hold deliveries back;
-- a station process: the station's webhook receiver (``pht_airflow.webhook_app``, what the
+- a station process: the station's webhook receiver (``pht_airflow.web.webhook_app``, what the
   station plugin mounts) and one worker per station (station-a, -b, -c). When the registry
   announces ``train`` in a station's project, the worker reads the spec and seals a tiny
   result with ``sealing.seal`` (tar, age to the next recipient, push ``result-<k>``,
@@ -71,17 +71,18 @@ import uvicorn  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 
-from pht_airflow.central.app import create_app  # noqa: E402
 from pht_airflow.central.db import make_engine, make_sessionmaker  # noqa: E402
 from pht_airflow.central.registry import CopyReport, PlainRegistryAdmin  # noqa: E402
 from pht_airflow.central.router import Router  # noqa: E402
+from pht_airflow.dev.localregistry import Endpoint, free_port, start_registry  # noqa: E402
 from pht_airflow.keys import AgeIdentity, SigningKey, signing_key_from_pem  # noqa: E402
-from pht_airflow.localregistry import Endpoint, free_port, start_registry  # noqa: E402
 from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, Descriptor, Reference, RegistryClient  # noqa: E402
+from pht_airflow.protocol import TRAIN_LABEL  # noqa: E402
+from pht_airflow.researcher.train import StationInfo, make_spec  # noqa: E402
 from pht_airflow.signing import sign, signature_tag  # noqa: E402
-from pht_airflow.spec import LABEL, TrainSpec, read_spec  # noqa: E402
-from pht_airflow.train import StationInfo, make_spec  # noqa: E402
-from pht_airflow.webhook_app import create_app as create_webhook_app  # noqa: E402
+from pht_airflow.spec import TrainSpec, read_spec  # noqa: E402
+from pht_airflow.web.central_app import create_app  # noqa: E402
+from pht_airflow.web.webhook_app import create_app as create_webhook_app  # noqa: E402
 from pht_airflow.webhooks import CT_DISTRIBUTION, PushEvent  # noqa: E402
 
 BENCH_DIR = ROOT / ".pht" / "bench"
@@ -250,7 +251,7 @@ def stations_main(
     registry_host: str, port: int, keys: dict[str, bytes], root: Path, ready: Any, errors: Any
 ) -> None:
     """Station receiver + one sealing worker per station (runs in its own process)."""
-    from pht_airflow.sealing import seal
+    from pht_airflow.results import seal
 
     work: dict[str, queue.Queue[tuple[str, str]]] = {name: queue.Queue() for name in STATIONS}
     seen: set[tuple[str, str]] = set()
@@ -401,7 +402,7 @@ def push_trains(
         config = {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Labels": {LABEL: spec.to_canonical_json()}},
+            "config": {"Labels": {TRAIN_LABEL: spec.to_canonical_json()}},
             "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
         }
         config_desc = client.upload_bytes(repo, _canonical(config), OCI_CONFIG)

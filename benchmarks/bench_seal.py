@@ -62,17 +62,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from pht_airflow.dev.localregistry import LocalRegistry, start_registry  # noqa: E402
 from pht_airflow.keys import (  # noqa: E402
     AgeIdentity,
     SigningKey,
     load_age_identity,
     load_signing_key,
 )
-from pht_airflow.localregistry import LocalRegistry, start_registry  # noqa: E402
 from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, Reference, RegistryClient  # noqa: E402
 from pht_airflow.oci.media import sha256_digest  # noqa: E402
-from pht_airflow.spec import LABEL, TrainSpec  # noqa: E402
-from pht_airflow.train import StationInfo, make_spec  # noqa: E402
+from pht_airflow.protocol import TRAIN_LABEL  # noqa: E402
+from pht_airflow.researcher.train import StationInfo, make_spec  # noqa: E402
+from pht_airflow.spec import TrainSpec  # noqa: E402
 
 MiB = 1024 * 1024
 BENCH_ROOT = ROOT / ".pht" / "bench"
@@ -211,7 +212,7 @@ def push_train(client: RegistryClient, repository: str, spec: TrainSpec) -> Refe
         "os": "linux",
         "created": "2026-11-22T00:00:00Z",
         "config": {
-            "Labels": {LABEL: spec.to_canonical_json()},
+            "Labels": {TRAIN_LABEL: spec.to_canonical_json()},
             "Entrypoint": ["python3", "/opt/train/analysis.py"],
         },
         "rootfs": {"type": "layers", "diff_ids": [sha256_digest(layer)]},
@@ -240,12 +241,12 @@ def _write_secret(path: Path, data: bytes) -> None:
 
 def one(mode: str, job_path: Path) -> None:
     """Run one seal+push or fetch+open; print seconds, CPU seconds and peak RSS as JSON."""
-    from pht_airflow.sealing import open_result, seal, verify_chain
+    from pht_airflow.results import open_result, seal, verify_chain
 
     job = json.loads(job_path.read_text())
     spec = TrainSpec.from_json(job["spec"])
     if mode == "core":
-        from pht_airflow.sealing import TarStream, encrypt_stream, plan_tar
+        from pht_airflow.results import TarStream, encrypt_stream, plan_tar
 
         key = load_signing_key(job["key"], job["passphrase"].encode())
         recipients = [spec.route[1].recipient]  # what seal() encrypts hop 0 to

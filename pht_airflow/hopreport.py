@@ -121,9 +121,9 @@ def check_report(report: Mapping[str, Any], key: PublicKey) -> datetime:
 def send_report(url: str, report: Mapping[str, Any], *, timeout: float = 10.0) -> None:
     """POST ``report`` to the central service at ``url`` (its base URL).
 
-    Raises :class:`~pht_airflow.central.client.CentralError` (a :class:`PhtError`) when the
+    Raises :class:`~pht_airflow.central_client.CentralError` (a :class:`PhtError`) when the
     service cannot be reached or refuses the report, with its answer.
     """
-    from .central.client import CentralClient
+    from .central_client import CentralClient
 
     CentralClient(url, token="", timeout=timeout).report_failure(dict(report))

@@ -18,8 +18,8 @@ from .errors import InvalidManifestError, KeyFileError, SpecError
 from .keys import public_key_from_pem, validate_recipient
 from .oci import MANIFEST_TYPES, Reference, RegistryClient
 from .oci.media import INDEX_TYPES
+from .protocol import STATION_ID, TRAIN_LABEL
 
-LABEL = "org.pht.train"
 VERSION = 1
 MODES = ("sequential", "parallel")
 VISIBILITIES = ("final", "all")
@@ -40,7 +40,6 @@ _FIELDS = {
 }
 _CREATOR_FIELDS = {"id", "key", "recipient"}
 _ROUTE_FIELDS = {"station", "key", "recipient"}
-_STATION_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}")
 _KEY_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
@@ -239,7 +238,7 @@ class TrainSpec:
                 continue
             for unknown in sorted(set(entry) - _ROUTE_FIELDS):
                 problems.append(f"unknown field '{where}.{unknown}'")
-            station = text(f"{where}.station", entry.get("station"), _STATION_RE)
+            station = text(f"{where}.station", entry.get("station"), STATION_ID)
             if station in seen:
                 problems.append(f"{where}.station {station!r} appears more than once")
             seen.add(station)
@@ -362,8 +361,8 @@ def read_spec(
         raise SpecError(["the image config is not JSON"], where) from None
     inner = config.get("config") if isinstance(config, dict) else None
     labels = inner.get("Labels") if isinstance(inner, dict) else None
-    label = labels.get(LABEL) if isinstance(labels, dict) else None
+    label = labels.get(TRAIN_LABEL) if isinstance(labels, dict) else None
     if not isinstance(label, str):
-        raise SpecError([f"the image has no {LABEL} label: it is not a train"], where)
+        raise SpecError([f"the image has no {TRAIN_LABEL} label: it is not a train"], where)
     spec = TrainSpec.from_json(label, source=where, check_expiry=check_expiry, now=now)
     return spec, manifest.digest

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from .errors import InvalidReferenceError, WebhookError
 from .oci.media import MANIFEST_TYPES
 from .oci.reference import check_registry, check_repository, check_tag
+from .protocol import COSIGN_TAG
 
 MAX_BODY_BYTES = 1024 * 1024
 """Largest webhook body accepted (1 MiB); the web app enforces it before parsing."""
@@ -56,7 +57,6 @@ SOURCE_DISTRIBUTION = "distribution"
 
 _SHA256_RE = re.compile(r"sha256:[0-9a-f]{64}")
 # cosign's tag scheme for signatures, attestations and SBOMs attached to sha256:<hex>.
-_COSIGN_TAG_RE = re.compile(r"sha256-[0-9a-f]{64}\.(?:sig|att|sbom)")
 _SHOW_MAX = 80
 
 
@@ -178,7 +178,7 @@ def _host(text: str | None) -> str | None:
 
 def is_cosign_tag(tag: str | None) -> bool:
     """True for cosign's ``sha256-<hex>.sig`` (and ``.att``, ``.sbom``) tags."""
-    return tag is not None and _COSIGN_TAG_RE.fullmatch(tag) is not None
+    return tag is not None and COSIGN_TAG.fullmatch(tag) is not None
 
 
 def _media_type(content_type: str | None) -> str | None:

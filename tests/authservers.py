@@ -2,7 +2,7 @@
 
 - :func:`serve_http`: run a ``BaseHTTPRequestHandler`` class in a thread (cookie, paging).
 - :func:`start_registry_with_auth`: a ``docker-registry`` with an ``auth:`` section
-  (htpasswd or token), built from :func:`pht_airflow.localregistry.registry_config`.
+  (htpasswd or token), built from :func:`pht_airflow.dev.localregistry.registry_config`.
 - :class:`TokenServer`: a Docker token service (the "token authentication specification")
   that checks Basic credentials and issues ES256 JWTs carrying an ``x5c`` certificate chain,
   which distribution 2.8 verifies against the ``rootcertbundle`` of its ``auth.token`` config.
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pht_airflow.localregistry import LocalRegistry, free_port, registry_config
+from pht_airflow.dev.localregistry import LocalRegistry, free_port, registry_config
 
 
 class QuietHandler(BaseHTTPRequestHandler):

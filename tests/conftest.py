@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from pht_airflow.dev.localregistry import LocalRegistry, start_registry
 from pht_airflow.keys import AgeIdentity, PublicKey, SigningKey, generate_keypair
-from pht_airflow.localregistry import LocalRegistry, start_registry
 
 REPO = Path(__file__).resolve().parents[1]
 # Airflow reads its settings when first imported: point it at a private home, SQLite, and
@@ -87,7 +87,7 @@ def postgres_server() -> Iterator[str]:
     import subprocess
     import tempfile
 
-    from pht_airflow.localregistry import free_port
+    from pht_airflow.dev.localregistry import free_port
 
     bindir = _postgres_bin()
     if bindir is None:
@@ -222,7 +222,7 @@ def build_and_push(docker_client, busybox_image: str, registry: LocalRegistry): 
     image unique so two calls never give the same digest by accident.
     """
     from pht_airflow.oci import Reference
-    from pht_airflow.train import push_image
+    from pht_airflow.researcher.train import push_image
 
     built: list[str] = []
 

@@ -78,8 +78,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
+from pht_airflow.dev.localregistry import free_port
 from pht_airflow.errors import NotFoundError
-from pht_airflow.localregistry import free_port
 from pht_airflow.oci import RegistryClient
 from pht_airflow.oci.media import DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, Manifest
 

@@ -15,10 +15,11 @@ from typing import Any
 import yaml
 
 from pht_airflow.oci import Reference, RegistryClient
+from pht_airflow.protocol import TRAIN_LABEL
+from pht_airflow.researcher.train import StationInfo, make_spec, push_image
 from pht_airflow.signing import sign
-from pht_airflow.spec import LABEL, TrainSpec
+from pht_airflow.spec import TrainSpec
 from pht_airflow.station.config import StationConfig, load_config
-from pht_airflow.train import StationInfo, make_spec, push_image
 
 PASSPHRASE = "station passphrase for tests"
 
@@ -150,7 +151,7 @@ def build_train(docker_client: Any, ref: Reference, spec: TrainSpec, script: str
         fileobj=context,
         custom_context=True,
         tag=str(ref),
-        labels={LABEL: spec.to_canonical_json()},
+        labels={TRAIN_LABEL: spec.to_canonical_json()},
         pull=False,
         rm=True,
         forcerm=True,

@@ -1,6 +1,6 @@
 """pht_run_train on a real, running Airflow: API server, scheduler, DAG processor, triggerer.
 
-The deployment is started by :mod:`pht_airflow.localairflow` (the same code the demo uses):
+The deployment is started by :mod:`pht_airflow.dev.localairflow` (the same code the demo uses):
 every component bound to 127.0.0.1, a private ``AIRFLOW_HOME`` and SQLite database, the
 LocalExecutor. The tests trigger one train through the REST API and one through a Harbor
 webhook (twice: one run per digest), check the results in the registry and the station's
@@ -30,8 +30,8 @@ import yaml
 from conftest import VECTORS
 from stationkit import Station, build_train, make_station, make_train_spec, sign_train
 
+from pht_airflow.dev.localairflow import LocalAirflow, session_pids, start_airflow
 from pht_airflow.errors import ServiceError
-from pht_airflow.localairflow import LocalAirflow, session_pids, start_airflow
 from pht_airflow.oci import Reference, RegistryClient
 from pht_airflow.station.audit import AuditLog
 

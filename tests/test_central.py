@@ -20,18 +20,18 @@ import uvicorn
 from click.testing import CliRunner
 from stationkit import build_train, make_station, make_train_spec, sign_train
 
-from pht_airflow.central.app import create_app
 from pht_airflow.central.db import make_engine, make_sessionmaker
 from pht_airflow.central.registry import PlainRegistryAdmin
 from pht_airflow.central.router import Router, RouterError
 from pht_airflow.cli import main
+from pht_airflow.dev.localregistry import free_port
 from pht_airflow.errors import VerificationError
 from pht_airflow.hopreport import make_report
 from pht_airflow.keys import load_public_key
-from pht_airflow.localregistry import free_port
 from pht_airflow.oci import Reference, RegistryClient
-from pht_airflow.sealing import fetch_results, seal
+from pht_airflow.results import fetch_results, seal
 from pht_airflow.station.hop import record_step, run_hop
+from pht_airflow.web.central_app import create_app
 from pht_airflow.webhooks import parse_events
 
 pytestmark = [pytest.mark.registry, pytest.mark.docker]

@@ -27,6 +27,7 @@ from pht_airflow.central.registry import (
     RegistryAdmin,
     RobotAccount,
 )
+from pht_airflow.dev.localregistry import LocalRegistry
 from pht_airflow.errors import (
     ConfigError,
     ConflictError,
@@ -36,9 +37,8 @@ from pht_airflow.errors import (
     RegistryError,
 )
 from pht_airflow.keys import SigningKey
-from pht_airflow.localregistry import LocalRegistry
 from pht_airflow.oci import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, Manifest, Reference, RegistryClient
-from pht_airflow.sealing import RESULT_ARTIFACT_TYPE, RESULT_CONFIG_MEDIA_TYPE, RESULT_MEDIA_TYPE
+from pht_airflow.protocol import RESULT_ARTIFACT_TYPE, RESULT_CONFIG_MEDIA_TYPE, RESULT_MEDIA_TYPE
 from pht_airflow.signing import sign, signature_tag, verify
 
 pytestmark = pytest.mark.registry

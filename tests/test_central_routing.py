@@ -30,17 +30,17 @@ import requests
 import uvicorn
 from stationkit import Station, build_train, make_station, make_train_spec, sign_train
 
-from pht_airflow.central.app import create_app
 from pht_airflow.central.db import make_engine, make_sessionmaker
 from pht_airflow.central.registry import CopyReport, PlainRegistryAdmin
 from pht_airflow.central.router import Router
+from pht_airflow.dev.localregistry import Endpoint, LocalRegistry, free_port, start_registry
 from pht_airflow.errors import NotFoundError
-from pht_airflow.localregistry import Endpoint, LocalRegistry, free_port, start_registry
 from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, Reference, RegistryClient
-from pht_airflow.sealing import fetch_results
+from pht_airflow.results import fetch_results
 from pht_airflow.signing import sign, signature_tag, verify
 from pht_airflow.spec import TrainSpec
 from pht_airflow.station.hop import run_hop
+from pht_airflow.web.central_app import create_app
 
 pytestmark = [pytest.mark.registry, pytest.mark.docker]
 

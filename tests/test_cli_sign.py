@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from pht_airflow.cli import main
-from pht_airflow.spec import LABEL
-from pht_airflow.train import StationInfo, make_spec
+from pht_airflow.protocol import TRAIN_LABEL
+from pht_airflow.researcher.train import StationInfo, make_spec
 
 pytestmark = [pytest.mark.registry, pytest.mark.docker]
 
@@ -35,7 +35,9 @@ def train(build_and_push: Any, parties: Any, key_files: dict[str, Path]) -> Any:
         mode="sequential",
         dataset="cohort",
     )
-    ref = build_and_push(f"incoming/{spec.id}", "train", labels={LABEL: spec.to_canonical_json()})
+    ref = build_and_push(
+        f"incoming/{spec.id}", "train", labels={TRAIN_LABEL: spec.to_canonical_json()}
+    )
     return ref, spec
 
 

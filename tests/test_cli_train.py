@@ -1,7 +1,7 @@
 """The researcher's and reviewer's workflow through the `pht` command line, end to end.
 
 Real engine (the image is built from `pht train init`'s starter on `pht-local/python:3.11`),
-real registry. The stations' part is played by :func:`pht_airflow.sealing.seal` with the
+real registry. The stations' part is played by :func:`pht_airflow.results.seal` with the
 stations' keys, which is exactly what a station's execute step calls.
 """
 
@@ -17,7 +17,7 @@ from conftest import PASSPHRASE
 
 from pht_airflow.cli import main
 from pht_airflow.oci import Reference, RegistryClient
-from pht_airflow.sealing import seal
+from pht_airflow.results import seal
 from pht_airflow.spec import read_spec
 
 pytestmark = [pytest.mark.registry, pytest.mark.docker]

@@ -16,7 +16,7 @@ from conftest import REPO
 from stationkit import build_train, copy_repository, make_station, make_train_spec, sign_train
 
 from pht_airflow.oci import Reference, RegistryClient
-from pht_airflow.sealing import fetch_results
+from pht_airflow.results import fetch_results
 from pht_airflow.station.audit import AuditLog
 
 pytestmark = [pytest.mark.airflow, pytest.mark.docker, pytest.mark.registry]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pht_airflow.localregistry import Endpoint, start_registry
+from pht_airflow.dev.localregistry import Endpoint, start_registry
 from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, RegistryClient
 
 pytestmark = [pytest.mark.registry]

@@ -28,8 +28,8 @@ from authservers import (
     start_registry_with_auth,
 )
 
+from pht_airflow.dev.localregistry import LocalRegistry
 from pht_airflow.errors import RegistryAuthError
-from pht_airflow.localregistry import LocalRegistry
 from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, RegistryClient, sha256_digest
 
 pytestmark = pytest.mark.registry

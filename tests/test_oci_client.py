@@ -23,8 +23,8 @@ import pytest
 import requests
 from authservers import QuietHandler, serve_http, server_url
 
+from pht_airflow.dev.localregistry import LocalRegistry
 from pht_airflow.errors import DigestMismatchError, NotFoundError, RegistryError
-from pht_airflow.localregistry import LocalRegistry
 from pht_airflow.oci import (
     DOCKER_CONFIG,
     DOCKER_MANIFEST,

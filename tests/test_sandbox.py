@@ -31,7 +31,7 @@ from pht_airflow.errors import (
     TrainOOMError,
     TrainTimeoutError,
 )
-from pht_airflow.sandbox import LABEL, Limits, SandboxResult, run_train
+from pht_airflow.station.sandbox import LABEL, Limits, SandboxResult, run_train
 
 pytestmark = pytest.mark.docker
 
@@ -386,7 +386,7 @@ def test_log_is_capped_but_counted(box: Box) -> None:
 def test_container_is_removed_on_keyboard_interrupt(
     box: Box, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pht_airflow.sandbox as sandbox
+    import pht_airflow.station.sandbox as sandbox
 
     calls = {"n": 0}
     real = sandbox.measure_output

@@ -18,9 +18,9 @@ import pytest
 
 from pht_airflow.errors import ChainError, DigestMismatchError, PhtError
 from pht_airflow.oci import OCI_MANIFEST, Reference, RegistryClient
-from pht_airflow.sealing import (
-    RESULT_CONFIG_MEDIA_TYPE,
-    RESULT_MEDIA_TYPE,
+from pht_airflow.protocol import RESULT_CONFIG_MEDIA_TYPE, RESULT_MEDIA_TYPE, TRAIN_LABEL
+from pht_airflow.researcher.train import StationInfo, make_spec
+from pht_airflow.results import (
     decrypt_stream,
     fetch_results,
     open_result,
@@ -29,8 +29,7 @@ from pht_airflow.sealing import (
     verify_chain,
 )
 from pht_airflow.signing import signature_tag
-from pht_airflow.spec import LABEL, TrainSpec
-from pht_airflow.train import StationInfo, make_spec
+from pht_airflow.spec import TrainSpec
 
 pytestmark = [pytest.mark.registry, pytest.mark.docker]
 
@@ -68,7 +67,7 @@ def new_train(build_and_push: Any, client: Any, parties: Any) -> Any:
             dataset="cohort",
         )
         ref = build_and_push(
-            f"station-test/{spec.id}", "train", labels={LABEL: spec.to_canonical_json()}
+            f"station-test/{spec.id}", "train", labels={TRAIN_LABEL: spec.to_canonical_json()}
         )
         return Train(ref, spec, client.get_manifest(ref.repository, ref.digest))
 

@@ -17,7 +17,7 @@ import pytest
 
 from pht_airflow.errors import PhtError, UnsafeArchiveError
 from pht_airflow.keys import generate_age_identity
-from pht_airflow.sealing import (
+from pht_airflow.results import (
     TarStream,
     decrypt_stream,
     encrypt_stream,

@@ -17,12 +17,12 @@ import pytest
 from conftest import REPO
 from stationkit import PASSPHRASE, make_station
 
-import pht_airflow.sandbox as sandbox
+import pht_airflow.station.sandbox as sandbox
+from pht_airflow.dev.localregistry import free_port
 from pht_airflow.errors import PhtError, SelfTestError
-from pht_airflow.localregistry import free_port
 from pht_airflow.oci import RegistryClient
-from pht_airflow.sandbox import Limits
 from pht_airflow.station import selftest
+from pht_airflow.station.sandbox import Limits
 
 pytestmark = [pytest.mark.airflow, pytest.mark.docker, pytest.mark.registry]
 

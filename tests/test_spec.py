@@ -18,8 +18,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from pht_airflow.dev.localregistry import LocalRegistry
 from pht_airflow.errors import NotFoundError, SpecError
-from pht_airflow.localregistry import LocalRegistry
 from pht_airflow.oci import (
     OCI_CONFIG,
     OCI_INDEX,
@@ -28,7 +28,8 @@ from pht_airflow.oci import (
     Reference,
     RegistryClient,
 )
-from pht_airflow.spec import LABEL, TrainSpec, canonical_json, format_time, read_spec
+from pht_airflow.protocol import TRAIN_LABEL
+from pht_airflow.spec import TrainSpec, canonical_json, format_time, read_spec
 
 STATIONS = ("station-a", "station-b", "station-c")
 FIELDS = (
@@ -528,7 +529,7 @@ def test_read_spec(
 ) -> None:
     spec = TrainSpec.from_dict(make_spec_dict(parties))
     repo = f"pht-incoming/{spec.id}"
-    digest, _ = push_image(client, repo, {LABEL: spec.to_canonical_json(), "other": "x"})
+    digest, _ = push_image(client, repo, {TRAIN_LABEL: spec.to_canonical_json(), "other": "x"})
     got, got_digest = read_spec(client, Reference(registry.host, repo, tag="train"))
     assert got == spec
     assert got_digest == digest
@@ -542,7 +543,7 @@ def test_read_spec_fetches_no_layer(
 ) -> None:
     spec = TrainSpec.from_dict(make_spec_dict(parties))
     repo = _repo()
-    digest, layer = push_image(client, repo, {LABEL: spec.to_canonical_json()})
+    digest, layer = push_image(client, repo, {TRAIN_LABEL: spec.to_canonical_json()})
     client.delete_blob(repo, layer.digest)
     assert client.blob_size(repo, layer.digest) is None
     with pytest.raises(NotFoundError):
@@ -558,7 +559,7 @@ def test_read_spec_without_label(registry: LocalRegistry, client: RegistryClient
         digest, _ = push_image(client, repo, labels)
         with pytest.raises(SpecError) as info:
             read_spec(client, Reference(registry.host, repo, tag="train"))
-        assert info.value.problems == [f"the image has no {LABEL} label: it is not a train"]
+        assert info.value.problems == [f"the image has no {TRAIN_LABEL} label: it is not a train"]
         assert digest in str(info.value)
 
 
@@ -568,7 +569,7 @@ def test_read_spec_invalid_label(
 ) -> None:
     repo = _repo()
     data = make_spec_dict(parties, mode="loop", results_visibility="some")
-    digest, _ = push_image(client, repo, {LABEL: canonical_json(data)})
+    digest, _ = push_image(client, repo, {TRAIN_LABEL: canonical_json(data)})
     with pytest.raises(SpecError) as info:
         read_spec(client, Reference(registry.host, repo, tag="train"))
     assert info.value.problems == [
@@ -577,7 +578,7 @@ def test_read_spec_invalid_label(
     ]
     assert info.value.source == f"{registry.host}/{repo}@{digest}"
 
-    push_image(client, repo, {LABEL: "{not json"}, tag="broken")
+    push_image(client, repo, {TRAIN_LABEL: "{not json"}, tag="broken")
     with pytest.raises(SpecError, match="not valid JSON"):
         read_spec(client, Reference(registry.host, repo, tag="broken"))
 
@@ -593,7 +594,7 @@ def test_read_spec_expired(
         expires=format_time(now - timedelta(days=30)),
     )
     repo = _repo()
-    digest, _ = push_image(client, repo, {LABEL: canonical_json(data)})
+    digest, _ = push_image(client, repo, {TRAIN_LABEL: canonical_json(data)})
     ref = Reference(registry.host, repo, tag="train")
     with pytest.raises(SpecError) as info:
         read_spec(client, ref)
@@ -610,7 +611,7 @@ def test_read_spec_refuses_an_index(
 ) -> None:
     spec = TrainSpec.from_dict(make_spec_dict(parties))
     repo = _repo()
-    digest, _ = push_image(client, repo, {LABEL: spec.to_canonical_json()})
+    digest, _ = push_image(client, repo, {TRAIN_LABEL: spec.to_canonical_json()})
     raw_manifest = client.get_manifest(repo, digest).raw
     index = {
         "schemaVersion": 2,

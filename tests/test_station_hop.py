@@ -40,7 +40,7 @@ from pht_airflow.errors import (
     UntrustedSignatureError,
 )
 from pht_airflow.oci import Reference, RegistryClient
-from pht_airflow.sealing import fetch_results, verify_chain
+from pht_airflow.results import fetch_results, verify_chain
 from pht_airflow.signing import verify
 from pht_airflow.station.audit import AuditLog, verify_log
 from pht_airflow.station.hop import run_hop

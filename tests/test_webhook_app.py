@@ -22,9 +22,9 @@ import httpx
 import pytest
 import uvicorn
 
-from pht_airflow.localregistry import Endpoint, free_port, start_registry
+from pht_airflow.dev.localregistry import Endpoint, free_port, start_registry
 from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, RegistryClient
-from pht_airflow.webhook_app import create_app
+from pht_airflow.web.webhook_app import create_app
 from pht_airflow.webhooks import MAX_BODY_BYTES, PushEvent
 
 HARBOR = Path(__file__).resolve().parent / "vectors" / "harbor"

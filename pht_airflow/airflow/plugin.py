@@ -20,15 +20,15 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+from ..protocol import TRAIN_TAG
 from ..station.config import StationConfig, hosted_station_configs, load_config
-from ..webhook_app import create_app
+from ..web.webhook_app import create_app
 from ..webhooks import PushEvent
 from .names import RUN_TRAIN, dag_id_for
 
 log = logging.getLogger(__name__)
 
 DAG_ID = RUN_TRAIN
-TRAIN_TAG = "train"
 
 
 def run_id_for(digest: str) -> str:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -54,16 +53,22 @@ from ..hopreport import check_report
 from ..keys import public_key_from_pem, validate_recipient
 from ..oci import Reference, RegistryClient
 from ..oci.reference import check_repository
-from ..sealing import accept_hop, find_results
+from ..protocol import (
+    INCOMING_PROJECT,
+    OUTBOX_PROJECT,
+    RESULT_TAG,
+    STATION_ID,
+    TRAIN_TAG,
+    result_tag,
+    station_project,
+)
+from ..results import accept_hop, find_results
 from ..signing import signature_tag, verify
 from ..spec import TrainSpec, read_spec
 from ..webhooks import PushEvent
 from .db import EventRow, HopRow, IncomingRow, StationRow, TrainRow, TrustedKeyRow, utcnow
 
 log = logging.getLogger(__name__)
-
-RESULT_TAG = re.compile(r"^result-(\d+)$")
-_STATION_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 class Copier(Protocol):
@@ -89,8 +94,8 @@ class Router:
         client: RegistryClient,
         copier: Copier,
         *,
-        incoming_project: str = "pht-incoming",
-        outbox_project: str = "pht-outbox",
+        incoming_project: str = INCOMING_PROJECT,
+        outbox_project: str = OUTBOX_PROJECT,
         hop_timeout: timedelta = timedelta(hours=24),
         signature_wait: float = 2.0,
         incoming_approvals: int = 1,
@@ -117,11 +122,11 @@ class Router:
         webhook_url: str | None = None,
     ) -> dict[str, Any]:
         """Register or update a station (validating its key, recipient and project)."""
-        if not _STATION_RE.fullmatch(station_id or ""):
+        if not STATION_ID.fullmatch(station_id or ""):
             raise RouterError(f"station id {station_id!r} must be lowercase letters, digits, '-'")
         key = public_key_from_pem(key_pem, f"station {station_id} key")
         validate_recipient(recipient, f"station {station_id} recipient")
-        project = project or f"station-{station_id}"
+        project = project or station_project(station_id)
         check_repository(project)
         with self.sessions.begin() as s:
             row = s.get(StationRow, station_id) or StationRow(id=station_id)
@@ -147,7 +152,7 @@ class Router:
         """Register or update a researcher's key as ``creator`` or ``approver``."""
         if role not in ("creator", "approver"):
             raise RouterError(f"role {role!r} must be creator or approver")
-        if not _STATION_RE.fullmatch(name or ""):
+        if not STATION_ID.fullmatch(name or ""):
             raise RouterError(f"name {name!r} must be lowercase letters, digits, '-'")
         key = public_key_from_pem(key_pem, f"{role} {name} key")
         with self.sessions.begin() as s:
@@ -325,7 +330,7 @@ class Router:
         """Act on a manifest push; returns what was done, None for duplicates and noise."""
         project, _, rest = event.repository.partition("/")
         tag = event.tag or ""
-        if project == self.incoming and tag == "train" and rest and "/" not in rest:
+        if project == self.incoming and tag == TRAIN_TAG and rest and "/" not in rest:
             return self._on_incoming(event.repository, event.digest, wait=True)
         m = RESULT_TAG.match(tag)
         if m is None or not rest:
@@ -568,8 +573,8 @@ class Router:
                     except PhtError as exc:
                         log.warning("reconcile: cannot list %s/%s: %s", project, train.id, exc)
                         continue
-                    if f"result-{row.hop}" in tags:
-                        digest = self.client.resolve(f"{project}/{train.id}", f"result-{row.hop}")
+                    if result_tag(row.hop) in tags:
+                        digest = self.client.resolve(f"{project}/{train.id}", result_tag(row.hop))
                         if self._on_result(s, train.id, project, row.hop, digest, "reconcile"):
                             actions += 1
                         if train.status != "routing":

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..central.client import check_central_url
+from ..central_client import check_central_url
 from ..errors import ConfigError, KeyFileError
 from ..keys import (
     AgeIdentity,
@@ -29,13 +29,13 @@ from ..keys import (
     signing_key_from_pem,
 )
 from ..oci.reference import check_registry, check_repository
-from ..sandbox import Limits
+from ..protocol import STATION_ID
+from .sandbox import Limits
 
 CONFIG_ENV = "PHT_STATION_CONFIG"
 # One Airflow deployment hosting several stations: a folder of station configs, one per
 # ``<station>.yaml`` (the demo uses this to fit three stations on a 2-core machine).
 CONFIG_DIR_ENV = "PHT_STATION_CONFIG_DIR"
-_STATION_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?", re.IGNORECASE)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -300,7 +300,7 @@ def hosted_station_configs() -> dict[str, Path]:
         raise ConfigError(f"{CONFIG_DIR_ENV}={folder} is not a folder")
     found: dict[str, Path] = {}
     for path in sorted(root.glob("*.yaml")):
-        if not _STATION_RE.fullmatch(path.stem):
+        if not STATION_ID.fullmatch(path.stem):
             raise ConfigError(
                 f"{path}: a hosted station config is named <station-id>.yaml "
                 "(lowercase letters, digits and '-')"
@@ -403,7 +403,7 @@ def load_config(path: Path | str | None = None) -> StationConfig:
 
     station = section("station")
     station_id = station.get("id")
-    if not isinstance(station_id, str) or not _STATION_RE.fullmatch(station_id):
+    if not isinstance(station_id, str) or not STATION_ID.fullmatch(station_id):
         problem(("station", "id"), "must be a station id (lowercase letters, digits, '-')")
         station_id = ""
 

@@ -26,11 +26,11 @@ from typing import Any
 from ..errors import PhtError, PolicyError, RegistryError, VerificationError
 from ..hopreport import make_report, send_report
 from ..oci import Reference, RegistryClient
-from ..sandbox import run_train
-from ..sealing import accept_hop, find_results, open_result, seal
-from ..verify import Trust, VerifiedTrain, verify_train
+from ..results import accept_hop, find_results, open_result, seal
 from .audit import AuditLog, hop_record
 from .config import StationConfig
+from .sandbox import run_train
+from .verify import Trust, VerifiedTrain, verify_train
 
 log = logging.getLogger(__name__)
 

@@ -43,9 +43,9 @@ from typing import Any
 
 from ..errors import ConfigError, PhtError, RegistryError, SandboxError, SelfTestError
 from ..oci import OCI_MANIFEST
-from ..sandbox import Limits, run_train
 from .config import StationConfig
 from .hop import registry_client
+from .sandbox import Limits, run_train
 
 IMAGE_ENV = "PHT_SELFTEST_IMAGE"
 DEFAULT_IMAGE = "pht-local/busybox:latest"

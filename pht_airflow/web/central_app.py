@@ -19,9 +19,9 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from ..central.router import Router, RouterError
 from ..errors import PhtError, VerificationError
-from ..webhook_app import create_app as create_webhook_app
-from .router import Router, RouterError
+from .webhook_app import create_app as create_webhook_app
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from .errors import ConfigError, RegistryError
+from ..errors import ConfigError, RegistryError
 
 REGISTRY_BINARY = "docker-registry"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import (
+from ..errors import (
     AlreadyDoneError,
     ExpiredError,
     InvalidSpecError,
@@ -24,11 +24,11 @@ from .errors import (
     UntrustedCreatorError,
     VerificationError,
 )
-from .keys import PublicKey, public_key_from_pem
-from .oci import Manifest, Reference, RegistryClient
-from .sealing import AcceptedResult, verify_chain
-from .signing import Signer, verify
-from .spec import TrainSpec, format_time, read_spec
+from ..keys import PublicKey, public_key_from_pem
+from ..oci import Manifest, Reference, RegistryClient
+from ..results import AcceptedResult, verify_chain
+from ..signing import Signer, verify
+from ..spec import TrainSpec, format_time, read_spec
 
 CHECKS = (
     "resolve",

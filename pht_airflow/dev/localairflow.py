@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .errors import ServiceError
+from ..errors import ServiceError
 from .localregistry import free_port
 
 AIRFLOW = Path(sys.executable).parent / "airflow"

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ..errors import ConfigError, PhtError
-from ..oci.auth import is_loopback_host
+from .errors import ConfigError, PhtError
+from .oci.auth import is_loopback_host
 
 TOKEN_ENV = "PHT_CENTRAL_TOKEN"  # noqa: S105 - the variable's name, not a secret
 

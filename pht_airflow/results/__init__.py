@@ -33,22 +33,26 @@ from typing import Any
 import pyrage
 from pyrage import x25519
 
-from .errors import (
+from ..errors import (
     ChainError,
     NotFoundError,
     PhtError,
     UnsafeArchiveError,
     VerificationError,
 )
-from .keys import AgeIdentity, SigningKey, public_key_from_pem
-from .oci import OCI_MANIFEST, Descriptor, Manifest, Reference, RegistryClient, sha256_digest
-from .signing import sign, verify
-from .spec import TrainSpec
-
-RESULT_MEDIA_TYPE = "application/vnd.pht.result.v1.tar+age"
-RESULT_CONFIG_MEDIA_TYPE = "application/vnd.pht.result.config.v1+json"
-RESULT_ARTIFACT_TYPE = "application/vnd.pht.result.v1"
-RESULT_TAG = re.compile(r"^result-(\d+)(?:[-._][A-Za-z0-9_.-]*)?$")
+from ..keys import AgeIdentity, SigningKey, public_key_from_pem
+from ..oci import OCI_MANIFEST, Descriptor, Manifest, Reference, RegistryClient, sha256_digest
+from ..protocol import (
+    HOP_ANNOTATION,
+    RESULT_ARTIFACT_TYPE,
+    RESULT_CONFIG_MEDIA_TYPE,
+    RESULT_MEDIA_TYPE,
+    RESULT_TAG_CLAIM,
+    STATION_ANNOTATION,
+    result_tag,
+)
+from ..signing import sign, verify
+from ..spec import TrainSpec
 
 #: Extraction refuses archives whose files add up to more than this (override per call).
 DEFAULT_MAX_EXTRACT_BYTES = 16 * 1024**3
@@ -565,8 +569,8 @@ def seal(
         "layers": [layer.to_dict()],
         "subject": train_manifest.descriptor().to_dict(),
         "annotations": {
-            "org.pht.hop": str(hop),
-            "org.pht.station": station,
+            HOP_ANNOTATION: str(hop),
+            STATION_ANNOTATION: station,
             "org.opencontainers.image.created": config["created"],
         },
     }
@@ -576,7 +580,7 @@ def seal(
     digest = client.put_manifest(train.repository, sha256_digest(raw), raw, OCI_MANIFEST)
     ref = Reference(train.registry, train.repository, digest=digest)
     sign(client, ref, key, role="station", signer=station)
-    client.put_manifest(train.repository, f"result-{hop}", raw, OCI_MANIFEST)
+    client.put_manifest(train.repository, result_tag(hop), raw, OCI_MANIFEST)
     return SealedResult(reference=ref, digest=digest, layer=layer, config=config)
 
 
@@ -619,7 +623,7 @@ def find_results(client: RegistryClient, train: Reference) -> list[ResultCandida
         return []
     found = []
     for tag in sorted(tags):
-        m = RESULT_TAG.match(tag)
+        m = RESULT_TAG_CLAIM.match(tag)
         if not m:
             continue
         manifest = client.get_manifest(train.repository, tag)

@@ -19,8 +19,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
-from .errors import PhtError, VerificationError
+from .. import __version__
+from ..errors import PhtError, VerificationError
+from ..protocol import INCOMING_PROJECT, OUTBOX_PROJECT
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -92,7 +93,7 @@ def registry_options(f: F) -> F:
 
 
 def _client(ref: Any, username: str | None, insecure: bool) -> Any:
-    from .oci import RegistryClient
+    from ..oci import RegistryClient
 
     password = os.environ.get("PHT_REGISTRY_PASSWORD") if username else None
     return RegistryClient.for_reference(
@@ -102,7 +103,7 @@ def _client(ref: Any, username: str | None, insecure: bool) -> Any:
 
 def _resolved(client: Any, text: str) -> Any:
     """Parse ``text`` and pin it to a manifest digest (every later step uses the digest)."""
-    from .oci import Reference
+    from ..oci import Reference
 
     ref = Reference.parse(text)
     digest = client.resolve(ref.repository, ref.reference)
@@ -116,7 +117,7 @@ def _resolved(client: Any, text: str) -> Any:
 
 
 def _passphrase(passphrase_file: Path | None, *, confirm: bool = False) -> bytes:
-    from .keys import passphrase_from
+    from ..keys import passphrase_from
 
     return passphrase_from(file=passphrase_file, prompt=sys.stdin.isatty(), confirm=confirm)
 
@@ -175,7 +176,7 @@ def keys_generate(name: str, out_dir: Path, passphrase_file: Path | None) -> Non
     The private files (NAME.key, NAME.age) are encrypted with the passphrase and
     created with mode 0600. Existing files are never overwritten.
     """
-    from .keys import generate_keypair, load_public_key
+    from ..keys import generate_keypair, load_public_key
 
     passphrase = _passphrase(passphrase_file, confirm=True)
     paths = generate_keypair(name, out_dir, passphrase)
@@ -199,7 +200,7 @@ def keys_show(path: Path, passphrase_file: Path | None, as_json: bool) -> None:
     An encrypted private file needs its passphrase to show its public identity; without
     one, only its type is shown. No secret is ever printed.
     """
-    from .keys import describe_key_file
+    from ..keys import describe_key_file
 
     passphrase = None
     if passphrase_file is not None or os.environ.get("PHT_PASSPHRASE"):
@@ -241,9 +242,9 @@ def sign_cmd(
     insecure: bool,
 ) -> None:
     """Add a cosign-compatible signature to the image REF (resolved to its digest first)."""
-    from .keys import load_signing_key
-    from .oci import Reference
-    from .signing import sign
+    from ..keys import load_signing_key
+    from ..oci import Reference
+    from ..signing import sign
 
     key = load_signing_key(key_path, _passphrase(passphrase_file))
     with _client(Reference.parse(ref), username, insecure) as client:
@@ -271,9 +272,9 @@ def verify_cmd(
 
     Exits 0 when at least one signature verifies, 3 with the reason otherwise.
     """
-    from .keys import load_public_key
-    from .oci import Reference
-    from .signing import verify
+    from ..keys import load_public_key
+    from ..oci import Reference
+    from ..signing import verify
 
     keys_ = [load_public_key(p) for p in key_paths]
     with _client(Reference.parse(ref), username, insecure) as client:
@@ -301,10 +302,10 @@ def inspect_cmd(
     ref: str, key_paths: tuple[Path, ...], as_json: bool, username: str | None, insecure: bool
 ) -> None:
     """Show a train: its spec, its digest, and the signers among the given keys."""
-    from .keys import load_public_key
-    from .oci import Reference
-    from .signing import verify
-    from .spec import read_spec
+    from ..keys import load_public_key
+    from ..oci import Reference
+    from ..signing import verify
+    from ..spec import read_spec
 
     keys_ = [load_public_key(p) for p in key_paths]
     with _client(Reference.parse(ref), username, insecure) as client:
@@ -361,7 +362,7 @@ def _render_spec(spec: Any, digest: str, name: str) -> None:
     route.add_column("station")
     route.add_column("key id")
     route.add_column("recipient")
-    from .keys import public_key_from_pem
+    from ..keys import public_key_from_pem
 
     for i, entry in enumerate(spec.route):
         route.add_row(str(i), entry.station, public_key_from_pem(entry.key).key_id, entry.recipient)
@@ -387,7 +388,7 @@ def train() -> None:
 )
 def train_init(folder: Path, base_image: str) -> None:
     """Write a starter analysis (Dockerfile, analysis.py, README) into FOLDER."""
-    from .train import init_train
+    from ..researcher.train import init_train
 
     for path in init_train(folder, base_image=base_image):
         out.print(f"wrote {path}", markup=False)
@@ -466,16 +467,22 @@ def train_build(
     """Build FOLDER into a train, push it as <train-id>:train and sign it as creator."""
     import docker
 
-    from .keys import load_signing_key, validate_recipient
-    from .oci import Reference
-    from .signing import sign
-    from .train import build_image, load_station_directory, make_spec, parse_duration, push_image
+    from ..keys import load_signing_key, validate_recipient
+    from ..oci import Reference
+    from ..researcher.train import (
+        build_image,
+        load_station_directory,
+        make_spec,
+        parse_duration,
+        push_image,
+    )
+    from ..signing import sign
 
     if bool(stations_file) == bool(central):
         raise click.UsageError("give exactly one of --stations FILE or --central URL")
     if central:
-        from .central.client import CentralClient
-        from .train import StationInfo
+        from ..central_client import CentralClient
+        from ..researcher.train import StationInfo
 
         directory = {
             s["id"]: StationInfo(s["id"], s["key"], s["recipient"], s.get("project"))
@@ -489,7 +496,7 @@ def train_build(
     ids = [s.strip() for s in route.split(",") if s.strip()]
     missing = [s for s in ids if s not in directory]
     if missing:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"station(s) {', '.join(missing)} not in the directory {source}")
     if creator_recipient is None:
@@ -530,7 +537,7 @@ def _image_files(client: Any, ref: Any, manifest: Any, limit: int) -> list[str]:
     """List the files in an image's layers (streams each layer once; nothing is stored)."""
     import tarfile
 
-    from .sealing import _IterReader
+    from ..results import _IterReader
 
     names: list[str] = []
     for layer in manifest.layers:
@@ -569,10 +576,10 @@ def train_approve(
     insecure: bool,
 ) -> None:
     """Show a train for review (spec, build history, files), then sign it as approver."""
-    from .keys import load_signing_key
-    from .oci import Reference
-    from .signing import sign
-    from .spec import read_spec
+    from ..keys import load_signing_key
+    from ..oci import Reference
+    from ..signing import sign
+    from ..spec import read_spec
 
     key = load_signing_key(key_path, _passphrase(passphrase_file))
     with _client(Reference.parse(ref), username, insecure) as client:
@@ -605,8 +612,8 @@ def train_approve(
 def _train_signers(
     client: Any, pinned: Any, key_paths: Sequence[Path]
 ) -> tuple[list[Any], str | None]:
-    from .keys import load_public_key
-    from .signing import verify
+    from ..keys import load_public_key
+    from ..signing import verify
 
     if not key_paths:
         return [], "not checked (pass --key PUB)"
@@ -645,12 +652,12 @@ def train_status(
     With --central, show where the central service has the train: each hop's state and the
     event timeline (submitted, sent, result, outbox, failed).
     """
-    from .oci import Reference
-    from .sealing import chain_status
-    from .spec import read_spec
+    from ..oci import Reference
+    from ..results import chain_status
+    from ..spec import read_spec
 
     if central:
-        from .central.client import CentralClient
+        from ..central_client import CentralClient
 
         # A reference names the train by its repository: <project>/<train-id>.
         train_id = ref if "/" not in ref else Reference.parse(ref).repository.rsplit("/", 1)[1]
@@ -748,11 +755,11 @@ def results_fetch(
         TransferSpeedColumn,
     )
 
-    from .keys import load_age_identity, load_public_key
-    from .oci import Reference
-    from .sealing import fetch_results
-    from .signing import verify
-    from .spec import read_spec
+    from ..keys import load_age_identity, load_public_key
+    from ..oci import Reference
+    from ..results import fetch_results
+    from ..signing import verify
+    from ..spec import read_spec
 
     if not key_paths:
         sibling = identity.with_name(identity.name.rsplit(".", 1)[0] + ".pub")
@@ -819,8 +826,8 @@ def results_fetch(
 @json_option
 def train_submit(ref: str, central: str, key_path: Path, as_json: bool) -> None:
     """Hand a signed train in pht-incoming to the central service, which routes it."""
-    from .central.client import CentralClient
-    from .keys import load_public_key
+    from ..central_client import CentralClient
+    from ..keys import load_public_key
 
     key = load_public_key(key_path)
     train_info = CentralClient(central).submit(ref, key.pem)
@@ -850,7 +857,7 @@ def _print_timeline(info: dict[str, Any]) -> None:
 @click.option("--hop", required=True, type=int, help="The hop to send again.")
 def train_retry(train_id: str, central: str, hop: int) -> None:
     """Ask the central service to send one hop of a train again."""
-    from .central.client import CentralClient
+    from ..central_client import CentralClient
 
     _print_timeline(CentralClient(central).retry(train_id, hop))
 
@@ -881,8 +888,8 @@ def central() -> None:
     help="Approver signatures (keys from `pht central keys`) a push to the incoming project "
     "needs before it is submitted.",
 )
-@click.option("--incoming", default="pht-incoming", show_default=True)
-@click.option("--outbox", default="pht-outbox", show_default=True)
+@click.option("--incoming", default=INCOMING_PROJECT, show_default=True)
+@click.option("--outbox", default=OUTBOX_PROJECT, show_default=True)
 @registry_options
 def central_serve(
     db: str,
@@ -905,13 +912,13 @@ def central_serve(
     """
     import uvicorn
 
-    from .central.app import create_app
-    from .central.db import make_engine, make_sessionmaker
-    from .central.registry import HarborAdmin, PlainRegistryAdmin
-    from .central.router import Router
-    from .errors import ConfigError
-    from .oci import RegistryClient
-    from .train import parse_duration
+    from ..central.db import make_engine, make_sessionmaker
+    from ..central.registry import HarborAdmin, PlainRegistryAdmin
+    from ..central.router import Router
+    from ..errors import ConfigError
+    from ..oci import RegistryClient
+    from ..researcher.train import parse_duration
+    from ..web.central_app import create_app
 
     token, secret = os.environ.get("PHT_CENTRAL_TOKEN"), os.environ.get("PHT_WEBHOOK_SECRET")
     if not token or not secret:
@@ -974,8 +981,8 @@ def central_stations_add(
     webhook_url: str | None,
 ) -> None:
     """Register (or update) a station in the directory."""
-    from .central.client import CentralClient
-    from .keys import load_public_key, load_recipient
+    from ..central_client import CentralClient
+    from ..keys import load_public_key, load_recipient
 
     row = CentralClient(url).add_station(
         id=station_id,
@@ -992,7 +999,7 @@ def central_stations_add(
 @json_option
 def central_stations_list(url: str, as_json: bool) -> None:
     """List the registered stations."""
-    from .central.client import CentralClient
+    from ..central_client import CentralClient
 
     _print_rows(CentralClient(url).stations(), "stations",
                 {"id": "id", "project": "project", "key id": "key_id",
@@ -1038,8 +1045,8 @@ def central_keys() -> None:
 def central_keys_add(url: str, name: str, role: str, key_path: Path) -> None:
     """Register (or update) a researcher's key. A train pushed to the incoming project is
     submitted, without `pht train submit`, once its creator and enough approvers signed it."""
-    from .central.client import CentralClient
-    from .keys import load_public_key
+    from ..central_client import CentralClient
+    from ..keys import load_public_key
 
     row = CentralClient(url).add_trusted_key(name, role, load_public_key(key_path).pem)
     out.print(f"{row['role']} {row['name']}: key {row['key_id']}", markup=False)
@@ -1050,7 +1057,7 @@ def central_keys_add(url: str, name: str, role: str, key_path: Path) -> None:
 @json_option
 def central_keys_list(url: str, as_json: bool) -> None:
     """List the researchers' keys the central service trusts for submission by push."""
-    from .central.client import CentralClient
+    from ..central_client import CentralClient
 
     _print_rows(CentralClient(url).trusted_keys(), "trusted keys",
                 {"name": "name", "role": "role", "key id": "key_id"}, as_json)  # fmt: skip
@@ -1078,8 +1085,8 @@ def station() -> None:
 )
 def station_run(ref: str, config_path: Path, rerun: bool, approved_by: str | None) -> None:
     """Verify, run, seal and record one hop of the train REF, exactly as the DAG does."""
-    from .station.config import load_config
-    from .station.hop import run_hop
+    from ..station.config import load_config
+    from ..station.hop import run_hop
 
     config = load_config(config_path)
     record = run_hop(
@@ -1105,7 +1112,7 @@ def audit() -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 def audit_verify(path: Path) -> None:
     """Check every line's hash chain; name the first edited, removed or reordered line."""
-    from .station.audit import audit_verify_main
+    from ..station.audit import audit_verify_main
 
     ok, message = audit_verify_main(str(path))
     if ok:

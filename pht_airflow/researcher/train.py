@@ -17,10 +17,11 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, PhtError
-from .keys import load_public_key, public_key_from_pem, validate_recipient
-from .oci import Reference
-from .spec import LABEL, TrainSpec
+from ..errors import ConfigError, PhtError
+from ..keys import load_public_key, public_key_from_pem, validate_recipient
+from ..oci import Reference
+from ..protocol import TRAIN_LABEL
+from ..spec import TrainSpec
 
 DEFAULT_BASE_IMAGE = "pht-local/python:3.11"
 
@@ -274,7 +275,7 @@ def build_image(
         stream = docker_client.api.build(
             path=str(folder),
             tag=tag,
-            labels={LABEL: spec.to_canonical_json()},
+            labels={TRAIN_LABEL: spec.to_canonical_json()},
             rm=True,
             forcerm=True,
             pull=False,

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import (
+from ..errors import (
     OutputTooLargeError,
     SandboxError,
     TrainExitError,

@@ -57,7 +57,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 
-from ..errors import (
+from ...errors import (
     ConfigError,
     ConflictError,
     NotFoundError,
@@ -65,16 +65,15 @@ from ..errors import (
     RegistryAuthError,
     RegistryError,
 )
-from ..oci import RegistryClient
-from ..oci.auth import is_loopback_host
-from ..oci.media import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Manifest
-from ..oci.reference import check_digest, check_repository
-from ..sealing import RESULT_TAG
-from ..signing import signature_tag
+from ...oci import RegistryClient
+from ...oci.auth import is_loopback_host
+from ...oci.media import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Manifest
+from ...oci.reference import check_digest, check_repository
+from ...protocol import RESULT_TAG_CLAIM, SIGNATURE_TAG, TRAIN_TAG
+from ...signing import signature_tag
 
 log = logging.getLogger(__name__)
 
-TRAIN_TAG = "train"
 """The tag a train carries in every project it is copied to."""
 
 PayloadFormat = Literal["Default", "CloudEvents"]
@@ -82,7 +81,6 @@ PAYLOAD_FORMATS: tuple[str, ...] = ("Default", "CloudEvents")
 
 HARBOR_PUSH_EVENT = "PUSH_ARTIFACT"
 
-_SIG_TAG_RE = re.compile(r"^sha256-[0-9a-f]{64}\.sig$")
 # Harbor's rule for project names (and what we accept for robot and webhook names).
 _HARBOR_NAME_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 _FOREIGN_LAYER = "foreign"
@@ -200,11 +198,11 @@ def _check_endpoint(url: str) -> None:
 
 
 def _result_tags(tags: Iterable[str]) -> list[str]:
-    return sorted((t for t in tags if RESULT_TAG.match(t)), key=_tag_order)
+    return sorted((t for t in tags if RESULT_TAG_CLAIM.match(t)), key=_tag_order)
 
 
 def _tag_order(tag: str) -> tuple[int, str]:
-    m = RESULT_TAG.match(tag)
+    m = RESULT_TAG_CLAIM.match(tag)
     return (int(m.group(1)) if m else -1, tag)
 
 
@@ -350,7 +348,7 @@ class PlainRegistryAdmin:
     def _check_retag(self, dst: str, tag: str, current: str, new: Manifest) -> None:
         """A tag in ``dst`` points elsewhere: only a signature manifest that keeps every
         signature already there may replace it."""
-        if _SIG_TAG_RE.match(tag):
+        if SIGNATURE_TAG.match(tag):
             old = self.client.get_manifest(dst, current)
             kept = {(d.digest, tuple(sorted((d.annotations or {}).items()))) for d in new.layers}
             if all(

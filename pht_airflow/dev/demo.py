@@ -42,9 +42,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from .airflow.names import dag_id_for
-from .central.client import CentralClient
-from .errors import PhtError, ServiceError
+from ..airflow.names import dag_id_for
+from ..central_client import CentralClient
+from ..errors import PhtError, ServiceError
 from .localairflow import LocalAirflow, start_airflow
 from .localregistry import Endpoint, LocalRegistry, free_port, start_registry
 

@@ -30,8 +30,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from .errors import WebhookError
-from .webhooks import (
+from ..errors import WebhookError
+from ..webhooks import (
     MAX_BODY_BYTES,
     PushEvent,
     check_authorization,
