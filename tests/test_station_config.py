@@ -154,3 +154,54 @@ def test_relative_paths_follow_the_file(station: Any, tmp_path: Path) -> None:
     shutil.copytree(station.root, moved)
     config = load_config(moved / "station.yaml")
     assert config.audit_log == moved / "audit.jsonl"
+
+
+class _Lookups:
+    """Lookups as the Airflow edge hands them over: plain values by name."""
+
+    def __init__(self, variables: dict[str, str], connections: dict[str, Any]) -> None:
+        self.variables = variables
+        self.connections = connections
+
+    def variable(self, name: str) -> str | None:
+        return self.variables.get(name)
+
+    def connection(self, conn_id: str) -> tuple[str | None, str | None] | None:
+        return self.connections.get(conn_id)
+
+
+def _variable_passphrase(station: Any) -> Path:
+    def change(d: dict[str, Any]) -> None:
+        d["keys"]["signing_passphrase"] = {"variable": "pht_signing_passphrase"}
+        d["registry"]["connection_id"] = "pht_registry"
+
+    return _rewrite(station, change)
+
+
+def test_airflow_references_are_read_through_the_lookups_handed_in(
+    station: Any, parties: Any
+) -> None:
+    from stationkit import PASSPHRASE
+
+    path = _variable_passphrase(station)
+    lookups = _Lookups({"pht_signing_passphrase": PASSPHRASE}, {"pht_registry": ("robot", "pw")})
+    config = load_config(path, lookups)
+    assert config.load_signing_key().key_id == parties["station-a"].key.key_id
+    assert config.registry.credentials() == ("robot", "pw")
+
+
+def test_airflow_references_outside_airflow_say_where_and_what_to_use(station: Any) -> None:
+    config = load_config(_variable_passphrase(station))
+    with pytest.raises(ConfigError, match=r"station\.yaml:\d+: Airflow Variable") as info:
+        config.load_signing_key()
+    assert "give the secret as file: or env:" in str(info.value)
+    with pytest.raises(ConfigError, match="Airflow Connection 'pht_registry' can only be read"):
+        config.registry.credentials()
+
+
+def test_unset_airflow_references_are_named(station: Any) -> None:
+    config = load_config(_variable_passphrase(station), _Lookups({}, {}))
+    with pytest.raises(ConfigError, match="Airflow Variable 'pht_signing_passphrase' is not set"):
+        config.load_signing_key()
+    with pytest.raises(ConfigError, match=r"Connection 'pht_registry' \(registry.connection_id\)"):
+        config.registry.credentials()

@@ -18,12 +18,13 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from ..errors import PhtError, RegistryError
 from ..station import hop
 from ..station.config import StationConfig, load_config
+from .lookups import AIRFLOW_LOOKUPS
 
 FAILURE_KEY = "failure"
 
 
 def _config(path: str | None) -> StationConfig:
-    return load_config(path or None)
+    return load_config(path or None, AIRFLOW_LOOKUPS)
 
 
 class _HopOperator(BaseOperator):

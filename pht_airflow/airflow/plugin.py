@@ -24,6 +24,7 @@ from ..protocol import TRAIN_TAG
 from ..station.config import StationConfig, hosted_station_configs, load_config
 from ..web.webhook_app import create_app
 from ..webhooks import PushEvent
+from .lookups import AIRFLOW_LOOKUPS
 from .names import RUN_TRAIN, dag_id_for
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def run_id_for(digest: str) -> str:
 
 
 def _config(path: Path | None = None) -> StationConfig:
-    return load_config(path)
+    return load_config(path, AIRFLOW_LOOKUPS)
 
 
 def _secret(path: Path | None = None) -> str:

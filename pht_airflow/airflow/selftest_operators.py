@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from ..errors import PhtError
 from ..station import selftest
 from ..station.config import load_config
+from .lookups import AIRFLOW_LOOKUPS
 
 
 class StationSelfTestOperator(BaseOperator):
@@ -34,7 +35,7 @@ class StationSelfTestOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, str]:
         try:
-            config = load_config(self.config_path or None)
+            config = load_config(self.config_path or None, AIRFLOW_LOOKUPS)
             message = selftest.run_check(self.check, config)
         except PhtError as exc:
             self.log.error("self-test %s failed: %s", self.check, exc)

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -69,6 +69,43 @@ def parse_seconds(text: Any) -> float:
 # --- secret references ----------------------------------------------------------------------
 
 
+class Lookups(Protocol):
+    """Where ``variable`` secrets and ``registry.connection_id`` are looked up.
+
+    A station inside Airflow is handed Airflow's Variables and Connections (which a secrets
+    backend such as HashiCorp Vault can serve) by the Airflow edge
+    (:class:`pht_airflow.airflow.lookups.AirflowLookups`); the library itself never imports
+    Airflow. Each method returns ``None`` for a name that is not set.
+    """
+
+    def variable(self, name: str) -> str | None:
+        """The Variable's value, or ``None`` if it is not set."""
+        ...
+
+    def connection(self, conn_id: str) -> tuple[str | None, str | None] | None:
+        """The Connection's (login, password), or ``None`` if it is not set."""
+        ...
+
+
+class NoLookups:
+    """Outside Airflow: Variables and Connections cannot be read, and the error says so."""
+
+    def variable(self, name: str) -> str | None:
+        raise ConfigError(
+            f"Airflow Variable {name!r} can only be read inside the station's Airflow "
+            "(outside it, give the secret as file: or env:)"
+        )
+
+    def connection(self, conn_id: str) -> tuple[str | None, str | None] | None:
+        raise ConfigError(
+            f"Airflow Connection {conn_id!r} can only be read inside the station's Airflow "
+            "(outside it, give registry.username and registry.password)"
+        )
+
+
+NO_LOOKUPS = NoLookups()
+
+
 @dataclass(frozen=True)
 class SecretRef:
     """Where a secret lives: ``file``, ``env`` or ``variable`` (an Airflow Variable)."""
@@ -76,6 +113,7 @@ class SecretRef:
     kind: str
     name: str
     where: str  # file:line, for messages
+    lookups: Lookups = field(default=NO_LOOKUPS, compare=False, repr=False)
 
     def describe(self) -> str:
         return f"{self.kind} {self.name!r}"
@@ -95,23 +133,12 @@ class SecretRef:
                 raise ConfigError(f"{self.where}: environment variable {self.name} is not set")
             return value.encode()
         try:
-            from airflow.sdk import Variable
-        except ImportError:  # pragma: no cover - only without the station extra
-            raise ConfigError(
-                f"{self.where}: Airflow Variables need the station extra (apache-airflow)"
-            ) from None
-        try:
-            value = Variable.get(self.name)
-        except Exception:  # noqa: BLE001 - outside a task (the API server), ask the database
-            try:
-                from airflow.models import Variable as StoredVariable
-
-                value = StoredVariable.get(self.name)
-            except Exception:  # noqa: BLE001 - Airflow raises several types for a missing one
-                raise ConfigError(
-                    f"{self.where}: Airflow Variable {self.name!r} is not set"
-                ) from None
-        return str(value).encode()
+            value = self.lookups.variable(self.name)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.where}: {exc}") from None
+        if value is None:
+            raise ConfigError(f"{self.where}: Airflow Variable {self.name!r} is not set")
+        return value.encode()
 
     def read_text(self) -> str:
         """The secret as text, without a trailing newline."""
@@ -131,23 +158,17 @@ class RegistrySettings:
     username: str | None = None
     password: SecretRef | None = None
     insecure: bool = False
+    lookups: Lookups = field(default=NO_LOOKUPS, compare=False, repr=False)
 
     def credentials(self) -> tuple[str | None, str | None]:
         """(username, password) from the Airflow Connection or the file's references."""
         if self.connection_id:
-            try:
-                from airflow.sdk import BaseHook
-            except ImportError:  # pragma: no cover
-                raise ConfigError(
-                    "registry.connection_id needs Airflow (the station extra)"
-                ) from None
-            try:
-                conn = BaseHook.get_connection(self.connection_id)
-            except Exception:  # noqa: BLE001 - Airflow raises its own not-found types
+            found = self.lookups.connection(self.connection_id)
+            if found is None:
                 raise ConfigError(
                     f"Airflow Connection {self.connection_id!r} (registry.connection_id) is not set"
-                ) from None
-            return conn.login or None, conn.password or None
+                )
+            return found
         password = self.password.read_text() if self.password else None
         return self.username, password
 
@@ -309,8 +330,12 @@ def hosted_station_configs() -> dict[str, Path]:
     return found
 
 
-def load_config(path: Path | str | None = None) -> StationConfig:
-    """Load and validate the station config from ``path`` or ``$PHT_STATION_CONFIG``."""
+def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -> StationConfig:
+    """Load and validate the station config from ``path`` or ``$PHT_STATION_CONFIG``.
+
+    ``lookups`` reads the Airflow Variables and Connections the file refers to; the Airflow
+    edge passes Airflow's, and outside Airflow such a reference is a clear error when read.
+    """
     if path is None:
         env = os.environ.get(CONFIG_ENV)
         if not env:
@@ -382,7 +407,7 @@ def load_config(path: Path | str | None = None) -> StationConfig:
             if not resolved.is_file():
                 problem((*path, "file"), f"no such file: {resolved}")
             name = str(resolved)
-        return SecretRef(kind, name, at(*path))
+        return SecretRef(kind, name, at(*path), lookups)
 
     def public_key(value: Any, path: tuple[str, ...]) -> PublicKey | None:
         if not isinstance(value, str) or not value.strip():
@@ -435,6 +460,7 @@ def load_config(path: Path | str | None = None) -> StationConfig:
         username=reg.get("username"),
         password=secret(reg.get("password"), ("registry", "password"), False),
         insecure=bool(insecure),
+        lookups=lookups,
     )
 
     trust = section("trust")
