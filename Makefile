@@ -10,7 +10,7 @@ LINT_PATHS := $(wildcard pht_airflow tests benchmarks dags plugins)
 help:
 	@echo "make demo        set everything up and run a train across three stations"
 	@echo "make test        set everything up, lint, and run the whole test suite"
-	@echo "make lint        ruff + mypy"
+	@echo "make lint        ruff + mypy + import-linter contracts (the package map)"
 	@echo "make bench       run the benchmarks in benchmarks/ (slow; prints figures)"
 	@echo "make constraints regenerate constraints.txt from a fresh resolve"
 
@@ -24,6 +24,7 @@ lint: bootstrap
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 	$(VENV)/bin/mypy pht_airflow
+	$(VENV)/bin/lint-imports
 
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -38,7 +39,7 @@ bench: bootstrap
 
 constraints:
 	rm -rf .pht/resolve && python3 -m venv .pht/resolve
-	.pht/resolve/bin/pip install -q -e ".[station,central,test]"
+	.pht/resolve/bin/pip install -q -e ".[station,central,dev,test]"
 	{ head -4 constraints.txt; .pht/resolve/bin/pip freeze --exclude-editable | grep -v '^pht-airflow'; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .pht/resolve
 

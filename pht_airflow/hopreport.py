@@ -1,4 +1,4 @@
-"""A station's signed report of a failed hop, sent to the central service.
+"""The wire format of a station's signed report of a failed hop (station and central service).
 
 A hop that fails at a station (a verification check, a person's rejection, the sandbox, the
 push) leaves no result in the registry, so without a word from the station the central
@@ -116,14 +116,3 @@ def check_report(report: Mapping[str, Any], key: PublicKey) -> datetime:
     except ValueError:
         raise bad("the failure report's time is not an ISO-8601 UTC time") from None
     return made
-
-
-def send_report(url: str, report: Mapping[str, Any], *, timeout: float = 10.0) -> None:
-    """POST ``report`` to the central service at ``url`` (its base URL).
-
-    Raises :class:`~pht_airflow.central_client.CentralError` (a :class:`PhtError`) when the
-    service cannot be reached or refuses the report, with its answer.
-    """
-    from .central_client import CentralClient
-
-    CentralClient(url, token="", timeout=timeout).report_failure(dict(report))

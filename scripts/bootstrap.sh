@@ -106,7 +106,7 @@ if [ "$want_venv" -eq 1 ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >"$state/pip.log" 2>&1 \
       || die "pip self-upgrade failed; see $state/pip.log"
     .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt \
-      -e ".[station,central,test]" >>"$state/pip.log" 2>&1 \
+      -e ".[station,central,dev,test]" >>"$state/pip.log" 2>&1 \
       || die "pip install failed; see $state/pip.log"
     echo "$sig" >"$stamp"
   fi

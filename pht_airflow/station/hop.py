@@ -23,8 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..central_client import CentralClient
 from ..errors import PhtError, PolicyError, RegistryError, VerificationError
-from ..hopreport import make_report, send_report
+from ..hopreport import make_report
 from ..oci import Reference, RegistryClient
 from ..results import accept_hop, find_results, open_result, seal
 from .audit import AuditLog, hop_record
@@ -357,7 +358,8 @@ def report_failure(
             audit_seq=record.get("seq"),
             key=config.load_signing_key(),
         )
-        send_report(config.central_url, report)
+        # No token: the station's signature authenticates the report.
+        CentralClient(config.central_url, token="", timeout=10.0).report_failure(report)
     except PhtError as exc:
         _say(logger, f"could not report the failed hop to the central service: {exc}")
         return False
