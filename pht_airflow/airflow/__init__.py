@@ -1,1 +1,7 @@
-"""Airflow shells around the library: operators and the webhook plugin."""
+"""The Airflow edge: thin shells around the station library, and the only code importing Airflow.
+
+``names`` (DAG ids, importable without Airflow), ``dags`` (DAG builders used by ``dags/``),
+``operators`` and ``selftest_operators`` (each takes arguments, calls one library function and
+returns a small summary for XCom), ``plugin`` (mounts the webhook receiver in the API server)
+and ``lookups`` (Airflow's Variables and Connections, handed to the library as plain lookups).
+"""

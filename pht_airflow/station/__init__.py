@@ -1,1 +1,8 @@
-"""The station side of a hop: configuration, the hop steps and the audit log."""
+"""The station role: everything a hospital's station does with a train, without Airflow.
+
+``config`` (the validated station file; Airflow lookups are handed in), ``verify`` (the
+numbered trust checks returning a ``VerifiedTrain``), ``sandbox`` (the locked-down container
+run), ``hop`` (the hop's steps: verify, execute, record), ``audit`` (the hash-chained audit log)
+and ``selftest`` (the pre-flight checks of a station's setup). The Airflow edge
+(:mod:`pht_airflow.airflow`) calls these; nothing here imports another role.
+"""
