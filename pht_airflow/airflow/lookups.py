@@ -3,7 +3,7 @@
 The station config may name a secret as an Airflow Variable (``{variable: NAME}``) and the
 registry login as an Airflow Connection (``registry.connection_id``); a secrets backend such
 as HashiCorp Vault can serve both. The library reads them through
-:class:`pht_airflow.station.config.Lookups`, so it never imports Airflow; this is the one
+:class:`pht_airflow.station.secrets.Lookups`, so it never imports Airflow; this is the one
 place that asks Airflow.
 """
 

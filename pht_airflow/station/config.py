@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import yaml
 
@@ -31,6 +31,7 @@ from ..keys import (
 from ..oci.reference import check_registry, check_repository
 from ..protocol import STATION_ID
 from .sandbox import Limits
+from .secrets import NO_LOOKUPS, Lookups, SecretRef
 
 CONFIG_ENV = "PHT_STATION_CONFIG"
 # One Airflow deployment hosting several stations: a folder of station configs, one per
@@ -64,85 +65,6 @@ def parse_seconds(text: Any) -> float:
     if not m or float(m.group(1)) <= 0:
         raise ValueError(f"{text!r} is not a duration like 90s, 30m or 2h")
     return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
-
-
-# --- secret references ----------------------------------------------------------------------
-
-
-class Lookups(Protocol):
-    """Where ``variable`` secrets and ``registry.connection_id`` are looked up.
-
-    A station inside Airflow is handed Airflow's Variables and Connections (which a secrets
-    backend such as HashiCorp Vault can serve) by the Airflow edge
-    (:class:`pht_airflow.airflow.lookups.AirflowLookups`); the library itself never imports
-    Airflow. Each method returns ``None`` for a name that is not set.
-    """
-
-    def variable(self, name: str) -> str | None:
-        """The Variable's value, or ``None`` if it is not set."""
-        ...
-
-    def connection(self, conn_id: str) -> tuple[str | None, str | None] | None:
-        """The Connection's (login, password), or ``None`` if it is not set."""
-        ...
-
-
-class NoLookups:
-    """Outside Airflow: Variables and Connections cannot be read, and the error says so."""
-
-    def variable(self, name: str) -> str | None:
-        raise ConfigError(
-            f"Airflow Variable {name!r} can only be read inside the station's Airflow "
-            "(outside it, give the secret as file: or env:)"
-        )
-
-    def connection(self, conn_id: str) -> tuple[str | None, str | None] | None:
-        raise ConfigError(
-            f"Airflow Connection {conn_id!r} can only be read inside the station's Airflow "
-            "(outside it, give registry.username and registry.password)"
-        )
-
-
-NO_LOOKUPS = NoLookups()
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    """Where a secret lives: ``file``, ``env`` or ``variable`` (an Airflow Variable)."""
-
-    kind: str
-    name: str
-    where: str  # file:line, for messages
-    lookups: Lookups = field(default=NO_LOOKUPS, compare=False, repr=False)
-
-    def describe(self) -> str:
-        return f"{self.kind} {self.name!r}"
-
-    def read_bytes(self) -> bytes:
-        """The secret's bytes. Errors name the reference, never the value."""
-        if self.kind == "file":
-            try:
-                return Path(self.name).read_bytes()
-            except OSError as exc:
-                raise ConfigError(
-                    f"{self.where}: cannot read secret file {self.name} ({exc.strerror})"
-                ) from None
-        if self.kind == "env":
-            value = os.environ.get(self.name)
-            if not value:
-                raise ConfigError(f"{self.where}: environment variable {self.name} is not set")
-            return value.encode()
-        try:
-            value = self.lookups.variable(self.name)
-        except ConfigError as exc:
-            raise ConfigError(f"{self.where}: {exc}") from None
-        if value is None:
-            raise ConfigError(f"{self.where}: Airflow Variable {self.name!r} is not set")
-        return value.encode()
-
-    def read_text(self) -> str:
-        """The secret as text, without a trailing newline."""
-        return self.read_bytes().decode("utf-8").rstrip("\r\n")
 
 
 # --- the config -----------------------------------------------------------------------------

@@ -1,0 +1,93 @@
+"""Secrets a station config refers to, read only when a task needs them.
+
+The station file never holds a secret: it says where one lives, as ``{file: PATH}``,
+``{env: NAME}`` or ``{variable: NAME}`` (an Airflow Variable, which a secrets backend such as
+HashiCorp Vault can serve). A :class:`SecretRef` reads it on demand; errors name the reference
+and where in the file it was given, never the value. Airflow Variables and Connections are read
+through :class:`Lookups` handed in by the Airflow edge, so this library never imports Airflow.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import ConfigError
+
+
+class Lookups(Protocol):
+    """Where ``variable`` secrets and ``registry.connection_id`` are looked up.
+
+    A station inside Airflow is handed Airflow's Variables and Connections (which a secrets
+    backend such as HashiCorp Vault can serve) by the Airflow edge
+    (:class:`pht_airflow.airflow.lookups.AirflowLookups`); the library itself never imports
+    Airflow. Each method returns ``None`` for a name that is not set.
+    """
+
+    def variable(self, name: str) -> str | None:
+        """The Variable's value, or ``None`` if it is not set."""
+        ...
+
+    def connection(self, conn_id: str) -> tuple[str | None, str | None] | None:
+        """The Connection's (login, password), or ``None`` if it is not set."""
+        ...
+
+
+class NoLookups:
+    """Outside Airflow: Variables and Connections cannot be read, and the error says so."""
+
+    def variable(self, name: str) -> str | None:
+        raise ConfigError(
+            f"Airflow Variable {name!r} can only be read inside the station's Airflow "
+            "(outside it, give the secret as file: or env:)"
+        )
+
+    def connection(self, conn_id: str) -> tuple[str | None, str | None] | None:
+        raise ConfigError(
+            f"Airflow Connection {conn_id!r} can only be read inside the station's Airflow "
+            "(outside it, give registry.username and registry.password)"
+        )
+
+
+NO_LOOKUPS = NoLookups()
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret lives: ``file``, ``env`` or ``variable`` (an Airflow Variable)."""
+
+    kind: str
+    name: str
+    where: str  # file:line, for messages
+    lookups: Lookups = field(default=NO_LOOKUPS, compare=False, repr=False)
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name!r}"
+
+    def read_bytes(self) -> bytes:
+        """The secret's bytes. Errors name the reference, never the value."""
+        if self.kind == "file":
+            try:
+                return Path(self.name).read_bytes()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{self.where}: cannot read secret file {self.name} ({exc.strerror})"
+                ) from None
+        if self.kind == "env":
+            value = os.environ.get(self.name)
+            if not value:
+                raise ConfigError(f"{self.where}: environment variable {self.name} is not set")
+            return value.encode()
+        try:
+            value = self.lookups.variable(self.name)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.where}: {exc}") from None
+        if value is None:
+            raise ConfigError(f"{self.where}: Airflow Variable {self.name!r} is not set")
+        return value.encode()
+
+    def read_text(self) -> str:
+        """The secret as text, without a trailing newline."""
+        return self.read_bytes().decode("utf-8").rstrip("\r\n")
