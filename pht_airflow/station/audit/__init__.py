@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from ..errors import AuditLogError
+from ...errors import AuditLogError
 
 ZERO_HASH = "0" * 64
 """The ``prev`` of the first record."""

@@ -41,11 +41,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, PhtError, RegistryError, SandboxError, SelfTestError
-from ..oci import OCI_MANIFEST
-from .config import StationConfig
-from .hop import registry_client
-from .sandbox import Limits, run_train
+from ...errors import ConfigError, PhtError, RegistryError, SandboxError, SelfTestError
+from ...oci import OCI_MANIFEST
+from ..config import StationConfig
+from ..hop import registry_client
+from ..sandbox import Limits, run_train
 
 IMAGE_ENV = "PHT_SELFTEST_IMAGE"
 DEFAULT_IMAGE = "pht-local/busybox:latest"
