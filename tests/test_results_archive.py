@@ -1,7 +1,8 @@
 """The result archive on its own: deterministic tar, refusals, safe extraction, age interop.
 
-These tests need no registry. The round trip through the registry and the chain rules are
-in ``test_sealing.py``.
+Covers ``pht_airflow/results/archive.py`` and, on the same archives, the age streams of
+``pht_airflow/results/crypt.py``. These tests need no registry. The round trip through the
+registry and the chain rules are in ``test_results_artifact.py``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,8 @@ import pytest
 
 from pht_airflow.errors import PhtError, UnsafeArchiveError
 from pht_airflow.keys import generate_age_identity
-from pht_airflow.results import (
-    TarStream,
-    decrypt_stream,
-    encrypt_stream,
-    plan_tar,
-    safe_extract,
-    tar_bytes,
-    tar_size,
-)
+from pht_airflow.results.archive import TarStream, plan_tar, safe_extract, tar_bytes, tar_size
+from pht_airflow.results.crypt import decrypt_stream, encrypt_stream
 
 
 def make_output(root: Path) -> Path:

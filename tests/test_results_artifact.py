@@ -1,5 +1,8 @@
 """Sealed results on the real registry: round trips, and every rule of "The chain".
 
+Covers ``pht_airflow/results/artifact.py`` (seal, open, fetch) and, on artifacts it seals,
+``pht_airflow/results/chain.py``.
+
 Each rejection test builds the forgery an attacker with write access to a station project
 could build (copying, re-tagging, re-signing artifacts) and checks that verification names
 the hop, the station and the reason.
@@ -20,14 +23,10 @@ from pht_airflow.errors import ChainError, DigestMismatchError, PhtError
 from pht_airflow.oci import OCI_MANIFEST, Reference, RegistryClient
 from pht_airflow.protocol import RESULT_CONFIG_MEDIA_TYPE, RESULT_MEDIA_TYPE, TRAIN_LABEL
 from pht_airflow.researcher.train import StationInfo, make_spec
-from pht_airflow.results import (
-    decrypt_stream,
-    fetch_results,
-    open_result,
-    seal,
-    tar_bytes,
-    verify_chain,
-)
+from pht_airflow.results.archive import tar_bytes
+from pht_airflow.results.artifact import fetch_results, open_result, seal
+from pht_airflow.results.chain import verify_chain
+from pht_airflow.results.crypt import decrypt_stream
 from pht_airflow.signing import signature_tag
 from pht_airflow.spec import TrainSpec
 

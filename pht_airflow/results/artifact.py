@@ -1,0 +1,242 @@
+"""A result as an OCI artifact: sealing one, opening one, fetching a train's results.
+
+Implements PROTOCOL.md "A result": the encrypted archive as the one layer, the config, a
+manifest whose subject is the train, the station's signature, pushed by digest and only then
+tagged ``result-<k>``. :func:`open_result` verifies the blob's digest while it streams and
+extracts into a private staging folder that is renamed into place only at the end;
+:func:`fetch_results` first verifies "The chain" (:mod:`.chain`), then opens every result
+addressed to the caller.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import PhtError, UnsafeArchiveError
+from ..keys import AgeIdentity, SigningKey
+from ..oci import OCI_MANIFEST, Descriptor, Manifest, Reference, RegistryClient, sha256_digest
+from ..protocol import (
+    HOP_ANNOTATION,
+    RESULT_ARTIFACT_TYPE,
+    RESULT_CONFIG_MEDIA_TYPE,
+    RESULT_MEDIA_TYPE,
+    STATION_ANNOTATION,
+    result_tag,
+)
+from ..signing import sign
+from ..spec import TrainSpec
+from .archive import (
+    _READ,
+    DEFAULT_MAX_EXTRACT_BYTES,
+    ExtractStats,
+    Progress,
+    TarStream,
+    plan_tar,
+    safe_extract,
+    tar_size,
+)
+from .chain import AcceptedResult, verify_chain
+from .crypt import ChunkReader, decrypt_stream, encrypt_stream
+
+__all__ = ["SealedResult", "fetch_results", "open_result", "seal"]
+
+
+# --- sealing ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SealedResult:
+    """A result artifact as pushed: where it is and what it says."""
+
+    reference: Reference
+    digest: str
+    layer: Descriptor
+    config: dict[str, Any]
+
+    @property
+    def recipients(self) -> list[str]:
+        return list(self.config["recipients"])
+
+
+def _now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _canonical(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def seal(
+    client: RegistryClient,
+    train: Reference,
+    train_manifest: Manifest,
+    spec: TrainSpec,
+    *,
+    hop: int,
+    output_dir: Path,
+    key: SigningKey,
+    previous: str | None,
+    recipients: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    created: str | None = None,
+) -> SealedResult:
+    """Seal ``output_dir`` as the result of ``hop`` and push it beside the train, signed.
+
+    ``train`` must be pinned to the train's digest and name the repository the result goes
+    to (the train's repository in this station's project). ``recipients`` defaults to the
+    protocol's rule (:meth:`TrainSpec.recipients_for_hop`). The archive is planned (and
+    refused if unsafe) before a single byte is uploaded.
+    """
+    if train.digest is None or train.digest != train_manifest.digest:
+        raise PhtError("seal needs the train reference pinned to the train manifest's digest")
+    if not 0 <= hop < len(spec.route):
+        raise PhtError(f"hop {hop} is not on the route (0..{len(spec.route) - 1})")
+    station = spec.route[hop].station
+    recipients = list(recipients if recipients is not None else spec.recipients_for_hop(hop))
+    entries = plan_tar(output_dir)
+    plaintext_bytes = tar_size(entries)
+    ciphertext = encrypt_stream(TarStream(entries, progress=progress), recipients)
+    layer = client.upload_blob(train.repository, ciphertext, media_type=RESULT_MEDIA_TYPE)
+    config = {
+        "train": {"id": spec.id, "digest": train.digest},
+        "hop": hop,
+        "station": station,
+        "previous": previous,
+        "created": created or _now(),
+        "recipients": recipients,
+        "plaintext_bytes": plaintext_bytes,
+    }
+    config_desc = client.upload_bytes(
+        train.repository, _canonical(config), RESULT_CONFIG_MEDIA_TYPE
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": RESULT_ARTIFACT_TYPE,
+        "config": config_desc.to_dict(),
+        "layers": [layer.to_dict()],
+        "subject": train_manifest.descriptor().to_dict(),
+        "annotations": {
+            HOP_ANNOTATION: str(hop),
+            STATION_ANNOTATION: station,
+            "org.opencontainers.image.created": config["created"],
+        },
+    }
+    raw = _canonical(manifest)
+    # Pushed by digest, signed, and only then tagged: the registry announces the tag push,
+    # and by then the signature is there for whoever the announcement wakes (the router).
+    digest = client.put_manifest(train.repository, sha256_digest(raw), raw, OCI_MANIFEST)
+    ref = Reference(train.registry, train.repository, digest=digest)
+    sign(client, ref, key, role="station", signer=station)
+    client.put_manifest(train.repository, result_tag(hop), raw, OCI_MANIFEST)
+    return SealedResult(reference=ref, digest=digest, layer=layer, config=config)
+
+
+# --- opening ----------------------------------------------------------------------------
+
+
+def open_result(
+    client: RegistryClient,
+    result: AcceptedResult | SealedResult,
+    identity: AgeIdentity,
+    dest: Path,
+    *,
+    max_bytes: int = DEFAULT_MAX_EXTRACT_BYTES,
+    progress: Progress | None = None,
+) -> ExtractStats:
+    """Download, verify, decrypt and safely extract a result into ``dest`` (must not exist).
+
+    Everything is written into a private staging folder beside ``dest`` and renamed into
+    place only after the blob's digest verified and the archive extracted cleanly; on any
+    failure the staging folder is removed and ``dest`` is not created.
+    """
+    if dest.exists():
+        raise PhtError(f"{dest} already exists; choose a new folder for the result")
+    declared = int(result.config.get("plaintext_bytes", 0) or 0)
+    if declared > max_bytes:
+        raise UnsafeArchiveError(
+            f"the result declares {declared} bytes, over the extraction limit of {max_bytes}"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        chunks = client.open_blob(result.reference.repository, result.layer.digest)
+
+        def counted() -> Iterator[bytes]:
+            for c in chunks:
+                if progress is not None:
+                    progress(len(c))
+                yield c
+
+        plaintext = ChunkReader(decrypt_stream(counted(), identity))
+        try:
+            stats = safe_extract(io.BufferedReader(plaintext, _READ), staging, max_bytes=max_bytes)
+            # Drain: the digest is checked when the blob's last chunk has been read.
+            while plaintext.read(_READ):
+                pass
+        except tarfile.TarError as exc:
+            raise UnsafeArchiveError(f"the result is not a valid tar archive: {exc}") from exc
+        os.chmod(staging, 0o755)  # noqa: S103 - the opened result, for its reader
+        os.rename(staging, dest)
+        return stats
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def fetch_results(
+    client: RegistryClient,
+    train: Reference,
+    spec: TrainSpec,
+    identity: AgeIdentity,
+    out_dir: Path,
+    *,
+    max_bytes: int = DEFAULT_MAX_EXTRACT_BYTES,
+    progress: Progress | None = None,
+    on_result: Callable[[AcceptedResult], None] | None = None,
+) -> list[tuple[AcceptedResult, Path]]:
+    """Verify the chain and open every result addressed to ``identity`` into ``out_dir``.
+
+    Writes ``out_dir/<hop>-<station>/…``. All or nothing: results are opened into a private
+    staging folder that becomes ``out_dir`` only when every one verified and decrypted.
+    The caller verifies the train's own signatures first (``train`` must be pinned).
+    """
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise PhtError(f"{out_dir} is not empty; fetch into a new or empty folder")
+    accepted = verify_chain(client, train, spec)
+    mine = [r for r in accepted if identity.recipient in r.recipients]
+    if not mine:
+        raise PhtError(
+            f"no verified result of train {spec.id} is addressed to {identity.recipient} "
+            f"({len(accepted)} verified result(s) in total)"
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        placed = []
+        for result in mine:
+            if on_result is not None:
+                on_result(result)
+            name = f"{result.hop}-{result.station}"
+            open_result(
+                client, result, identity, staging / name, max_bytes=max_bytes, progress=progress
+            )
+            placed.append((result, out_dir / name))
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.chmod(staging, 0o755)  # noqa: S103 - the opened result, for its reader
+        os.rename(staging, out_dir)
+        return placed
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

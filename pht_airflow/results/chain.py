@@ -1,0 +1,280 @@
+"""The chain: which result artifacts of a train are accepted, hop by hop.
+
+Implements PROTOCOL.md "The chain". :func:`find_results` collects the ``result-<k>``
+candidates in a train's repository (untrusted); :func:`check_result` checks one against every
+rule (subject, config, signature by the route's key, previous link) and raises
+:class:`ChainError` naming the broken rule; :func:`accept_hop` requires exactly one passing
+result per hop; :func:`verify_chain` walks the route and returns the :class:`AcceptedResult`
+list; :func:`chain_status` reports each hop without raising (``pht train status``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ChainError, NotFoundError, PhtError, VerificationError
+from ..keys import public_key_from_pem
+from ..oci import Descriptor, Manifest, Reference, RegistryClient
+from ..protocol import RESULT_ARTIFACT_TYPE, RESULT_MEDIA_TYPE, RESULT_TAG_CLAIM
+from ..signing import verify
+from ..spec import TrainSpec
+
+__all__ = [
+    "AcceptedResult",
+    "HopStatus",
+    "ResultCandidate",
+    "accept_hop",
+    "chain_status",
+    "check_result",
+    "find_results",
+    "verify_chain",
+]
+
+
+@dataclass(frozen=True)
+class ResultCandidate:
+    """A manifest tagged ``result-<k>…`` in a train's repository, not yet trusted."""
+
+    tag: str
+    tag_hop: int
+    manifest: Manifest
+    config: dict[str, Any] | None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class AcceptedResult:
+    """A result that passed every check of PROTOCOL.md "The chain"."""
+
+    hop: int
+    station: str
+    reference: Reference
+    digest: str
+    layer: Descriptor
+    config: dict[str, Any]
+    signer_key_id: str
+
+    @property
+    def recipients(self) -> list[str]:
+        return list(self.config.get("recipients", []))
+
+
+def find_results(client: RegistryClient, train: Reference) -> list[ResultCandidate]:
+    """Collect every ``result-<k>`` artifact in the train's repository (unverified)."""
+    try:
+        tags = client.list_tags(train.repository)
+    except NotFoundError:
+        return []
+    found = []
+    for tag in sorted(tags):
+        m = RESULT_TAG_CLAIM.match(tag)
+        if not m:
+            continue
+        manifest = client.get_manifest(train.repository, tag)
+        config: dict[str, Any] | None = None
+        problem = None
+        try:
+            if manifest.config is None:
+                raise ValueError("manifest has no config")
+            data = json.loads(
+                client.get_blob(train.repository, manifest.config.digest, max_bytes=1 << 20)
+            )
+            if not isinstance(data, dict):
+                raise ValueError("config is not a JSON object")
+            config = data
+        except (ValueError, PhtError) as exc:
+            problem = f"unreadable result config: {exc}"
+        found.append(ResultCandidate(tag, int(m.group(1)), manifest, config, problem))
+    return found
+
+
+def check_result(
+    client: RegistryClient,
+    train: Reference,
+    spec: TrainSpec,
+    candidate: ResultCandidate,
+    hop: int,
+    previous: str | None,
+    *,
+    chained: bool,
+) -> AcceptedResult:
+    """Check one candidate for ``hop``; raise :class:`ChainError` naming the broken rule."""
+    station = spec.route[hop].station
+    m = candidate.manifest
+
+    def fail(reason: str, key_id: str | None = None) -> ChainError:
+        return ChainError(reason, hop=hop, station=station, digest=m.digest, key_id=key_id)
+
+    if candidate.problem or candidate.config is None:
+        raise fail(candidate.problem or "result has no config")
+    if m.artifact_type != RESULT_ARTIFACT_TYPE or len(m.layers) != 1:
+        raise fail(f"{candidate.tag} is not a PHT result artifact")
+    if m.layers[0].media_type != RESULT_MEDIA_TYPE:
+        raise fail(f"result layer has media type {m.layers[0].media_type}")
+    if m.subject is None or m.subject.digest != train.digest:
+        subject = m.subject.digest if m.subject else "none"
+        raise fail(f"result is for another train: its subject is {subject}, not {train.digest}")
+    cfg = candidate.config
+    named_value = cfg.get("train")
+    named: dict[str, Any] = named_value if isinstance(named_value, dict) else {}
+    if named.get("id") != spec.id or named.get("digest") != train.digest:
+        raise fail(
+            f"result config names another train ({named.get('id')}@{named.get('digest')}), "
+            f"not {spec.id}@{train.digest}"
+        )
+    if cfg.get("hop") != hop:
+        raise fail(f"result config is for hop {cfg.get('hop')!r}, not hop {hop}")
+    if cfg.get("station") != station:
+        raise fail(f"result config names station {cfg.get('station')!r}, not {station!r}")
+    route_key = public_key_from_pem(spec.route[hop].key)
+    try:
+        signers = verify(
+            client, Reference(train.registry, train.repository, digest=m.digest), [route_key]
+        )
+    except VerificationError as exc:
+        raise fail(
+            f"result is not signed by {station}'s key from the train spec: {exc.reason}",
+            key_id=route_key.key_id,
+        ) from exc
+    if chained and cfg.get("previous") != previous:
+        raise fail(
+            f"result's previous link is {cfg.get('previous')!r}, but the accepted result of "
+            f"hop {hop - 1} is {previous!r}"
+        )
+    if not chained and cfg.get("previous") is not None:
+        raise fail("a parallel result must not name a previous result")
+    return AcceptedResult(
+        hop=hop,
+        station=station,
+        reference=Reference(train.registry, train.repository, digest=m.digest),
+        digest=m.digest,
+        layer=m.layers[0],
+        config=cfg,
+        signer_key_id=signers[0].key_id,
+    )
+
+
+def accept_hop(
+    client: RegistryClient,
+    train: Reference,
+    spec: TrainSpec,
+    candidates: Sequence[ResultCandidate],
+    hop: int,
+    previous: str | None,
+) -> AcceptedResult | None:
+    """The one result of ``hop`` that passes, None if there is none at all.
+
+    Raises :class:`ChainError` if candidates exist and none passes (with each one's reason)
+    or if more than one passes.
+    """
+    station = spec.route[hop].station
+    mine = [c for c in candidates if c.tag_hop == hop]
+    if not mine:
+        return None
+    chained = spec.mode == "sequential"
+    accepted: list[AcceptedResult] = []
+    failures: list[ChainError] = []
+    for c in mine:
+        try:
+            accepted.append(check_result(client, train, spec, c, hop, previous, chained=chained))
+        except ChainError as exc:
+            failures.append(exc)
+    if len(accepted) > 1:
+        raise ChainError(
+            f"{len(accepted)} valid results for one hop: " + ", ".join(a.digest for a in accepted),
+            hop=hop,
+            station=station,
+            digest=train.digest,
+        )
+    if accepted:
+        return accepted[0]
+    if len(failures) == 1:
+        raise failures[0]
+    raise ChainError(
+        f"none of {len(failures)} results passes",
+        hop=hop,
+        station=station,
+        digest=train.digest,
+        details=[str(f) for f in failures],
+    )
+
+
+def verify_chain(
+    client: RegistryClient,
+    train: Reference,
+    spec: TrainSpec,
+    *,
+    upto: int | None = None,
+    candidates: Sequence[ResultCandidate] | None = None,
+) -> list[AcceptedResult]:
+    """Verify the results of hops ``0..upto-1`` (default: the whole route), in hop order.
+
+    Sequential trains: every hop in range must have exactly one passing result, linked to
+    the previous one. Parallel trains: each present result is checked on its own; missing
+    hops are left out (a station may have failed). Raises :class:`ChainError` naming the
+    hop, the station and the reason.
+    """
+    if train.digest is None:
+        raise PhtError("verify_chain needs the train reference pinned to its digest")
+    upto = len(spec.route) if upto is None else upto
+    if candidates is None:
+        candidates = find_results(client, train)
+    accepted: list[AcceptedResult] = []
+    previous: str | None = None
+    for hop in range(upto):
+        result = accept_hop(client, train, spec, candidates, hop, previous)
+        if result is None:
+            if spec.mode == "sequential":
+                raise ChainError(
+                    "no result for this hop",
+                    hop=hop,
+                    station=spec.route[hop].station,
+                    digest=train.digest,
+                )
+            continue
+        accepted.append(result)
+        previous = result.digest
+    return accepted
+
+
+# --- the researcher's view ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HopStatus:
+    """One hop of a train as ``pht train status`` shows it."""
+
+    hop: int
+    station: str
+    state: str  # "accepted", "missing", "rejected", "unchecked"
+    digest: str | None = None
+    signer_key_id: str | None = None
+    reason: str | None = None
+
+
+def chain_status(client: RegistryClient, train: Reference, spec: TrainSpec) -> list[HopStatus]:
+    """Check each hop in order without raising: what exists, who signed it, where it breaks."""
+    candidates = find_results(client, train)
+    rows: list[HopStatus] = []
+    previous: str | None = None
+    broken = False
+    for hop, entry in enumerate(spec.route):
+        if broken:
+            rows.append(HopStatus(hop, entry.station, "unchecked", reason="chain broken earlier"))
+            continue
+        try:
+            result = accept_hop(client, train, spec, candidates, hop, previous)
+        except ChainError as exc:
+            rows.append(HopStatus(hop, entry.station, "rejected", reason=exc.reason))
+            broken = spec.mode == "sequential"
+            continue
+        if result is None:
+            rows.append(HopStatus(hop, entry.station, "missing"))
+            broken = spec.mode == "sequential"
+            continue
+        rows.append(HopStatus(hop, entry.station, "accepted", result.digest, result.signer_key_id))
+        previous = result.digest
+    return rows
