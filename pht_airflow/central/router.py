@@ -50,23 +50,21 @@ from ..errors import (
     VerificationError,
 )
 from ..hopreport import check_report
-from ..keys import public_key_from_pem, validate_recipient
+from ..keys import public_key_from_pem
 from ..oci import Reference, RegistryClient
-from ..oci.reference import check_repository
 from ..protocol import (
     INCOMING_PROJECT,
     OUTBOX_PROJECT,
     RESULT_TAG,
-    STATION_ID,
     TRAIN_TAG,
     result_tag,
-    station_project,
 )
 from ..results import accept_hop, find_results
 from ..signing import signature_tag, verify
 from ..spec import TrainSpec, read_spec
 from ..webhooks import PushEvent
 from .db import EventRow, HopRow, IncomingRow, StationRow, TrainRow, TrustedKeyRow, utcnow
+from .directory import Directory, RouterError
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +75,12 @@ class Copier(Protocol):
     def copy_train(self, src_repository: str, dst_repository: str, train_digest: str) -> Any: ...
 
 
-class RouterError(PhtError):
-    """A request to the router is invalid (unknown station, unknown train, bad state)."""
+class Router(Directory):
+    """Routing logic over a database session factory, a registry client and a copier.
 
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class Router:
-    """Routing logic over a database session factory, a registry client and a copier."""
+    It is the station directory too (:class:`.directory.Directory`): routing reads the route's
+    stations from it.
+    """
 
     def __init__(
         self,
@@ -100,7 +94,7 @@ class Router:
         signature_wait: float = 2.0,
         incoming_approvals: int = 1,
     ) -> None:
-        self.sessions = sessions
+        super().__init__(sessions)
         self.client = client
         self.copier = copier
         self.incoming = incoming_project
@@ -109,66 +103,6 @@ class Router:
         self.signature_wait = signature_wait
         self.incoming_approvals = incoming_approvals
         self._lock = threading.RLock()  # one routing decision at a time
-
-    # --- station directory ------------------------------------------------------------
-
-    def add_station(
-        self,
-        station_id: str,
-        key_pem: str,
-        recipient: str,
-        *,
-        project: str | None = None,
-        webhook_url: str | None = None,
-    ) -> dict[str, Any]:
-        """Register or update a station (validating its key, recipient and project)."""
-        if not STATION_ID.fullmatch(station_id or ""):
-            raise RouterError(f"station id {station_id!r} must be lowercase letters, digits, '-'")
-        key = public_key_from_pem(key_pem, f"station {station_id} key")
-        validate_recipient(recipient, f"station {station_id} recipient")
-        project = project or station_project(station_id)
-        check_repository(project)
-        with self.sessions.begin() as s:
-            row = s.get(StationRow, station_id) or StationRow(id=station_id)
-            row.key_pem, row.key_id, row.recipient = key.pem, key.key_id, recipient.strip()
-            row.project, row.webhook_url = project, webhook_url
-            s.add(row)
-            return row.to_dict()
-
-    def stations(self) -> list[dict[str, Any]]:
-        with self.sessions() as s:
-            return [r.to_dict() for r in s.scalars(select(StationRow).order_by(StationRow.id))]
-
-    def station(self, station_id: str) -> dict[str, Any]:
-        with self.sessions() as s:
-            row = s.get(StationRow, station_id)
-            if row is None:
-                raise RouterError(f"no station {station_id!r} in the directory", 404)
-            return row.to_dict()
-
-    # --- researchers' keys (submission by pushing to the incoming project) -------------
-
-    def add_trusted_key(self, name: str, key_pem: str, role: str) -> dict[str, Any]:
-        """Register or update a researcher's key as ``creator`` or ``approver``."""
-        if role not in ("creator", "approver"):
-            raise RouterError(f"role {role!r} must be creator or approver")
-        if not STATION_ID.fullmatch(name or ""):
-            raise RouterError(f"name {name!r} must be lowercase letters, digits, '-'")
-        key = public_key_from_pem(key_pem, f"{role} {name} key")
-        with self.sessions.begin() as s:
-            other = s.scalars(select(TrustedKeyRow).where(TrustedKeyRow.key_id == key.key_id))
-            clash = other.first()
-            if clash is not None and clash.name != name:
-                raise RouterError(f"key {key.key_id} is already registered as {clash.name!r}", 409)
-            row = s.get(TrustedKeyRow, name) or TrustedKeyRow(name=name)
-            row.key_pem, row.key_id, row.role = key.pem, key.key_id, role
-            s.add(row)
-            return row.to_dict()
-
-    def trusted_keys(self) -> list[dict[str, Any]]:
-        with self.sessions() as s:
-            rows = s.scalars(select(TrustedKeyRow).order_by(TrustedKeyRow.name))
-            return [r.to_dict() for r in rows]
 
     def incoming_pushes(self) -> dict[str, Any]:
         """Pushes waiting for signatures, and the latest refused pushes with the reason."""
