@@ -59,11 +59,6 @@ class TarEntry:
     header: bytes = field(repr=False)
 
 
-def _sort_key(name: str) -> bytes:
-    # Sort by UTF-8 bytes so the order does not depend on the locale.
-    return name.encode("utf-8")
-
-
 def _header(arcname: str, *, is_dir: bool, size: int, mode: int) -> bytes:
     info = tarfile.TarInfo(arcname)
     info.type = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
@@ -97,6 +92,7 @@ def plan_tar(root: Path) -> list[TarEntry]:
             names = os.listdir(folder)
         except OSError as exc:
             raise UnsafeArchiveError(f"cannot list {prefix or '.'}: {exc.strerror}") from exc
+        # Sort by UTF-8 bytes so the order does not depend on the locale.
         for name in sorted(names, key=lambda n: n.encode("utf-8", "surrogateescape")):
             rel = f"{prefix}{name}"
             try:
