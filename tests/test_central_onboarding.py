@@ -1,0 +1,250 @@
+"""Onboarding a station on the registry: project, robot (secret in a 0600 file), webhook.
+
+Harbor runs as :mod:`harbor_standin` (its REST API v2.0, backed by the session's real
+``docker-registry``); the plain registry is that ``docker-registry`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harbor_standin import HarborStandIn, serve
+
+from pht_airflow.central.onboarding import ProvisionReport, provision_station
+from pht_airflow.central.registry import HarborAdmin, PlainRegistryAdmin
+from pht_airflow.dev.localregistry import LocalRegistry
+from pht_airflow.errors import ConfigError, ConflictError, RegistryError
+from pht_airflow.oci import RegistryClient
+
+pytestmark = pytest.mark.registry
+
+ADMIN_PASSWORD = "Harbor12345-admin-pw"
+HOOK = "https://airflow.station-a.example.org/pht/a/registry-events"
+
+
+@pytest.fixture()
+def harbor(registry: LocalRegistry) -> Iterator[tuple[HarborStandIn, str]]:
+    standin = HarborStandIn(registry.host, users={"admin": ADMIN_PASSWORD})
+    with serve(standin) as url:
+        yield standin, url
+
+
+@pytest.fixture()
+def admin(harbor: tuple[HarborStandIn, str]) -> Iterator[HarborAdmin]:
+    with HarborAdmin(harbor[1], "admin", ADMIN_PASSWORD) as a:
+        yield a
+
+
+@pytest.fixture()
+def hook_secret() -> str:
+    return "hook-" + uuid.uuid4().hex  # made at test time: no secret-looking literal
+
+
+def station() -> tuple[str, str]:
+    """A fresh station id and its project (the backing registry is shared)."""
+    sid = uuid.uuid4().hex[:12]
+    return sid, f"station-{sid}"
+
+
+def assert_no_secret(report: ProvisionReport, *secrets: str) -> None:
+    for text in (str(report), repr(report), json.dumps(report.to_dict())):
+        for secret in secrets:
+            assert secret not in text
+
+
+def test_harbor_provisioning_creates_project_robot_and_webhook_and_keeps_the_secret_in_0600(
+    harbor: tuple[HarborStandIn, str],
+    admin: HarborAdmin,
+    hook_secret: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    standin, url = harbor
+    caplog.set_level(logging.DEBUG)
+    sid, project = station()
+    secret_file = tmp_path / "robots" / f"{sid}.secret"
+
+    report = provision_station(
+        admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret
+    )
+
+    assert [(s.name, s.status) for s in report.steps] == [
+        ("project", "ensured"),
+        ("robot", "created"),
+        ("webhook", "ensured"),
+    ]
+    assert standin.projects[project].metadata["public"] == "false"
+    robot = standin.robots[f"robot${project}+{sid}"]
+    assert report.robot == robot.name and robot.project == project
+    assert [p["namespace"] for p in robot.body["permissions"]] == [project]
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert secret_file.read_text() == robot.secret + "\n"
+    assert report.secret_file == secret_file
+    [policy] = standin.policies[project]
+    assert policy["targets"][0]["address"] == HOOK
+    assert policy["targets"][0]["auth_header"] == hook_secret
+    assert_no_secret(report, robot.secret, hook_secret, ADMIN_PASSWORD)
+    assert robot.secret not in caplog.text and hook_secret not in caplog.text
+
+    # The robot really is limited to its project.
+    with HarborAdmin(url, robot.name, secret_file.read_text().strip()) as as_robot:
+        assert as_robot.list_repositories(project) == []
+
+
+def test_secret_file_is_0600_whatever_the_umask(
+    admin: HarborAdmin, hook_secret: str, tmp_path: Path
+) -> None:
+    sid, project = station()
+    old = os.umask(0o277)  # would leave the file read-only (0400) without the explicit chmod
+    try:
+        provision_station(
+            admin, sid, project, HOOK, secret_file=tmp_path / "s", webhook_secret=hook_secret
+        )
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o600
+
+
+def test_running_again_is_safe_and_keeps_the_secret_file(
+    harbor: tuple[HarborStandIn, str], admin: HarborAdmin, hook_secret: str, tmp_path: Path
+) -> None:
+    standin, _ = harbor
+    sid, project = station()
+    secret_file = tmp_path / "robot.secret"
+    provision_station(
+        admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret
+    )
+    written = secret_file.read_bytes()
+    robots, start = dict(standin.robots), len(standin.requests)
+
+    again = provision_station(
+        admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret
+    )
+
+    assert [(s.name, s.status) for s in again.steps] == [
+        ("project", "ensured"),
+        ("robot", "already there"),
+        ("webhook", "ensured"),
+    ]
+    assert str(secret_file) in again.step("robot").detail
+    assert again.robot is None and again.secret_file == secret_file
+    assert secret_file.read_bytes() == written
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert standin.robots == robots and len(standin.policies[project]) == 1
+    # Nothing was created or changed: project and webhook policy were only looked at.
+    assert {r.method for r in standin.requests[start:]} <= {"HEAD", "GET"}
+    assert_no_secret(again, written.decode().strip(), hook_secret)
+
+
+def test_rerun_after_a_failed_webhook_finishes_the_job_without_leaking_secrets(
+    harbor: tuple[HarborStandIn, str], admin: HarborAdmin, hook_secret: str, tmp_path: Path
+) -> None:
+    standin, _ = harbor
+    sid, project = station()
+    secret_file = tmp_path / "robot.secret"
+    # A Harbor that quotes the header back in its error must not get it into our message.
+    standin.inject(
+        503, "SERVICE_UNAVAILABLE", f"cannot store auth {hook_secret}", method="POST",
+        path_contains="webhook/policies",
+    )  # fmt: skip
+    with pytest.raises(RegistryError) as failed:
+        provision_station(
+            admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret
+        )
+    robot_secret = standin.robots[f"robot${project}+{sid}"].secret
+    assert failed.value.retryable and "webhook" in str(failed.value)
+    assert hook_secret not in str(failed.value) and robot_secret not in str(failed.value)
+    assert secret_file.read_text() == robot_secret + "\n"  # the robot's secret is kept
+
+    report = provision_station(
+        admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret
+    )
+    assert report.step("robot").status == "already there"
+    assert report.step("webhook").status == "ensured" and len(standin.policies[project]) == 1
+    assert_no_secret(report, robot_secret, hook_secret)
+
+
+def test_a_robot_without_its_secret_file_is_refused_with_what_to_do(
+    harbor: tuple[HarborStandIn, str], admin: HarborAdmin, hook_secret: str, tmp_path: Path
+) -> None:
+    standin, _ = harbor
+    sid, project = station()
+    provision_station(
+        admin, sid, project, HOOK, secret_file=tmp_path / "first", webhook_secret=hook_secret
+    )
+    robot_secret = standin.robots[f"robot${project}+{sid}"].secret
+    lost = tmp_path / "elsewhere" / "robot.secret"
+
+    with pytest.raises(ConflictError) as refused:
+        provision_station(admin, sid, project, HOOK, secret_file=lost, webhook_secret=hook_secret)
+
+    message = str(refused.value)
+    assert "already exists" in message and str(lost) in message
+    assert "delete the robot or refresh its secret" in message
+    assert robot_secret not in message and hook_secret not in message
+    assert not lost.exists()  # no empty file left to look like a kept secret
+
+
+@pytest.mark.parametrize("kind", ["empty", "link", "folder"])
+def test_a_secret_file_that_cannot_be_an_earlier_runs_is_refused_before_harbor_is_asked(
+    harbor: tuple[HarborStandIn, str], admin: HarborAdmin, tmp_path: Path, kind: str
+) -> None:
+    standin, _ = harbor
+    sid, project = station()
+    secret_file = tmp_path / "robot.secret"
+    if kind == "empty":
+        secret_file.touch(mode=0o600)
+    elif kind == "link":
+        (tmp_path / "target").write_text("not a secret\n")
+        secret_file.symlink_to(tmp_path / "target")
+    else:
+        secret_file.mkdir()
+
+    with pytest.raises(ConfigError) as refused:
+        provision_station(admin, sid, project, HOOK, secret_file=secret_file)
+
+    assert str(secret_file) in str(refused.value)
+    assert ("run again" in str(refused.value)) and standin.requests == []
+    if kind == "link":
+        assert (tmp_path / "target").read_text() == "not a secret\n"
+
+
+def test_an_invalid_station_id_is_refused(admin: HarborAdmin, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="station id"):
+        provision_station(admin, "Station_A", "station-a", HOOK, secret_file=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_plain_registry_reports_what_it_cannot_do(
+    registry: LocalRegistry, hook_secret: str, tmp_path: Path
+) -> None:
+    sid, project = station()
+    secret_file = tmp_path / "robot.secret"
+    with RegistryClient(registry.host) as client:
+        admin = PlainRegistryAdmin(client)
+        report = provision_station(
+            admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret
+        )
+        again = provision_station(
+            admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret
+        )
+
+    for r in (report, again):
+        assert [(s.name, s.status) for s in r.steps] == [
+            ("project", "ensured"),
+            ("robot", "not supported"),
+            ("webhook", "not supported"),
+        ]
+        assert "no accounts" in r.step("robot").detail
+        webhook = r.step("webhook").detail
+        assert "notifications" in webhook and HOOK in webhook and f"{project!r}/" in webhook
+        assert r.robot is None and r.secret_file is None
+        assert_no_secret(r, hook_secret)
+    assert not secret_file.exists()  # no robot, so no secret and no empty file
