@@ -11,10 +11,10 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .errors import InvalidManifestError, KeyFileError, SpecError
+from .errors import ConfigError, InvalidManifestError, KeyFileError, SpecError
 from .keys import public_key_from_pem, validate_recipient
 from .oci import MANIFEST_TYPES, Reference, RegistryClient
 from .oci.media import INDEX_TYPES
@@ -43,11 +43,21 @@ _ROUTE_FIELDS = {"station", "key", "recipient"}
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}")
 _KEY_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_DURATION_RE = re.compile(r"^(\d+)([dhm])$")
 
 
 def format_time(moment: datetime) -> str:
     """RFC 3339 UTC with a ``Z`` and whole seconds, as the spec stores times."""
     return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h`` or ``90m`` as a timedelta (a train's lifetime, a hop's timeout)."""
+    m = _DURATION_RE.match(text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise ConfigError(f"not a duration: {text!r} (use e.g. 30d, 12h or 90m)")
+    n, unit = int(m.group(1)), m.group(2)
+    return {"d": timedelta(days=n), "h": timedelta(hours=n), "m": timedelta(minutes=n)}[unit]
 
 
 def canonical_json(data: Any) -> str:

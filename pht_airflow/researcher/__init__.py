@@ -1,5 +1,7 @@
-"""The researcher's role: build a train, inspect and approve it, follow it and collect results.
+"""The researcher's role: build and submit trains, look at them before trusting them, follow
+them along their route, and collect their results.
 
-Plain functions with typed arguments, no click and no rendering: the ``pht`` command
-(:mod:`pht_airflow.cli`) parses, calls these, and renders.
+``train`` builds and pushes a train; ``inspect`` pins a reference and reads a train's spec,
+signers and image for review; ``status`` reports where a train is; ``collect`` verifies and
+decrypts its results. Nothing here knows about click, rich or exit codes: the CLI renders.
 """

@@ -7,7 +7,6 @@ base image), pushed by the engine, then signed by digest.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -192,17 +191,6 @@ def load_station_directory(path: Path) -> dict[str, StationInfo]:
 
 
 # --- spec -------------------------------------------------------------------------------
-
-_DURATION = re.compile(r"^(\d+)([dhm])$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``30d``, ``12h`` or ``90m`` as a timedelta."""
-    m = _DURATION.match(text.strip())
-    if not m or int(m.group(1)) == 0:
-        raise ConfigError(f"not a duration: {text!r} (use e.g. 30d, 12h or 90m)")
-    n, unit = int(m.group(1)), m.group(2)
-    return {"d": timedelta(days=n), "h": timedelta(hours=n), "m": timedelta(minutes=n)}[unit]
 
 
 def _stamp(t: datetime) -> str:

@@ -1,0 +1,192 @@
+"""``pht central``: run the central service, and manage its station directory and the
+researchers' keys it trusts for submission by push."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from ..protocol import INCOMING_PROJECT, OUTBOX_PROJECT
+from .options import central_url_option, json_option, registry_options, registry_password
+from .render import err, out, print_rows
+
+
+@click.group()
+def central() -> None:
+    """Run and manage the central service (station directory and router)."""
+
+
+@central.command("serve")
+@click.option(
+    "--db",
+    default="sqlite:///central.db",
+    show_default=True,
+    help="SQLAlchemy URL (a PostgreSQL URL works).",
+)
+@click.option("--registry", "registry_host", required=True, help="Registry host[:port].")
+@click.option("--harbor-url", help="Harbor base URL: use Harbor's API for copies.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8600, show_default=True, type=int)
+@click.option("--reconcile-seconds", default=30.0, show_default=True, type=float)
+@click.option("--hop-timeout", default="24h", show_default=True, help="Fail a hop after this.")
+@click.option(
+    "--incoming-approvals",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Approver signatures (keys from `pht central keys`) a push to the incoming project "
+    "needs before it is submitted.",
+)
+@click.option("--incoming", default=INCOMING_PROJECT, show_default=True)
+@click.option("--outbox", default=OUTBOX_PROJECT, show_default=True)
+@registry_options
+def central_serve(
+    db: str,
+    registry_host: str,
+    harbor_url: str | None,
+    host: str,
+    port: int,
+    reconcile_seconds: float,
+    hop_timeout: str,
+    incoming_approvals: int,
+    incoming: str,
+    outbox: str,
+    username: str | None,
+    insecure: bool,
+) -> None:
+    """Serve the central service (OpenAPI docs at /docs).
+
+    The API token comes from $PHT_CENTRAL_TOKEN, the webhook secret from
+    $PHT_WEBHOOK_SECRET, registry credentials from --username and $PHT_REGISTRY_PASSWORD.
+    """
+    import uvicorn
+
+    from ..central.service import build_router
+    from ..errors import ConfigError
+    from ..spec import parse_duration
+    from ..web.central_app import create_app
+
+    token, secret = os.environ.get("PHT_CENTRAL_TOKEN"), os.environ.get("PHT_WEBHOOK_SECRET")
+    if not token or not secret:
+        raise ConfigError("set PHT_CENTRAL_TOKEN and PHT_WEBHOOK_SECRET before serving")
+    router = build_router(
+        db_url=db,
+        registry_host=registry_host,
+        username=username,
+        password=registry_password(username),
+        insecure=insecure,
+        harbor_url=harbor_url,
+        hop_timeout=parse_duration(hop_timeout),
+        incoming_approvals=incoming_approvals,
+        incoming_project=incoming,
+        outbox_project=outbox,
+    )
+    app = create_app(
+        router,
+        api_token=lambda: token or "",
+        webhook_secret=lambda: secret or "",
+        reconcile_seconds=reconcile_seconds,
+    )
+    err.print(f"central service on http://{host}:{port} (docs at /docs)", markup=False)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@central.group("stations")
+def central_stations() -> None:
+    """The station directory."""
+
+
+@central_stations.command("add")
+@central_url_option
+@click.option("--id", "station_id", required=True, help="The station id (e.g. station-a).")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The station's signing public key (NAME.pub).",
+)
+@click.option(
+    "--recipient-file",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The station's age recipient (NAME.age.pub).",
+)
+@click.option("--project", help="The station's registry project (default: station-<id>).")
+@click.option("--webhook-url", help="The station's webhook endpoint, for reference.")
+def central_stations_add(
+    url: str,
+    station_id: str,
+    key_path: Path,
+    recipient_file: Path,
+    project: str | None,
+    webhook_url: str | None,
+) -> None:
+    """Register (or update) a station in the directory."""
+    from ..central_client import CentralClient
+    from ..keys import load_public_key, load_recipient
+
+    row = CentralClient(url).add_station(
+        id=station_id,
+        key=load_public_key(key_path).pem,
+        recipient=load_recipient(recipient_file),
+        project=project,
+        webhook_url=webhook_url,
+    )
+    out.print(f"station {row['id']}: project {row['project']}, key {row['key_id']}", markup=False)
+
+
+@central_stations.command("list")
+@central_url_option
+@json_option
+def central_stations_list(url: str, as_json: bool) -> None:
+    """List the registered stations."""
+    from ..central_client import CentralClient
+
+    print_rows(CentralClient(url).stations(), "stations",
+               {"id": "id", "project": "project", "key id": "key_id",
+                "recipient": "recipient"}, as_json)  # fmt: skip
+
+
+@central.group("keys")
+def central_keys() -> None:
+    """Researchers' keys trusted for submission by a push to the incoming project."""
+
+
+@central_keys.command("add")
+@central_url_option
+@click.option("--name", required=True, help="A name for the researcher (e.g. alice).")
+@click.option(
+    "--role",
+    type=click.Choice(["creator", "approver"]),
+    required=True,
+    help="creator: their signed pushes submit trains; approver: their signatures count.",
+)
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The researcher's signing public key (NAME.pub).",
+)
+def central_keys_add(url: str, name: str, role: str, key_path: Path) -> None:
+    """Register (or update) a researcher's key. A train pushed to the incoming project is
+    submitted, without `pht train submit`, once its creator and enough approvers signed it."""
+    from ..central_client import CentralClient
+    from ..keys import load_public_key
+
+    row = CentralClient(url).add_trusted_key(name, role, load_public_key(key_path).pem)
+    out.print(f"{row['role']} {row['name']}: key {row['key_id']}", markup=False)
+
+
+@central_keys.command("list")
+@central_url_option
+@json_option
+def central_keys_list(url: str, as_json: bool) -> None:
+    """List the researchers' keys the central service trusts for submission by push."""
+    from ..central_client import CentralClient
+
+    print_rows(CentralClient(url).trusted_keys(), "trusted keys",
+               {"name": "name", "role": "role", "key id": "key_id"}, as_json)  # fmt: skip

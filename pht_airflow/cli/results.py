@@ -1,0 +1,115 @@
+"""``pht results``: fetch, verify and decrypt a train's results (with a progress bar)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from .options import passphrase_options, read_passphrase, registry_client, registry_options
+from .render import err, out
+
+if TYPE_CHECKING:
+    from ..results import AcceptedResult
+
+
+@click.group()
+def results() -> None:
+    """Fetch, verify and decrypt a train's results."""
+
+
+@results.command("fetch")
+@click.argument("ref")
+@click.option(
+    "--identity",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Your age identity (NAME.age).",
+)
+@click.option(
+    "--key",
+    "key_paths",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The creator's public key (default: NAME.pub beside the identity).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write DIR/<hop>-<station>/… into (new or empty).",
+)
+@click.option("--max-bytes", default=16 * 1024**3, show_default=True, help="Extraction limit.")
+@passphrase_options
+@registry_options
+def results_fetch(
+    ref: str,
+    identity: Path,
+    key_paths: tuple[Path, ...],
+    out_dir: Path,
+    max_bytes: int,
+    passphrase_file: Path | None,
+    username: str | None,
+    insecure: bool,
+) -> None:
+    """Verify the train, every result and the chain; decrypt what is addressed to you.
+
+    A verification failure writes nothing and exits 3 with the reason.
+    """
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TransferSpeedColumn,
+    )
+
+    from ..keys import load_age_identity, load_public_key
+    from ..oci import Reference
+    from ..researcher.collect import collect_results
+
+    if not key_paths:
+        sibling = identity.with_name(identity.name.rsplit(".", 1)[0] + ".pub")
+        if not sibling.is_file():
+            raise click.UsageError(
+                f"give --key CREATOR.pub (no {sibling.name} beside the identity)"
+            )
+        key_paths = (sibling,)
+    creator_keys = [load_public_key(p) for p in key_paths]
+    age_identity = load_age_identity(identity, read_passphrase(passphrase_file))
+    with (
+        registry_client(Reference.parse(ref), username, insecure) as client,
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err,
+            transient=True,
+        ) as bar,
+    ):
+        # Hidden while the train and chain are verified; shown from the first download.
+        task = bar.add_task("results", total=None, visible=False)
+
+        def started(result: AcceptedResult) -> None:
+            bar.update(
+                task,
+                description=f"hop {result.hop} ({result.station})",
+                total=result.layer.size,
+                completed=0,
+                visible=True,
+            )
+
+        placed = collect_results(
+            client,
+            ref,
+            creator_keys,
+            age_identity,
+            out_dir,
+            max_bytes=max_bytes,
+            progress=lambda n: bar.advance(task, n),
+            on_result=started,
+        )
+    for result, path in placed:
+        out.print(f"hop {result.hop} ({result.station}) -> {path}", markup=False)
