@@ -7,8 +7,10 @@ FastAPI app served by uvicorn on 127.0.0.1 for the API and CLI tests.
 from __future__ import annotations
 
 import json
+import stat
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -438,3 +440,65 @@ def test_an_unreachable_central_service_does_not_change_the_hops_outcome(
         "could not report the failed hop to the central service: cannot reach the central "
         f"service at {station.config().central_url}: ConnectionError"
     ]
+
+
+def _station_c_args(served: str, parties: Any, tmp_path: Path) -> list[str]:
+    keys = tmp_path / "keys-c"
+    keys.mkdir(exist_ok=True)
+    (keys / "c.pub").write_text(parties["station-c"].public.pem)
+    (keys / "c.age.pub").write_text(parties["station-c"].age.recipient + "\n")
+    return ["central", "stations", "add", "--central", served, "--id", "station-c",
+            "--key", str(keys / "c.pub"), "--recipient-file", str(keys / "c.age.pub")]  # fmt: skip
+
+
+def test_stations_add_provision_creates_project_robot_and_webhook_then_registers(
+    served: str, registry: Any, parties: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Onboarding in one command against the Harbor stand-in: the robot's secret lands only in
+    its 0600 file (never in the output), a second run changes nothing, and the station is in
+    the directory."""
+    from harbor_standin import HarborStandIn, serve
+
+    admin_password = "admin-" + uuid.uuid4().hex  # made at test time: no secret-like literal
+    hook_secret = "hook-" + uuid.uuid4().hex
+    monkeypatch.setenv("PHT_CENTRAL_TOKEN", TOKEN)
+    monkeypatch.setenv("PHT_REGISTRY_PASSWORD", admin_password)
+    monkeypatch.setenv("PHT_WEBHOOK_SECRET", hook_secret)
+    secret_file = tmp_path / "robots" / "station-c.secret"
+    hook = "https://airflow.station-c.example.org/pht/registry-events"
+    standin = HarborStandIn(registry.host, users={"admin": admin_password})
+    with serve(standin) as harbor_url:
+        args = _station_c_args(served, parties, tmp_path) + [
+            "--provision", "--harbor-url", harbor_url, "--username", "admin",
+            "--webhook-url", hook, "--robot-secret-file", str(secret_file)]  # fmt: skip
+        first = CliRunner().invoke(main, args)
+        assert first.exit_code == 0, first.output
+        again = CliRunner().invoke(main, args)
+        assert again.exit_code == 0, again.output
+
+    robot = standin.robots["robot$station-station-c+station-c"]
+    assert [p["namespace"] for p in robot.body["permissions"]] == ["station-station-c"]
+    assert secret_file.read_text() == robot.secret + "\n"
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    [policy] = standin.policies["station-station-c"]
+    assert policy["targets"][0]["address"] == hook
+    for output in (first.output, again.output):
+        for secret in (robot.secret, hook_secret, admin_password):
+            assert secret not in output
+    assert "robot" in again.output and "already there" in again.output
+    assert len(standin.robots) == 1
+    listed = requests.get(f"{served}/stations", timeout=10).json()
+    assert "station-c" in [s["id"] for s in listed]
+
+
+def test_stations_add_provision_needs_a_webhook_url_and_registers_nothing(
+    served: str, parties: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PHT_CENTRAL_TOKEN", TOKEN)
+    args = _station_c_args(served, parties, tmp_path) + ["--provision", "--harbor-url",
+                                                         "https://harbor.example.org"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "--provision needs --webhook-url" in result.output
+    listed = requests.get(f"{served}/stations", timeout=10).json()
+    assert "station-c" not in [s["id"] for s in listed]

@@ -8,12 +8,15 @@ are edges; they take the router built here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
+from ..errors import ConfigError
 from ..oci import RegistryClient
 from ..protocol import INCOMING_PROJECT, OUTBOX_PROJECT
 from .db import make_engine, make_sessionmaker
-from .registry import HarborAdmin, PlainRegistryAdmin
+from .registry import HarborAdmin, PlainRegistryAdmin, RegistryAdmin
 from .router import Copier, Router
 
 
@@ -29,6 +32,29 @@ def registry_admin(
     if harbor_url:
         return HarborAdmin(harbor_url, username or "", password or "")
     return PlainRegistryAdmin(client)
+
+
+@contextmanager
+def admin_for(
+    *,
+    registry_host: str | None,
+    harbor_url: str | None,
+    username: str | None,
+    password: str | None,
+    insecure: bool = False,
+) -> Iterator[RegistryAdmin]:
+    """A registry admin for provisioning stations (:mod:`.onboarding`): Harbor's API at
+    ``harbor_url``, else the plain distribution registry at ``registry_host``; closed after."""
+    if harbor_url:
+        with HarborAdmin(harbor_url, username or "", password or "") as harbor:
+            yield harbor
+        return
+    if not registry_host:
+        raise ConfigError("name the registry to provision: Harbor's URL or a plain registry host")
+    with RegistryClient(
+        registry_host, username=username, password=password, insecure=insecure
+    ) as client:
+        yield PlainRegistryAdmin(client)
 
 
 def build_router(

@@ -115,7 +115,23 @@ def central_stations() -> None:
     help="The station's age recipient (NAME.age.pub).",
 )
 @click.option("--project", help="The station's registry project (default: station-<id>).")
-@click.option("--webhook-url", help="The station's webhook endpoint, for reference.")
+@click.option("--webhook-url", help="The station's webhook endpoint (Harbor posts pushes there).")
+@click.option(
+    "--provision",
+    is_flag=True,
+    help="First give the station its registry project, a robot account limited to it "
+    "(pull+push) and the push webhook (Harbor); safe to re-run. The robot's secret goes to "
+    "--robot-secret-file (mode 0600), never to the terminal. The webhook secret comes from "
+    "$PHT_WEBHOOK_SECRET.",
+)
+@click.option("--registry", "registry_host", help="With --provision: a plain registry host[:port].")
+@click.option("--harbor-url", help="With --provision: Harbor's base URL (its API v2.0).")
+@click.option(
+    "--robot-secret-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --provision: where the robot's secret is written [default: ./<id>.robot-secret].",
+)
+@registry_options
 def central_stations_add(
     url: str,
     station_id: str,
@@ -123,15 +139,50 @@ def central_stations_add(
     recipient_file: Path,
     project: str | None,
     webhook_url: str | None,
+    provision: bool,
+    registry_host: str | None,
+    harbor_url: str | None,
+    robot_secret_file: Path | None,
+    username: str | None,
+    insecure: bool,
 ) -> None:
-    """Register (or update) a station in the directory."""
+    """Register (or update) a station in the directory; with --provision, first create its
+    project, robot account and webhook on the registry.
+
+    Registry admin credentials: --username and $PHT_REGISTRY_PASSWORD.
+    """
     from ..central_client import CentralClient
     from ..keys import load_public_key, load_recipient
 
+    key, recipient = load_public_key(key_path).pem, load_recipient(recipient_file)
+    if provision:
+        from ..central.onboarding import provision_station
+        from ..central.service import admin_for
+        from ..errors import ConfigError
+        from ..protocol import station_project
+
+        if not webhook_url:
+            raise ConfigError("--provision needs --webhook-url (the station's webhook endpoint)")
+        with admin_for(
+            registry_host=registry_host,
+            harbor_url=harbor_url,
+            username=username,
+            password=registry_password(username),
+            insecure=insecure,
+        ) as admin:
+            report = provision_station(
+                admin,
+                station_id,
+                project or station_project(station_id),
+                webhook_url,
+                secret_file=robot_secret_file or Path(f"{station_id}.robot-secret"),
+                webhook_secret=os.environ.get("PHT_WEBHOOK_SECRET"),
+            )
+        out.print(str(report), markup=False)
     row = CentralClient(url).add_station(
         id=station_id,
-        key=load_public_key(key_path).pem,
-        recipient=load_recipient(recipient_file),
+        key=key,
+        recipient=recipient,
         project=project,
         webhook_url=webhook_url,
     )
