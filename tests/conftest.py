@@ -15,11 +15,14 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from support.stationkit import make_station
 
 from pht_airflow.dev.localregistry import LocalRegistry, start_registry
 from pht_airflow.keys import AgeIdentity, PublicKey, SigningKey, generate_keypair
+from pht_airflow.oci import RegistryClient
 
 REPO = Path(__file__).resolve().parents[1]
 # Airflow reads its settings when first imported: point it at a private home, SQLite, and
@@ -266,3 +269,28 @@ def airflow_db() -> Path:
     if proc.returncode != 0:
         pytest.fail(f"airflow db migrate failed:\n{proc.stderr[-2000:]}", pytrace=False)
     return AIRFLOW_HOME
+
+
+@pytest.fixture()
+def client(registry: Any) -> Any:
+    """A registry client for the session's registry."""
+    with RegistryClient(registry.host) as c:
+        yield c
+
+
+@pytest.fixture()
+def stations(tmp_path: Path, parties: Any, registry: Any) -> dict[str, Any]:
+    """station-a (5 rows) and station-b (7 rows), trusting alice as creator and reviewer."""
+    creators = [parties["alice"].public.pem]
+    approvers = [parties["reviewer"].public.pem]
+    return {
+        name: make_station(
+            tmp_path / name,
+            parties[name],
+            registry.host,
+            creators=creators,
+            approvers=approvers,
+            rows=rows,
+        )
+        for name, rows in (("station-a", 5), ("station-b", 7))
+    }

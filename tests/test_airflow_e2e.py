@@ -28,7 +28,7 @@ import httpx
 import pytest
 import yaml
 from conftest import VECTORS
-from stationkit import Station, build_train, make_station, make_train_spec, sign_train
+from support.stationkit import Station, build_train, make_station, make_train_spec, sign_train
 
 from pht_airflow.dev.localairflow import LocalAirflow, session_pids, start_airflow
 from pht_airflow.errors import ServiceError

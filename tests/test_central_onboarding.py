@@ -1,6 +1,6 @@
 """Onboarding a station on the registry: project, robot (secret in a 0600 file), webhook.
 
-Harbor runs as :mod:`harbor_standin` (its REST API v2.0, backed by the session's real
+Harbor runs as :mod:`support.harbor_standin` (its REST API v2.0, backed by the session's real
 ``docker-registry``); the plain registry is that ``docker-registry`` itself.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harbor_standin import HarborStandIn, serve
+from support.harbor_standin import HarborStandIn, serve
 
 from pht_airflow.central.onboarding import ProvisionReport, provision_station
 from pht_airflow.central.registry import HarborAdmin, PlainRegistryAdmin

@@ -1,6 +1,6 @@
 """The central service's registry admin on Harbor, through its REST API v2.0.
 
-Harbor cannot run here, so :mod:`harbor_standin` (a FastAPI app following Harbor's swagger,
+Harbor cannot run here, so :mod:`support.harbor_standin` (a FastAPI app following Harbor's swagger,
 served by uvicorn on 127.0.0.1) plays Harbor's REST API and performs its artifact copies on
 the session's real ``docker-registry``. Trains are pushed with the helpers of
 ``test_central_registry_plain.py``.
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from harbor_standin import HarborStandIn, serve
+from support.harbor_standin import HarborStandIn, serve
 from test_central_registry_plain import MiB, assert_copied, new_id, push_train
 
 from pht_airflow.central.registry import HarborAdmin, RobotAccount

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import requests
 import uvicorn
-from stationkit import Station, build_train, make_station, make_train_spec, sign_train
+from support.stationkit import Station, build_train, make_station, make_train_spec, sign_train
 
 from pht_airflow.central.db import make_engine, make_sessionmaker
 from pht_airflow.central.registry import CopyReport, PlainRegistryAdmin

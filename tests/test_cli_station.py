@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from stationkit import build_train, make_station, make_train_spec, sign_train
+from support.stationkit import build_train, make_station, make_train_spec, sign_train
 
 from pht_airflow.cli import main
 from pht_airflow.oci import Reference, RegistryClient

@@ -3,7 +3,7 @@
 Both are ``docker-registry`` processes (CNCF distribution 2.8) with an ``auth:`` section.
 Distribution 2.8 accepts htpasswd over plain http (it does not insist on TLS), so the Basic
 registry runs on http://127.0.0.1. The token registry trusts a certificate generated here;
-:class:`authservers.TokenServer` signs ES256 JWTs with its key and sends the certificate in
+:class:`support.authservers.TokenServer` signs ES256 JWTs with its key and sends the certificate in
 the ``x5c`` header, which is how distribution finds the verifying key.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from authservers import (
+from support.authservers import (
     QuietHandler,
     TokenServer,
     htpasswd_line,

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from authservers import QuietHandler, serve_http, server_url
+from support.authservers import QuietHandler, serve_http, server_url
 
 from pht_airflow.dev.localregistry import LocalRegistry
 from pht_airflow.errors import DigestMismatchError, NotFoundError, RegistryError

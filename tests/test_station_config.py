@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from stationkit import make_station
+from support.stationkit import make_station
 
 from pht_airflow.errors import ConfigError, KeyFileError
 from pht_airflow.station.config import load_config, parse_seconds, parse_size
@@ -181,7 +181,7 @@ def _variable_passphrase(station: Any) -> Path:
 def test_airflow_references_are_read_through_the_lookups_handed_in(
     station: Any, parties: Any
 ) -> None:
-    from stationkit import PASSPHRASE
+    from support.stationkit import PASSPHRASE
 
     path = _variable_passphrase(station)
     lookups = _Lookups({"pht_signing_passphrase": PASSPHRASE}, {"pht_registry": ("robot", "pw")})

@@ -1,45 +1,26 @@
 """The station's hop as plain Python (what `pht station run` and the DAG's tasks call).
 
-Real engine, real registry. The tamper matrix shows, for every verification check, that the
-hop fails at verify with that check's error, that no sandbox container was ever created,
-that nothing was pushed, and that the audit log names the check; each case runs twice, once
-through ``run_hop`` (what ``pht station run`` calls) and once as a ``pht_run_train`` DAG run
-under ``dag.test()`` (verify failed, execute upstream_failed, record audited the failure).
+Real engine, real registry: a two-station sequential route end to end, and the rule that a
+station runs a train once. Every verification check's refusal is in ``test_station_verify.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from stationkit import (
-    build_train,
+from support.stationkit import (
     copy_repository,
-    make_station,
-    make_train_spec,
     repository_tags,
-    sign_train,
+    signed_train,
 )
 
 from pht_airflow.errors import (
     AlreadyDoneError,
-    ChainError,
-    ExpiredError,
-    InvalidSpecError,
-    NotOnRouteError,
-    PolicyError,
-    RouteKeyMismatchError,
-    TooFewApprovalsError,
-    UnsignedError,
-    UntrustedCreatorError,
-    UntrustedSignatureError,
 )
-from pht_airflow.oci import Reference, RegistryClient
+from pht_airflow.oci import Reference
 from pht_airflow.results import fetch_results, verify_chain
 from pht_airflow.signing import verify
 from pht_airflow.station.audit import AuditLog, verify_log
@@ -48,63 +29,11 @@ from pht_airflow.station.hop import run_hop
 pytestmark = [pytest.mark.registry, pytest.mark.docker]
 
 
-@pytest.fixture()
-def client(registry: Any) -> Any:
-    with RegistryClient(registry.host) as c:
-        yield c
-
-
-@pytest.fixture()
-def stations(tmp_path: Path, parties: Any, registry: Any) -> dict[str, Any]:
-    creators = [parties["alice"].public.pem]
-    approvers = [parties["reviewer"].public.pem]
-    return {
-        name: make_station(
-            tmp_path / name,
-            parties[name],
-            registry.host,
-            creators=creators,
-            approvers=approvers,
-            rows=rows,
-        )
-        for name, rows in (("station-a", 5), ("station-b", 7))
-    }
-
-
-def _train(docker_client: Any, client: Any, registry: Any, parties: Any, project: str,
-           route: list[str], *, signers: tuple[str, ...] = ("alice", "reviewer"),
-           change: Any = None) -> tuple[Reference, Any]:  # fmt: skip
-    spec = make_train_spec(parties, route)
-    if change is not None:
-        spec = dataclasses.replace(spec, **change(spec))
-    ref = Reference(registry.host, f"{project}/{spec.id}", tag="train")
-    digest = build_train(docker_client, ref, spec)
-    sign_train(client, ref.with_digest(digest), parties, *signers)
-    return ref, spec
-
-
-def _sandbox_creates(docker_client: Any, since: float, repository: str) -> list[Any]:
-    """Sandbox containers created since ``since`` for the train in ``repository``."""
-    train_id = repository.rsplit("/", 1)[-1]
-    events = docker_client.events(
-        since=int(since),
-        until=int(time.time()) + 1,
-        filters={"type": "container", "event": "create", "label": "org.pht.sandbox"},
-        decode=True,
-    )
-    return [
-        e
-        for e in events
-        if e.get("timeNano", 0) / 1e9 >= since
-        and train_id[:8] in e.get("Actor", {}).get("Attributes", {}).get("name", "")
-    ]
-
-
 def test_two_station_sequential_route(
     docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, tmp_path: Path
 ) -> None:
     a, b = stations["station-a"], stations["station-b"]
-    ref, spec = _train(docker_client, client, registry, parties, "station-a",
+    ref, spec = signed_train(docker_client, client, registry, parties, "station-a",
                        ["station-a", "station-b"])  # fmt: skip
     lines: list[str] = []
     record = run_hop(a.config(), str(ref), logger=lines.append, docker_client=docker_client)
@@ -149,7 +78,7 @@ def test_a_second_run_is_refused_and_a_rerun_reuses_the_result(
     docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any
 ) -> None:
     a = stations["station-a"]
-    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"])
+    ref, _ = signed_train(docker_client, client, registry, parties, "station-a", ["station-a"])
     first = run_hop(a.config(), str(ref), docker_client=docker_client)
     with pytest.raises(AlreadyDoneError):
         run_hop(a.config(), str(ref), docker_client=docker_client)
@@ -162,207 +91,3 @@ def test_a_second_run_is_refused_and_a_rerun_reuses_the_result(
     records = list(AuditLog(a.audit_path).entries())
     assert [r["outcome"] for r in records] == ["success", "failure", "success"]
     assert records[1]["failed_check"] == "already-done"
-
-
-@dataclasses.dataclass
-class Refusal:
-    """What a refused hop reported: the error class name, check, digest, key id, message."""
-
-    error: str
-    check: str
-    digest: str | None
-    key_id: str | None
-    message: str
-
-    def __str__(self) -> str:
-        return self.message
-
-
-@pytest.fixture(scope="module")
-def run_train_dag(airflow_db: Path) -> Any:
-    import importlib.util
-
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("pht_run_train_dag_matrix",
-                                                  REPO / "dags" / "pht_run_train.py")  # fmt: skip
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
-
-
-@pytest.fixture(params=["hop", "dag"])
-def refuse(request: pytest.FixtureRequest, docker_client: Any, client: Any,
-           monkeypatch: pytest.MonkeyPatch) -> Any:  # fmt: skip
-    """Run a hop that must be refused at verify, as ``pht station run`` does (``hop``) or as
-    the ``pht_run_train`` DAG does under ``dag.test()`` (``dag``), and check that it failed at
-    verify with the check's error, that no sandbox container was created, that nothing was
-    pushed, and that the audit log names the check."""
-
-    def check_refused(station: Any, reference: str, error: type, check: str) -> Refusal:
-        repository = Reference.parse(reference).repository
-        tags_before = repository_tags(client, repository)
-        since = time.time()
-        if request.param == "hop":
-            with pytest.raises(error) as info:
-                run_hop(station.config(), reference, docker_client=docker_client)
-            assert info.value.check == check
-        else:
-            dag = request.getfixturevalue("run_train_dag")
-            monkeypatch.setenv("PHT_STATION_CONFIG", str(station.config_path))
-            run = dag.test(run_conf={"train": reference, "rerun": False})
-            states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-            assert run.state == "failed", states
-            assert states["verify"] == "failed", states
-            assert states["execute"] == "upstream_failed", states
-            assert states["record"] == "failed", states  # recorded, then failed the run
-        assert _sandbox_creates(docker_client, since, repository) == []
-        assert repository_tags(client, repository) == tags_before
-        last = AuditLog(station.audit_path).last()
-        assert last is not None
-        assert last["outcome"] == "failure"
-        assert last["failed_check"] == check
-        failure = last["failure"]
-        assert failure["error"] == error.__name__
-        if request.param == "hop":
-            assert failure["message"] == str(info.value)
-        return Refusal(failure["error"], failure["check"], failure.get("digest"),
-                       failure.get("key_id"), failure["message"])  # fmt: skip
-
-    return check_refused
-
-
-def test_invalid_spec(
-    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
-) -> None:
-    spec = make_train_spec(parties, ["station-a"])
-    ref = Reference(registry.host, f"station-a/{spec.id}", tag="train")
-    broken = json.loads(spec.to_canonical_json())
-    broken["route"][0]["recipient"] = "age1notarecipient"
-    broken["surprise"] = True
-    from pht_airflow.spec import canonical_json
-
-    spec_text = canonical_json(broken)
-    fake = type("S", (), {"to_canonical_json": lambda self: spec_text})()
-    digest = build_train(docker_client, ref, fake)
-    sign_train(client, ref.with_digest(digest), parties, "alice", "reviewer")
-    err = refuse(stations["station-a"], str(ref),
-                          InvalidSpecError, "spec")  # fmt: skip
-    assert "unknown field 'surprise'" in str(err)
-
-
-def test_unsigned(
-    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
-) -> None:
-    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
-                    signers=())  # fmt: skip
-    refuse(stations["station-a"], str(ref), UnsignedError, "signed")
-
-
-def test_signed_only_by_an_untrusted_key(
-    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
-) -> None:
-    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
-                    signers=("mallory",))  # fmt: skip
-    err = refuse(stations["station-a"], str(ref),
-                          UntrustedSignatureError, "signature-trusted")  # fmt: skip
-    assert err.key_id == parties["mallory"].key.key_id
-
-
-def test_creator_untrusted(
-    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
-) -> None:
-    # Approved by a trusted reviewer, but the creator's signature is missing.
-    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
-                    signers=("reviewer",))  # fmt: skip
-    err = refuse(stations["station-a"], str(ref),
-                          UntrustedCreatorError, "creator")  # fmt: skip
-    assert err.key_id == parties["alice"].key.key_id
-
-
-def test_too_few_approvals(
-    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
-) -> None:
-    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
-                    signers=("alice",))  # fmt: skip
-    err = refuse(stations["station-a"], str(ref),
-                          TooFewApprovalsError, "approvals")  # fmt: skip
-    assert "0 approval(s)" in str(err)
-
-
-def test_station_not_on_route(
-    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
-) -> None:
-    ref, _ = _train(docker_client, client, registry, parties, "station-a",
-                    ["station-b", "station-c"])  # fmt: skip
-    refuse(stations["station-a"], str(ref), NotOnRouteError,
-                    "route")  # fmt: skip
-
-
-def test_route_key_is_not_this_stations_key(
-    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
-) -> None:
-    mallory = parties["mallory"]
-
-    def change(spec: Any) -> dict[str, Any]:
-        entry = dataclasses.replace(spec.route[0], key=mallory.public.pem)
-        return {"route": (entry,)}
-
-    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
-                    change=change)  # fmt: skip
-    err = refuse(stations["station-a"], str(ref),
-                          RouteKeyMismatchError, "route-key")  # fmt: skip
-    assert err.key_id == mallory.key.key_id
-
-
-def test_expired(
-    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
-) -> None:
-    past = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
-
-    def change(spec: Any) -> dict[str, Any]:
-        return {"created": past, "expires": past + timedelta(days=1)}
-
-    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"],
-                    change=change)  # fmt: skip
-    refuse(stations["station-a"], str(ref), ExpiredError, "expired")
-
-
-def test_already_done(
-    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
-) -> None:
-    ref, _ = _train(docker_client, client, registry, parties, "station-a", ["station-a"])
-    run_hop(stations["station-a"].config(), str(ref), docker_client=docker_client)
-    refuse(stations["station-a"], str(ref), AlreadyDoneError,
-                    "already-done")  # fmt: skip
-
-
-def test_chain_broken(
-    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
-) -> None:
-    # Hop 1 at station-b, but hop 0 never ran: there is no result-0.
-    ref, _ = _train(docker_client, client, registry, parties, "station-b",
-                    ["station-a", "station-b"])  # fmt: skip
-    err = refuse(stations["station-b"], str(ref), ChainError,
-                          "chain")  # fmt: skip
-    assert "hop 0 (station-a)" in str(err)
-
-
-def test_retagged_after_signing(
-    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
-) -> None:
-    ref, spec = _train(docker_client, client, registry, parties, "station-a", ["station-a"])
-    signed_digest = client.resolve(ref.repository, "train")
-    other = build_train(docker_client, ref, spec, script="print('something else')\n")
-    assert other != signed_digest
-    err = refuse(stations["station-a"], str(ref), UnsignedError,
-                          "signed")  # fmt: skip
-    assert err.digest == other
-
-
-def test_train_from_another_project_is_refused(docker_client: Any, client: Any, registry: Any,
-                                               parties: Any, stations: Any) -> None:  # fmt: skip
-    ref, _ = _train(docker_client, client, registry, parties, "station-b", ["station-a"])
-    with pytest.raises(PolicyError, match="not in this station's project"):
-        run_hop(stations["station-a"].config(), str(ref), docker_client=docker_client)

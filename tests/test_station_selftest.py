@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import REPO
-from stationkit import PASSPHRASE, make_station
+from support.stationkit import PASSPHRASE, make_station
 
 import pht_airflow.station.sandbox as sandbox
 from pht_airflow.dev.localregistry import free_port

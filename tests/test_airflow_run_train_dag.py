@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 from conftest import REPO
-from stationkit import build_train, copy_repository, make_station, make_train_spec, sign_train
+from support.stationkit import (
+    build_train,
+    copy_repository,
+    make_station,
+    make_train_spec,
+    sign_train,
+)
 
 from pht_airflow.oci import Reference, RegistryClient
 from pht_airflow.results import fetch_results

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import REPO
-from stationkit import build_train, make_station, make_train_spec, sign_train
+from support.stationkit import build_train, make_station, make_train_spec, sign_train
 
 from pht_airflow.errors import ConfigError
 from pht_airflow.oci import Reference, RegistryClient

@@ -20,7 +20,7 @@ import pytest
 import requests
 import uvicorn
 from click.testing import CliRunner
-from stationkit import build_train, make_station, make_train_spec, sign_train
+from support.stationkit import build_train, make_station, make_train_spec, sign_train
 
 from pht_airflow.central.db import make_engine, make_sessionmaker
 from pht_airflow.central.registry import PlainRegistryAdmin
@@ -457,7 +457,7 @@ def test_stations_add_provision_creates_project_robot_and_webhook_then_registers
     """Onboarding in one command against the Harbor stand-in: the robot's secret lands only in
     its 0600 file (never in the output), a second run changes nothing, and the station is in
     the directory."""
-    from harbor_standin import HarborStandIn, serve
+    from support.harbor_standin import HarborStandIn, serve
 
     admin_password = "admin-" + uuid.uuid4().hex  # made at test time: no secret-like literal
     hook_secret = "hook-" + uuid.uuid4().hex

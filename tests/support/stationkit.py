@@ -6,6 +6,7 @@ Everything is real: key files written with the library, a YAML config validated 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from dataclasses import dataclass
@@ -185,3 +186,17 @@ def repository_tags(client: RegistryClient, repository: str) -> list[str]:
 
 def sandbox_containers(docker_client: Any) -> list[Any]:
     return docker_client.containers.list(all=True, filters={"label": "org.pht.sandbox"})
+
+
+def signed_train(docker_client: Any, client: Any, registry: Any, parties: Any, project: str,
+                 route: list[str], *, signers: tuple[str, ...] = ("alice", "reviewer"),
+                 change: Any = None) -> tuple[Reference, Any]:  # fmt: skip
+    """A train for ``route`` built in ``project`` and signed by ``signers`` (``change`` edits
+    the spec's fields first)."""
+    spec = make_train_spec(parties, route)
+    if change is not None:
+        spec = dataclasses.replace(spec, **change(spec))
+    ref = Reference(registry.host, f"{project}/{spec.id}", tag="train")
+    digest = build_train(docker_client, ref, spec)
+    sign_train(client, ref.with_digest(digest), parties, *signers)
+    return ref, spec
