@@ -3,11 +3,23 @@ train without the scheduler)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import click
 
+from ..station.secrets import NO_LOOKUPS, Lookups
 from .render import err, out
+
+
+def _lookups() -> Lookups:
+    """Airflow's Variables and Connections where Airflow is installed (a station host), so a
+    config that names them works here as in the DAG; elsewhere such a reference is refused."""
+    if importlib.util.find_spec("airflow") is None:
+        return NO_LOOKUPS
+    from ..airflow.lookups import AIRFLOW_LOOKUPS
+
+    return AIRFLOW_LOOKUPS
 
 
 @click.group()
@@ -35,7 +47,7 @@ def station_run(ref: str, config_path: Path, rerun: bool, approved_by: str | Non
     from ..station.config import load_config
     from ..station.hop import run_hop
 
-    config = load_config(config_path)
+    config = load_config(config_path, _lookups())
     record = run_hop(
         config,
         ref,
