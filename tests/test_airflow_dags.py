@@ -36,7 +36,11 @@ def _hosted(tmp_path: Path, names: list[str]) -> Path:
     return folder
 
 
-def test_single_station_dag_files_import_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_single_station_dag_files_import_cleanly(
+    airflow_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DagBag.get_dag reads Airflow's metadata database: this test needs it migrated, and says
+    # so instead of relying on an earlier test to have done it.
     monkeypatch.delenv(CONFIG_DIR_ENV, raising=False)
     bag = _dagbag()
     assert bag.import_errors == {}
@@ -49,7 +53,7 @@ def test_single_station_dag_files_import_cleanly(monkeypatch: pytest.MonkeyPatch
 
 
 def test_hosted_stations_get_a_dag_pair_each_bound_to_their_config(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = _hosted(tmp_path, ["station-a", "station-b"])
     monkeypatch.setenv(CONFIG_DIR_ENV, str(folder))

@@ -40,7 +40,7 @@ from ..errors import ServiceError
 from .localregistry import free_port
 
 AIRFLOW = Path(sys.executable).parent / "airflow"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # pht_airflow/dev/ -> the repository
 T = TypeVar("T")
 
 
