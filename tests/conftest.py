@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.harbor_standin import ADMIN_PASSWORD, HarborStandIn, serve
 from support.stationkit import make_station
 
+from pht_airflow.central.registry import HarborAdmin
 from pht_airflow.dev.localregistry import LocalRegistry, start_registry
 from pht_airflow.keys import AgeIdentity, PublicKey, SigningKey, generate_keypair
 from pht_airflow.oci import RegistryClient
@@ -294,3 +296,18 @@ def stations(tmp_path: Path, parties: Any, registry: Any) -> dict[str, Any]:
         )
         for name, rows in (("station-a", 5), ("station-b", 7))
     }
+
+
+@pytest.fixture()
+def harbor(registry: LocalRegistry) -> Iterator[tuple[HarborStandIn, str]]:
+    """The Harbor stand-in (its API v2.0) in front of the session's registry, and its URL."""
+    standin = HarborStandIn(registry.host, users={"admin": ADMIN_PASSWORD})
+    with serve(standin) as url:
+        yield standin, url
+
+
+@pytest.fixture()
+def admin(harbor: tuple[HarborStandIn, str]) -> Iterator[HarborAdmin]:
+    """``HarborAdmin`` signed in to the stand-in as its admin."""
+    with HarborAdmin(harbor[1], "admin", ADMIN_PASSWORD) as a:
+        yield a

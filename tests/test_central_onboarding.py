@@ -11,11 +11,10 @@ import logging
 import os
 import stat
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.harbor_standin import HarborStandIn, serve
+from support.harbor_standin import ADMIN_PASSWORD, HarborStandIn
 
 from pht_airflow.central.onboarding import ProvisionReport, provision_station
 from pht_airflow.central.registry import HarborAdmin, PlainRegistryAdmin
@@ -25,21 +24,7 @@ from pht_airflow.oci import RegistryClient
 
 pytestmark = pytest.mark.registry
 
-ADMIN_PASSWORD = "Harbor12345-admin-pw"
 HOOK = "https://airflow.station-a.example.org/pht/a/registry-events"
-
-
-@pytest.fixture()
-def harbor(registry: LocalRegistry) -> Iterator[tuple[HarborStandIn, str]]:
-    standin = HarborStandIn(registry.host, users={"admin": ADMIN_PASSWORD})
-    with serve(standin) as url:
-        yield standin, url
-
-
-@pytest.fixture()
-def admin(harbor: tuple[HarborStandIn, str]) -> Iterator[HarborAdmin]:
-    with HarborAdmin(harbor[1], "admin", ADMIN_PASSWORD) as a:
-        yield a
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from support.harbor_standin import HarborStandIn, serve
+from support.harbor_standin import ADMIN_PASSWORD, HarborStandIn, serve
 from test_central_registry_plain import MiB, assert_copied, new_id, push_train
 
 from pht_airflow.central.registry import HarborAdmin, RobotAccount
@@ -29,26 +29,11 @@ from pht_airflow.oci import OCI_MANIFEST, RegistryClient
 
 pytestmark = pytest.mark.registry
 
-ADMIN_PASSWORD = "Harbor12345-admin-pw"
-
 
 @pytest.fixture()
 def client(registry: LocalRegistry) -> Iterator[RegistryClient]:
     with RegistryClient(registry.host) as c:
         yield c
-
-
-@pytest.fixture()
-def harbor(registry: LocalRegistry) -> Iterator[tuple[HarborStandIn, str]]:
-    standin = HarborStandIn(registry.host, users={"admin": ADMIN_PASSWORD})
-    with serve(standin) as url:
-        yield standin, url
-
-
-@pytest.fixture()
-def admin(harbor: tuple[HarborStandIn, str]) -> Iterator[HarborAdmin]:
-    with HarborAdmin(harbor[1], "admin", ADMIN_PASSWORD) as a:
-        yield a
 
 
 def _calls(standin: HarborStandIn, start: int) -> list[tuple[str, str]]:

@@ -84,6 +84,8 @@ from pht_airflow.oci import RegistryClient
 from pht_airflow.oci.media import DOCKER_CONFIG, INDEX_TYPES, OCI_CONFIG, Manifest
 
 API = "/api/v2.0"
+#: The stand-in's admin password in the tests (made up; no real Harbor has it).
+ADMIN_PASSWORD = "Harbor12345-admin-pw"  # noqa: S105
 SIMPLESIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 COSIGN_CONFIG = "application/vnd.dev.cosign.artifact.sig.v1+json"
 EVENT_TYPES = {
