@@ -452,29 +452,27 @@ def _station_c_args(served: str, parties: Any, tmp_path: Path) -> list[str]:
 
 
 def test_stations_add_provision_creates_project_robot_and_webhook_then_registers(
-    served: str, registry: Any, parties: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    served: str, harbor: Any, parties: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Onboarding in one command against the Harbor stand-in: the robot's secret lands only in
     its 0600 file (never in the output), a second run changes nothing, and the station is in
     the directory."""
-    from support.harbor_standin import HarborStandIn, serve
+    from support.harbor_standin import ADMIN_PASSWORD
 
-    admin_password = "admin-" + uuid.uuid4().hex  # made at test time: no secret-like literal
+    standin, harbor_url = harbor
     hook_secret = "hook-" + uuid.uuid4().hex
     monkeypatch.setenv("PHT_CENTRAL_TOKEN", TOKEN)
-    monkeypatch.setenv("PHT_REGISTRY_PASSWORD", admin_password)
+    monkeypatch.setenv("PHT_REGISTRY_PASSWORD", ADMIN_PASSWORD)
     monkeypatch.setenv("PHT_WEBHOOK_SECRET", hook_secret)
     secret_file = tmp_path / "robots" / "station-c.secret"
     hook = "https://airflow.station-c.example.org/pht/registry-events"
-    standin = HarborStandIn(registry.host, users={"admin": admin_password})
-    with serve(standin) as harbor_url:
-        args = _station_c_args(served, parties, tmp_path) + [
-            "--provision", "--harbor-url", harbor_url, "--username", "admin",
-            "--webhook-url", hook, "--robot-secret-file", str(secret_file)]  # fmt: skip
-        first = CliRunner().invoke(main, args)
-        assert first.exit_code == 0, first.output
-        again = CliRunner().invoke(main, args)
-        assert again.exit_code == 0, again.output
+    args = _station_c_args(served, parties, tmp_path) + [
+        "--provision", "--harbor-url", harbor_url, "--username", "admin",
+        "--webhook-url", hook, "--robot-secret-file", str(secret_file)]  # fmt: skip
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
 
     robot = standin.robots["robot$station-station-c+station-c"]
     assert [p["namespace"] for p in robot.body["permissions"]] == ["station-station-c"]
@@ -483,7 +481,7 @@ def test_stations_add_provision_creates_project_robot_and_webhook_then_registers
     [policy] = standin.policies["station-station-c"]
     assert policy["targets"][0]["address"] == hook
     for output in (first.output, again.output):
-        for secret in (robot.secret, hook_secret, admin_password):
+        for secret in (robot.secret, hook_secret, ADMIN_PASSWORD):
             assert secret not in output
     assert "robot" in again.output and "already there" in again.output
     assert len(standin.robots) == 1
@@ -500,5 +498,18 @@ def test_stations_add_provision_needs_a_webhook_url_and_registers_nothing(
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert "--provision needs --webhook-url" in result.output
+    listed = requests.get(f"{served}/stations", timeout=10).json()
+    assert "station-c" not in [s["id"] for s in listed]
+
+
+def test_stations_add_provision_needs_a_registry_and_registers_nothing(
+    served: str, parties: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PHT_CENTRAL_TOKEN", TOKEN)
+    hook = "https://airflow.station-c.example.org/pht/events"
+    args = _station_c_args(served, parties, tmp_path) + ["--provision", "--webhook-url", hook]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert "--provision needs --harbor-url (Harbor) or --registry HOST" in result.output
     listed = requests.get(f"{served}/stations", timeout=10).json()
     assert "station-c" not in [s["id"] for s in listed]

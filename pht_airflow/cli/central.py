@@ -163,6 +163,10 @@ def central_stations_add(
 
         if not webhook_url:
             raise ConfigError("--provision needs --webhook-url (the station's webhook endpoint)")
+        if not harbor_url and not registry_host:
+            raise ConfigError(
+                "--provision needs --harbor-url (Harbor) or --registry HOST (a plain registry)"
+            )
         with admin_for(
             registry_host=registry_host,
             harbor_url=harbor_url,
