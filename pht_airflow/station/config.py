@@ -106,10 +106,12 @@ class TrustStore:
 
 @dataclass(frozen=True)
 class Policy:
-    """Whether a person must approve a run, and release its output."""
+    """Whether a person must approve a run, and release its output; the station's
+    disclosure threshold (a count below it is never shown, counts are rounded to it)."""
 
     require_approval: bool = True
     require_release_approval: bool = False
+    min_cell_count: int = 10
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,7 @@ _SCHEMA: dict[str, Any] = {
         "tmp_bytes": None,
         "user": None,
     },
-    "policy": {"require_approval": None, "require_release_approval": None},
+    "policy": {"require_approval": None, "require_release_approval": None, "min_cell_count": None},
     "audit_log": None,
     "work_dir": None,
     "webhook": {"secret": None},
@@ -456,6 +458,14 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
             problem(("policy", flag), "must be true or false")
             value = True
         flags[flag] = value
+    min_cell_count = pol.get("min_cell_count", Policy.min_cell_count)
+    if (
+        not isinstance(min_cell_count, int)
+        or isinstance(min_cell_count, bool)
+        or not (1 <= min_cell_count <= 1_000_000)
+    ):
+        problem(("policy", "min_cell_count"), "must be a whole number from 1 to 1000000")
+        min_cell_count = Policy.min_cell_count
 
     audit_log = resolve_path(data.get("audit_log", "audit.jsonl"), ("audit_log",))
     work_dir = resolve_path(data.get("work_dir", "work"), ("work_dir",))
@@ -485,7 +495,7 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
         trust=TrustStore(tuple(creators), tuple(approvers), int(required)),
         datasets=datasets,
         limits=limits,
-        policy=Policy(**flags),
+        policy=Policy(**flags, min_cell_count=min_cell_count),
         audit_log=audit_log,
         work_dir=work_dir,
         webhook_secret=webhook_secret,
