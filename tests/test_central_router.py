@@ -31,6 +31,7 @@ from pht_airflow.errors import VerificationError
 from pht_airflow.hopreport import make_report
 from pht_airflow.keys import load_public_key
 from pht_airflow.oci import Reference, RegistryClient
+from pht_airflow.researcher.train import StationInfo, make_spec
 from pht_airflow.results import fetch_results, seal
 from pht_airflow.station.hop import record_step, run_hop
 from pht_airflow.web.central_app import create_app
@@ -291,6 +292,46 @@ def test_api_and_cli(
     response = session.post(f"{served}/webhooks/registry-events", data=b"{}",
                             headers={"Authorization": "wrong"})  # fmt: skip
     assert response.status_code == 401
+
+
+# --- the route must be the directory's: every station's key and recipient -------------
+
+
+@pytest.mark.parametrize(
+    ("field", "key_of", "recipient_of"),
+    [("recipient", "station-b", "alice"), ("key", "mallory", "station-b")],
+    ids=["researcher-recipient-for-b", "wrong-key-for-b"],
+)
+def test_a_route_that_differs_from_the_directory_is_refused_over_the_api(
+    served: str, docker_client: Any, client: Any, registry: Any, parties: Any,
+    field: str, key_of: str, recipient_of: str,
+) -> None:  # fmt: skip
+    """The attack: station-b listed with one of its two fields swapped for the researcher's
+    (its real key with the researcher's recipient reads station-a's intermediate result
+    under ``results_visibility: final``; a wrong key signs for it). Refused at submission,
+    naming the station and the field; nothing is registered or copied."""
+    route = [
+        StationInfo("station-a", parties["station-a"].public.pem,
+                    parties["station-a"].age.recipient),
+        StationInfo("station-b", parties[key_of].public.pem, parties[recipient_of].age.recipient),
+    ]  # fmt: skip
+    alice = parties["alice"]
+    spec = make_spec(name="row-count", creator_id="alice", creator_key_id=alice.key.key_id,
+                     creator_recipient=alice.age.recipient, route=route,
+                     mode="sequential", dataset="cohort", visibility="final")  # fmt: skip
+    ref = Reference(registry.host, f"pht-incoming/{spec.id}", tag="train")
+    digest = build_train(docker_client, ref, spec)
+    sign_train(client, ref.with_digest(digest), parties, "alice", "reviewer")
+    session = requests.Session()
+    session.trust_env = False
+    body = {"reference": str(ref), "creator_key": parties["alice"].public.pem}
+    response = session.post(f"{served}/trains", json=body,
+                            headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert f"route[1] (station-b): the route {field} for station-b differs" in detail
+    assert session.get(f"{served}/trains/{spec.id}").status_code == 404
+    assert client.list_tags(f"station-a/{spec.id}") == []
 
 
 # --- failed hops: the station's signed report, and timeouts ---------------------------

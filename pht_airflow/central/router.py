@@ -140,14 +140,7 @@ class Router(Directory):
             raise RouterError(f"the train {spec.id} must be pushed as {self.incoming}/{spec.id}")
         with self._lock, self.sessions.begin() as s:
             stations = {r.id: r for r in s.scalars(select(StationRow))}
-            missing = [e.station for e in spec.route if e.station not in stations]
-            if missing:
-                raise RouterError(f"route station(s) not in the directory: {', '.join(missing)}")
-            for entry in spec.route:
-                if public_key_from_pem(entry.key).key_id != stations[entry.station].key_id:
-                    raise RouterError(
-                        f"the route key for {entry.station} differs from the directory's"
-                    )
+            _check_route(spec, stations)
             existing = s.get(TrainRow, spec.id)
             if existing is not None:
                 if existing.digest != digest:
@@ -584,6 +577,31 @@ class Router(Directory):
     def _event(s: Session, train: TrainRow, kind: str, message: str) -> None:
         log.info("train %s: %s: %s", train.id, kind, message)
         s.add(EventRow(train=train, kind=kind, message=message))
+
+
+def _check_route(spec: TrainSpec, stations: dict[str, StationRow]) -> None:
+    """Every route entry must be the directory's entry for its station: the same signing key
+    and the same age recipient. A route that lists a station with another recipient would
+    have that station encrypt its result for someone else (the researcher, say), so the
+    submission is refused, naming the station and the field."""
+    missing = [e.station for e in spec.route if e.station not in stations]
+    if missing:
+        raise RouterError(f"route station(s) not in the directory: {', '.join(missing)}", 422)
+    for i, entry in enumerate(spec.route):
+        known = stations[entry.station]
+        where = f"route[{i}] ({entry.station})"
+        if public_key_from_pem(entry.key, f"{where} key").key_id != known.key_id:
+            raise RouterError(
+                f"{where}: the route key for {entry.station} differs from the directory's "
+                f"(key {known.key_id}); rebuild the train from the directory",
+                422,
+            )
+        if entry.recipient.strip() != known.recipient.strip():
+            raise RouterError(
+                f"{where}: the route recipient for {entry.station} differs from the "
+                f"directory's ({known.recipient}); rebuild the train from the directory",
+                422,
+            )
 
 
 def _describe(report: Any) -> str:
