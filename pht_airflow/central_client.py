@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -68,6 +68,15 @@ class CentralClient:
 
     def stations(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/stations"))
+
+    def station(self, station_id: str) -> dict[str, Any]:
+        """A station's directory entry with the schema document it published (or None)."""
+        return dict(self._call("GET", f"/stations/{quote(station_id, safe='')}"))
+
+    def publish_schema(self, document: dict[str, Any]) -> dict[str, Any]:
+        """Send a station's signed schema document (no token: the signature authenticates)."""
+        station = quote(str(document.get("station", "")), safe="")
+        return dict(self._call("POST", f"/stations/{station}/schema", document))
 
     def add_station(self, **fields: Any) -> dict[str, Any]:
         return dict(self._call("POST", "/stations", fields, write=True))
