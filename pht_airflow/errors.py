@@ -91,6 +91,21 @@ class InvalidManifestError(RegistryError):
         return False
 
 
+class ResponseTooLargeError(RegistryError):
+    """A server (registry, token service, central service) sent a body larger than the limit
+    for its kind, counted in decoded bytes. The message names what and the limit; retrying
+    does not help."""
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class DeadlineExceededError(RegistryError):
+    """A network operation did not finish within its total deadline (a server answering one
+    byte at a time, or not at all). The message names the operation and the deadline."""
+
+
 # --- verification ------------------------------------------------------------------------
 
 
