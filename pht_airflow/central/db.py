@@ -47,6 +47,19 @@ class StationRow(Base):
         }
 
 
+class StationSchemaRow(Base):
+    """A station's latest described schema (:mod:`pht_airflow.schemadoc`): the signed document
+    as the station sent it, checked against the station's key before it was stored."""
+
+    __tablename__ = "station_schemas"
+
+    station_id: Mapped[str] = mapped_column(ForeignKey("stations.id"), primary_key=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    key_id: Mapped[str] = mapped_column(String(80))
+    made: Mapped[datetime] = mapped_column()
+    received: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class TrustedKeyRow(Base):
     """A researcher's key the central service trusts for submission by push.
 

@@ -1,9 +1,11 @@
-"""The central service's directory: stations (key, recipient, project) and researchers' keys.
+"""The central service's directory: stations (key, recipient, project, the described schema
+of the data sets they publish) and researchers' keys.
 
 The router reads a train's route from here; the REST API (:mod:`pht_airflow.web.central_app`)
 and ``pht central stations|keys`` write it. Every entry is validated before it is stored: a
 station id is a DNS label, a key is a P-256 public key, a recipient an age X25519 recipient,
-a project a valid repository name.
+a project a valid repository name, a schema document signed by the station's key in the
+directory (:mod:`pht_airflow.schemadoc`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import PhtError
 from ..keys import public_key_from_pem, validate_recipient
 from ..oci.reference import check_repository
 from ..protocol import STATION_ID, station_project
-from .db import StationRow, TrustedKeyRow
+from ..schemadoc import check_document
+from .db import StationRow, StationSchemaRow, TrustedKeyRow
 
 
 class RouterError(PhtError):
@@ -54,6 +58,11 @@ class Directory:
         check_repository(project)
         with self.sessions.begin() as s:
             row = s.get(StationRow, station_id) or StationRow(id=station_id)
+            if row.key_id is not None and row.key_id != key.key_id:
+                # A schema signed by the old key no longer verifies with the directory's key.
+                old = s.get(StationSchemaRow, station_id)
+                if old is not None:
+                    s.delete(old)
             row.key_pem, row.key_id, row.recipient = key.pem, key.key_id, recipient.strip()
             row.project, row.webhook_url = project, webhook_url
             s.add(row)
@@ -64,11 +73,49 @@ class Directory:
             return [r.to_dict() for r in s.scalars(select(StationRow).order_by(StationRow.id))]
 
     def station(self, station_id: str) -> dict[str, Any]:
+        """A station's entry, with the schema document it published (``schema``, or None)."""
         with self.sessions() as s:
             row = s.get(StationRow, station_id)
             if row is None:
                 raise RouterError(f"no station {station_id!r} in the directory", 404)
-            return row.to_dict()
+            schema = s.get(StationSchemaRow, station_id)
+            return {**row.to_dict(), "schema": schema.document if schema else None}
+
+    def publish_schema(self, station_id: str, document: Any) -> dict[str, Any]:
+        """Store a station's signed schema document, replacing its previous one.
+
+        The document must be signed by the station's key in the directory and newer than
+        the stored one (a replayed older document is refused with 409).
+        """
+        try:
+            return self._store_schema(station_id, document)
+        except IntegrityError:  # another publish for a first schema won the race
+            raise RouterError(
+                f"{station_id} published another schema at the same time", 409
+            ) from None
+
+    def _store_schema(self, station_id: str, document: Any) -> dict[str, Any]:
+        with self.sessions.begin() as s:
+            row = s.get(StationRow, station_id)
+            if row is None:
+                raise RouterError(f"no station {station_id!r} in the directory", 404)
+            checked = check_document(document, public_key_from_pem(row.key_pem), station=station_id)
+            made = checked.time.replace(tzinfo=None)
+            stored = s.get(StationSchemaRow, station_id)
+            if stored is not None and made <= stored.made:
+                raise RouterError(
+                    f"{station_id} already published a schema made at "
+                    f"{stored.made.isoformat()}Z; this one is not newer",
+                    409,
+                )
+            stored = stored or StationSchemaRow(station_id=station_id)
+            stored.document, stored.key_id, stored.made = checked.document, checked.key_id, made
+            s.add(stored)
+        return {
+            "station": station_id,
+            "time": checked.document["time"],
+            "datasets": [d.name for d in checked.datasets],
+        }
 
     # --- researchers' keys (submission by pushing to the incoming project) -------------
 

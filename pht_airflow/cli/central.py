@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..protocol import INCOMING_PROJECT, OUTBOX_PROJECT
 from .options import central_url_option, json_option, registry_options, registry_password
-from .render import err, out, print_rows
+from .render import err, out, print_json, print_rows
 
 
 @click.group()
@@ -203,6 +204,71 @@ def central_stations_list(url: str, as_json: bool) -> None:
     print_rows(CentralClient(url).stations(), "stations",
                {"id": "id", "project": "project", "key id": "key_id",
                 "recipient": "recipient"}, as_json)  # fmt: skip
+
+
+@central_stations.command("show")
+@central_url_option
+@click.argument("station_id")
+@json_option
+def central_stations_show(url: str, station_id: str, as_json: bool) -> None:
+    """Show a station's directory entry and the shape of the data sets it publishes: per
+    table its columns and types and a row count rounded down to the station's disclosure
+    threshold (never values). The schema is checked against the station's key first."""
+    from ..central_client import CentralClient
+
+    row = CentralClient(url).station(station_id)
+    if as_json:
+        print_json(row)
+        return
+    _print_station(row)
+
+
+def _print_station(row: dict[str, Any]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..keys import public_key_from_pem
+    from ..schemadoc import check_document
+    from ..text import safe_text
+
+    head = Table(title=f"station {safe_text(row.get('id'))}", title_justify="left",
+                 show_header=False)  # fmt: skip
+    head.add_column()
+    head.add_column()
+    for label, field in (("project", "project"), ("key id", "key_id"),
+                         ("recipient", "recipient"), ("webhook", "webhook_url")):  # fmt: skip
+        head.add_row(label, Text(safe_text(row.get(field) or "-")))
+    out.print(head)
+    if row.get("schema") is None:
+        out.print("no data sets published (the station runs `pht station publish-schema`)")
+        return
+    # Shown only once it verifies with the station's key, whoever stored it.
+    schema = check_document(row["schema"], public_key_from_pem(row["key"]), station=row["id"])
+    threshold = schema.min_cell_count
+    out.print(
+        f"{len(schema.datasets)} data set(s) published {row['schema']['time']}, signed by "
+        f"the station's key {schema.key_id}; row counts rounded down to a multiple of "
+        f"{threshold}",
+        markup=False,
+    )
+    for ds in schema.datasets:
+        table = Table(title=Text(f"{safe_text(ds.name)} ({safe_text(ds.kind)})"),
+                      title_justify="left")  # fmt: skip
+        for col in ("table", "rows", "column", "type"):
+            table.add_column(col)
+        for t in ds.tables:
+            rows = "not counted" if t.rows is None else f"< {threshold}" if t.rows == 0 else (
+                f"{t.rows}")  # fmt: skip
+            first = True
+            for c in t.columns or (None,):
+                table.add_row(
+                    Text(safe_text(t.name)) if first else "",
+                    rows if first else "",
+                    Text(safe_text(c.name)) if c else "-",
+                    Text(safe_text(c.type)) if c else "-",
+                )
+                first = False
+        out.print(table)
 
 
 @central.group("keys")

@@ -137,6 +137,14 @@ def create_app(
             )
         )
 
+    @app.post("/stations/{station_id}/schema", tags=["directory"])
+    def publish_schema(station_id: str, document: dict[str, Any]) -> dict[str, Any]:
+        """A station publishes the shape of the data sets it chooses (column names and types,
+        row counts rounded to its disclosure threshold; never values), signed with its key
+        (no token needed; see ``pht_airflow.schemadoc``). Replaces its previous schema;
+        shown in ``GET /stations/{id}`` as ``schema``."""
+        return call(lambda: router.publish_schema(station_id, document))
+
     @app.get("/keys", tags=["directory"])
     def list_trusted_keys() -> list[dict[str, Any]]:
         """Researchers' keys trusted for submission by a push to the incoming project."""
