@@ -152,6 +152,7 @@ def hop_record(
     duration_seconds: float | None = None,
     result_digest: str | None = None,
     recipients: Sequence[str] = (),
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record of one hop, for :meth:`AuditLog.append` (``event`` = ``"hop"``).
 
@@ -160,7 +161,9 @@ def hop_record(
     signatures, each at least ``{"key_id": …, "role": …}``; ``checks_passed`` the checks in the
     order they passed, ``failed_check`` the one that failed; ``failure`` a short summary
     (``error``, ``message``); ``approved_by`` the Airflow user who approved; ``limits`` the
-    sandbox's resource limits; ``recipients`` the age recipients the result was sealed to.
+    sandbox's resource limits; ``recipients`` the age recipients the result was sealed to;
+    ``data`` what the train saw at ``/pht/data`` (``digest``: ``sha256:`` over the sorted
+    listing of its files' digests, sizes and names; ``files``, ``bytes``, ``kind``, ``tables``).
     Every key is always present (``None``/empty when unknown), so records are easy to query.
     """
     if outcome not in OUTCOMES:
@@ -194,6 +197,7 @@ def hop_record(
         "duration_seconds": duration_seconds,
         "result_digest": result_digest,
         "recipients": list(recipients),
+        "data": dict(data) if data is not None else None,
     }
     _check_value(record, "record")
     return record
