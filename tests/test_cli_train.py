@@ -7,16 +7,22 @@ stations' keys, which is exactly what a station's execute step calls.
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from conftest import PASSPHRASE
+from support.stationkit import make_train_spec, sign_train, signed_train
 
 from pht_airflow.cli import main
 from pht_airflow.oci import Reference, RegistryClient
+from pht_airflow.protocol import TRAIN_LABEL
+from pht_airflow.researcher.train import push_image
 from pht_airflow.results import seal
 from pht_airflow.spec import read_spec
 
@@ -185,3 +191,120 @@ def test_fetch_with_a_creator_key_that_did_not_sign(
     assert result.exit_code == 3
     assert "signature" in result.output
     assert not dest.exists()
+
+
+# --- hostile text in a train: shown visibly escaped, never raw ---------------------------
+
+# Names a reviewer must see as written: a screen clear and cursor home, a right-to-left
+# override that makes "fdp.exe" read as "exe.pdf", rich markup, a bell and a C1 CSI, a newline.
+HOSTILE_FILES = {
+    "\x1b[2J\x1b[Hclear.py": "\\x1b[2J\\x1b[Hclear.py",
+    "report\u202efdp.exe": "report\\u202efdp.exe",
+    "[bold red]loud[/].txt": "[bold red]loud[/].txt",
+    "bell\x07csi\x9b31m.txt": "bell\\x07csi\\x9b31m.txt",
+    "two\nlines.txt": "two\\nlines.txt",
+}
+HOSTILE_NOTE = "\x1b]0;pwned\x07\x1b[8mhidden [bold]loud[/bold] \u2067isolated\u2069"
+HOSTILE_NOTE_SHOWN = "\\x1b]0;pwned\\x07\\x1b[8mhidden [bold]loud[/bold] \\u2067isolated\\u2069"
+
+
+def _raw_controls(text: str) -> list[str]:
+    """Characters a terminal would act on or hide (newlines between lines are fine)."""
+    return [
+        ch for ch in text
+        if ch != "\n" and unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp")
+    ]  # fmt: skip
+
+
+def _build_hostile_train(docker_client: Any, ref: Reference, spec: Any) -> str:
+    """A train whose file names, build history (a LABEL step), labels and entrypoint carry
+    escape sequences, bidi controls and rich markup; built by the engine, pushed."""
+    dockerfile = (
+        "FROM pht-local/python:3.11\n"
+        "COPY files/ /opt/train/\n"
+        f'LABEL org.example.note="{HOSTILE_NOTE}"\n'
+        'ENTRYPOINT ["python3", "/opt/train/\\u001b[2Jclear.py"]\n'
+    ).encode()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        entries = [("Dockerfile", dockerfile)]
+        entries += [(f"files/{name}", b"print(1)\n") for name in HOSTILE_FILES]
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    stream = docker_client.api.build(
+        fileobj=context, custom_context=True, tag=str(ref),
+        labels={TRAIN_LABEL: spec.to_canonical_json()}, pull=False, rm=True, forcerm=True,
+        decode=True,
+    )  # fmt: skip
+    for line in stream:
+        if "error" in line:
+            raise RuntimeError(f"docker build failed: {line['error']}")
+    return push_image(docker_client, ref)
+
+
+def test_approve_shows_hostile_names_history_and_labels_escaped(
+    workspace: dict[str, Path],
+    key_files: dict[str, Path],
+    registry: Any,
+    docker_client: Any,
+    parties: Any,
+) -> None:
+    spec = make_train_spec(parties, ["station-a"])
+    ref = Reference(registry.host, f"pht-incoming/{spec.id}", tag="train")
+    try:
+        digest = _build_hostile_train(docker_client, ref, spec)
+    finally:
+        docker_client.images.remove(str(ref))
+    pinned = f"{ref.name}@{digest}"
+    with RegistryClient(registry.host) as client:
+        sign_train(client, ref.with_digest(digest), parties, "alice")
+
+    result = CliRunner().invoke(
+        main,
+        ["train", "approve", pinned, "--key", str(workspace["reviewer"]), "--yes",
+         "--max-files", "100000", "--passphrase-file", str(key_files["passphrase"])],
+        env={"COLUMNS": "1000"},  # one table row per line, so the history is one string
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert _raw_controls(result.output) == []
+    for shown in HOSTILE_FILES.values():
+        assert f"opt/train/{shown}\n" in result.output
+    assert HOSTILE_NOTE_SHOWN in result.output  # the LABEL build step, markup and all
+    assert f"label org.example.note = {HOSTILE_NOTE_SHOWN}\n" in result.output
+    assert "entrypoint: ['python3', '/opt/train/\\x1b[2Jclear.py']" in result.output
+    assert "approved" in result.output
+    verified = _run("verify", pinned, "--key", str(workspace["reviewer_pub"]), "--json")
+    assert json.loads(verified.stdout)["signers"][0]["role"] == "approver"
+
+
+def test_approve_refuses_a_spec_with_hostile_fields_and_shows_them_escaped(
+    workspace: dict[str, Path],
+    key_files: dict[str, Path],
+    registry: Any,
+    docker_client: Any,
+    parties: Any,
+    client: RegistryClient,
+) -> None:
+    hostile = "\x1b[2Jevil\u202e[bold]x[/bold]"
+    ref, spec = signed_train(
+        docker_client, client, registry, parties, "pht-incoming", ["station-a"],
+        signers=("alice",), change=lambda s: {"name": hostile, "dataset": hostile},
+    )  # fmt: skip
+    docker_client.images.remove(str(ref))
+    result = CliRunner().invoke(
+        main,
+        ["train", "approve", str(ref), "--key", str(workspace["reviewer"]), "--yes",
+         "--no-files", "--passphrase-file", str(key_files["passphrase"])],
+        env={"COLUMNS": "1000"},
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "invalid train spec" in result.output
+    assert "name '\\x1b[2Jevil\\u202e[bold]x[/bold]' is not allowed" in result.output
+    assert "dataset '\\x1b[2Jevil\\u202e[bold]x[/bold]' is not allowed" in result.output
+    assert _raw_controls(result.output) == []
+    verified = _run("verify", str(ref), "--key", str(workspace["reviewer_pub"]), "--json")
+    assert verified.exit_code == 3  # nothing was signed

@@ -17,11 +17,10 @@ import sys
 from typing import Any, NoReturn
 
 import click
-from rich.markup import escape
 
 from .. import __version__
 from ..errors import PhtError, VerificationError
-from .render import EXIT_ERROR, EXIT_USAGE, EXIT_VERIFICATION, err
+from .render import EXIT_ERROR, EXIT_USAGE, EXIT_VERIFICATION, err, plain, shown
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "EXIT_VERIFICATION", "PhtGroup", "main"]
 
@@ -47,9 +46,9 @@ def _fail(exc: PhtError) -> NoReturn:
     """Print one red line for a library error and exit with its code."""
     if _State.debug:
         raise exc
-    err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True)
+    err.print(f"[red]error:[/red] {shown(exc, limit=4000, multiline=True)}", markup=True)
     for line in getattr(exc, "details", []) or []:
-        err.print(f"  {line}", markup=False)
+        err.print(f"  {plain(line, limit=1000)}", markup=False)
     sys.exit(EXIT_VERIFICATION if isinstance(exc, VerificationError) else EXIT_ERROR)
 
 

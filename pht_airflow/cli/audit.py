@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
-from .render import EXIT_VERIFICATION, err, out
+from .render import EXIT_VERIFICATION, err, out, plain, shown
 
 
 @click.group()
@@ -24,7 +23,7 @@ def audit_verify(path: Path) -> None:
 
     ok, message = audit_verify_main(str(path))
     if ok:
-        out.print(message, markup=False)
+        out.print(plain(message, limit=2000, multiline=True), markup=False)
         return
-    err.print(f"[red]error:[/red] {escape(message)}")
+    err.print(f"[red]error:[/red] {shown(message, limit=2000, multiline=True)}")
     sys.exit(EXIT_VERIFICATION)

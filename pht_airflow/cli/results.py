@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from .options import passphrase_options, read_passphrase, registry_client, registry_options
-from .render import err, out
+from .render import err, out, plain
 
 if TYPE_CHECKING:
     from ..results import AcceptedResult
@@ -112,4 +112,4 @@ def results_fetch(
             on_result=started,
         )
     for result, path in placed:
-        out.print(f"hop {result.hop} ({result.station}) -> {path}", markup=False)
+        out.print(f"hop {result.hop} ({plain(result.station)}) -> {plain(path, limit=None)}", markup=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
 from .options import (
     json_option,
@@ -15,7 +14,7 @@ from .options import (
     registry_client,
     registry_options,
 )
-from .render import out, print_json, render_spec, signer_dict, signers_table
+from .render import out, print_json, render_spec, shown, signer_dict, signers_table
 
 
 @click.command("sign")
@@ -133,6 +132,6 @@ def inspect_cmd(
         if signers:
             out.print(signers_table(signers, "signatures"))
         else:
-            out.print(f"[red]signatures:[/red] {escape(view.signature_error or '')}")
+            out.print(f"[red]signatures:[/red] {shown(view.signature_error or '', limit=2000)}")
     else:
         out.print("signatures: not checked (pass --key PUB to check)")

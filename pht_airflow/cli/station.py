@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..station.secrets import NO_LOOKUPS, Lookups
-from .render import err, out
+from .render import err, out, plain
 
 
 def _lookups() -> Lookups:
@@ -53,7 +53,7 @@ def station_run(ref: str, config_path: Path, rerun: bool, approved_by: str | Non
         ref,
         rerun=rerun,
         approved_by=approved_by,
-        logger=lambda line: err.print(line, markup=False),
+        logger=lambda line: err.print(plain(line, limit=None, multiline=True), markup=False),
     )
     out.print(
         f"hop {record['hop']} of train {record['train_id']} at {config.station_id}: "

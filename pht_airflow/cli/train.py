@@ -23,15 +23,21 @@ from .render import (
     EXIT_ERROR,
     err,
     out,
+    plain,
     print_json,
     print_timeline,
     render_spec,
+    shown,
     signer_dict,
     signers_table,
 )
 
 if TYPE_CHECKING:
     from ..results import HopStatus
+
+
+#: Longest build step shown in full by ``pht train approve`` (longer ones end in an ellipsis).
+HISTORY_LIMIT = 2000
 
 
 @click.group()
@@ -183,7 +189,13 @@ def train_build(
     engine = docker.from_env()
     password = registry_password(username)
     with err.status(f"building {folder}"):
-        build_image(engine, folder, str(target), spec, log=lambda s: err.print(s, markup=False))
+        build_image(
+            engine,
+            folder,
+            str(target),
+            spec,
+            log=lambda s: err.print(plain(s, limit=None), markup=False),
+        )
     with err.status(f"pushing {target}"):
         digest = push_image(engine, target, username=username, password=password)
     with registry_client(target, username, insecure) as client:
@@ -237,16 +249,20 @@ def train_approve(
         history.add_column("step")
         history.add_column("created by")
         for i, step in enumerate(image.history):
-            history.add_row(str(i), step[:160])
+            history.add_row(str(i), shown(step, limit=HISTORY_LIMIT))
         out.print(history)
-        out.print(f"entrypoint: {image.entrypoint}  cmd: {image.cmd}", markup=False)
+        entrypoint, cmd = plain(image.entrypoint, limit=1000), plain(image.cmd, limit=1000)
+        out.print(f"entrypoint: {entrypoint}  cmd: {cmd}", markup=False)
+        for label, value in sorted(image.labels.items()):
+            out.print(f"label {plain(label)} = {plain(value, limit=1000)}", markup=False)
         if not no_files:
             with err.status("listing the image's files"):
                 files = image_files(client, pinned, image.manifest, max_files)
             out.print(f"files ({len(files)} shown):", markup=False)
             for name in files:
-                out.print(f"  {name}", markup=False)
-        if not yes and not click.confirm(f"Approve train {spec.id} ({digest})?", default=False):
+                out.print(f"  {plain(name, limit=1000)}", markup=False)
+        question = f"Approve train {plain(spec.id)} ({plain(digest)})?"
+        if not yes and not click.confirm(question, default=False):
             err.print("not approved")
             sys.exit(EXIT_ERROR)
         sign(client, pinned, key, role="approver", signer=signer or key_path.name.split(".")[0])
@@ -313,7 +329,7 @@ def train_status(
     if view.signers:
         out.print(signers_table(view.signers, "signatures"))
     else:
-        out.print(f"signatures: {sig_problem}", markup=False)
+        out.print(f"signatures: {plain(sig_problem, limit=2000)}", markup=False)
     _hops_table(status.hops)
 
 
@@ -326,11 +342,11 @@ def _hops_table(hops: Sequence[HopStatus]) -> None:
     for h in hops:
         table.add_row(
             str(h.hop),
-            h.station,
+            shown(h.station),
             f"[{colour[h.state]}]{h.state}[/]",
-            (h.digest or "")[:19],
-            (h.signer_key_id or "")[:19],
-            h.reason or "",
+            shown((h.digest or "")[:19]),
+            shown((h.signer_key_id or "")[:19]),
+            shown(h.reason or "", limit=1000),
         )
     out.print(table)
 
@@ -356,7 +372,9 @@ def train_submit(ref: str, central: str, key_path: Path, as_json: bool) -> None:
     if as_json:
         print_json(train_info)
         return
-    out.print(f"train {train_info['id']} submitted: {train_info['status']}", markup=False)
+    out.print(
+        f"train {plain(train_info['id'])} submitted: {plain(train_info['status'])}", markup=False
+    )
     print_timeline(train_info)
 
 

@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 import tarfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..errors import InvalidManifestError, VerificationError
+from ..errors import InvalidManifestError, PhtError, VerificationError
 from ..keys import PublicKey
 from ..oci import Manifest, Reference, RegistryClient
+from ..protocol import TRAIN_LABEL
 from ..results import ChunkReader
 from ..signing import Signer, verify
-from ..spec import TrainSpec, read_spec
+from ..spec import MAX_CONFIG_BYTES, TrainSpec, read_spec
 
 
 def pin_reference(client: RegistryClient, text: str) -> Reference:
@@ -81,36 +82,79 @@ class ImageSummary:
     """What a reviewer reads of a train's image config.
 
     ``entrypoint`` and ``cmd`` are as the config states them (a list of strings, or absent);
-    they are shown, never run.
+    they are shown, never run. ``labels`` are the image's labels except the spec's own
+    (shown as the spec). Every string here came from the registry: it is untrusted text, to
+    be shown through :func:`pht_airflow.text.safe_text`.
     """
 
     manifest: Manifest
     history: list[str]
     entrypoint: object
     cmd: object
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def describe_image(client: RegistryClient, train: Reference) -> ImageSummary:
-    """Read the pinned ``train``'s manifest and config: its build steps and what it runs."""
+    """Read the pinned ``train``'s manifest and config: its build steps, what it runs and its
+    labels. A config that is not the JSON object an image config is raises
+    :class:`~pht_airflow.errors.InvalidManifestError`."""
     manifest = client.get_manifest(train.repository, train.reference)
+    where = f"{train.name}@{manifest.digest}"
     if manifest.config is None:
-        raise InvalidManifestError(f"{train.name}@{manifest.digest} has no config")
-    config = json.loads(client.get_blob(train.repository, manifest.config.digest))
-    history = [str(step.get("created_by", "")) for step in config.get("history", [])]
-    entry = config.get("config", {})
-    return ImageSummary(manifest, history, entry.get("Entrypoint"), entry.get("Cmd"))
+        raise InvalidManifestError(f"{where} has no config")
+    if manifest.config.size > MAX_CONFIG_BYTES:
+        raise InvalidManifestError(
+            f"the image config of {where} is larger than {MAX_CONFIG_BYTES} bytes"
+        )
+    raw = client.get_blob(train.repository, manifest.config.digest, max_bytes=MAX_CONFIG_BYTES)
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        raise InvalidManifestError(f"the image config of {where} is not JSON") from None
+    if not isinstance(config, dict):
+        raise InvalidManifestError(f"the image config of {where} is not a JSON object")
+    steps = config.get("history")
+    history = [
+        str(step.get("created_by", "")) if isinstance(step, dict) else str(step)
+        for step in (steps if isinstance(steps, list) else [])
+    ]
+    entry = config.get("config")
+    entry = entry if isinstance(entry, dict) else {}
+    labels = entry.get("Labels")
+    shown = {
+        str(k): str(v)
+        for k, v in (labels.items() if isinstance(labels, dict) else ())
+        if k != TRAIN_LABEL
+    }
+    return ImageSummary(manifest, history, entry.get("Entrypoint"), entry.get("Cmd"), shown)
 
 
 def image_files(
     client: RegistryClient, train: Reference, manifest: Manifest, limit: int
 ) -> list[str]:
     """List the files in an image's layers, sorted, at most ``limit`` and then a count of the
-    rest. Streams each layer once; nothing is stored."""
+    rest. Streams each layer once; nothing is stored, and at most ``2 * limit`` names are held.
+    A layer that is not a readable tar raises :class:`~pht_airflow.errors.InvalidManifestError`.
+    """
     names: list[str] = []
+    total = 0
     for layer in manifest.layers:
         stream = ChunkReader(client.open_blob(train.repository, layer.digest))
-        with tarfile.open(fileobj=stream, mode="r|*") as archive:
-            for member in archive:
-                names.append(member.name + ("/" if member.isdir() else ""))
+        try:
+            with tarfile.open(fileobj=stream, mode="r|*") as archive:
+                for member in archive:
+                    total += 1
+                    names.append(member.name + ("/" if member.isdir() else ""))
+                    if len(names) > 2 * limit:
+                        names.sort()
+                        del names[limit:]
+        except PhtError:
+            raise
+        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+            raise InvalidManifestError(
+                f"layer {layer.digest} of {train.name}@{manifest.digest} is not a readable "
+                f"tar archive ({type(exc).__name__})"
+            ) from None
     names.sort()
-    return names if len(names) <= limit else names[:limit] + [f"… {len(names) - limit} more"]
+    del names[limit:]
+    return names if total <= limit else names + [f"… {total - limit} more"]
