@@ -112,4 +112,6 @@ def results_fetch(
             on_result=started,
         )
     for result, path in placed:
-        out.print(f"hop {result.hop} ({plain(result.station)}) -> {plain(path, limit=None)}", markup=False)
+        out.print(
+            f"hop {result.hop} ({plain(result.station)}) -> {plain(path, limit=None)}", markup=False
+        )
