@@ -35,7 +35,8 @@ def test_valid_config_loads_and_opens_its_keys(station: Any, parties: Any) -> No
     assert config.load_age_identity().recipient == parties["station-a"].age.recipient
     assert config.limits.memory_bytes == 256 * 1024 * 1024
     assert config.limits.wall_seconds == 60
-    assert config.datasets["cohort"] == station.root / "data" / "cohort"
+    assert config.datasets["cohort"].kind == "folder"
+    assert config.datasets["cohort"].path == station.root / "data" / "cohort"
     assert config.trust.required_approvals == 1
     assert config.audit_log == station.root / "audit.jsonl"
 
@@ -169,6 +170,9 @@ class _Lookups:
     def connection(self, conn_id: str) -> tuple[str | None, str | None] | None:
         return self.connections.get(conn_id)
 
+    def database(self, conn_id: str) -> Any:
+        return None
+
 
 def _variable_passphrase(station: Any) -> Path:
     def change(d: dict[str, Any]) -> None:
@@ -205,3 +209,115 @@ def test_unset_airflow_references_are_named(station: Any) -> None:
         config.load_signing_key()
     with pytest.raises(ConfigError, match=r"Connection 'pht_registry' \(registry.connection_id\)"):
         config.registry.credentials()
+
+
+# --- data sets (kinds folder, file, sql) ------------------------------------------------------
+
+
+def _datasets(station: Any, datasets: dict[str, Any]) -> Path:
+    def change(d: dict[str, Any]) -> None:
+        d["datasets"] = datasets
+
+    return _rewrite(station, change)
+
+
+def test_data_set_kinds_load_with_their_fields(station: Any) -> None:
+    (station.root / "registry.csv").write_text("a,b\n1,2\n")
+    path = _datasets(
+        station,
+        {
+            "cohort": "data/cohort",
+            "omop": {
+                "kind": "sql",
+                "connection": "pht_omop",
+                "tables": ["person", "cdm.measurement"],
+                "formats": ["csv", "parquet"],
+                "identifier_columns": ["person_id"],
+            },
+            "q": {"kind": "sql", "connection": "c", "queries": {"cohort": "SELECT 1 AS x;"}},
+            "registry": {"kind": "file", "path": "registry.csv", "publish_schema": True},
+            "old": {"kind": "folder", "path": "data/cohort"},
+        },
+    )
+    ds = load_config(path).datasets
+    assert ds["cohort"].kind == ds["old"].kind == "folder"
+    assert ds["cohort"].path == ds["old"].path == station.root / "data" / "cohort"
+    omop = ds["omop"]
+    assert (omop.kind, omop.connection, omop.formats) == ("sql", "pht_omop", ("parquet", "csv"))
+    assert dict(omop.targets) == {
+        "person": 'SELECT * FROM "person"',
+        "measurement": 'SELECT * FROM "cdm"."measurement"',
+    }
+    assert omop.identifier_columns == ("person_id",) and omop.publish_schema is False
+    assert dict(ds["q"].targets) == {"cohort": "SELECT 1 AS x"}
+    reg = ds["registry"]
+    assert (reg.kind, reg.table, reg.formats, reg.publish_schema) == (
+        "file",
+        "registry",
+        ("parquet",),
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"kind": "database"}, "datasets.x.kind: unknown kind 'database' (expected one of folder"),
+        ({"path": "data/cohort"}, "datasets.x.kind: missing (one of folder, file, sql)"),
+        (
+            {"kind": "sql", "connection": "c", "tables": ["t"], "queries": {"q": "SELECT 1"}},
+            "datasets.x: give either tables: [..] or queries: {name: SELECT ..}, not both",
+        ),
+        (
+            {"kind": "sql", "connection": "c"},
+            "datasets.x: give tables: [..] or queries: {name: SELECT ..}",
+        ),
+        (
+            {"kind": "sql", "tables": ["person"]},
+            "datasets.x.connection: missing: the Airflow Connection id of the database",
+        ),
+        (
+            {"kind": "sql", "connection": "c", "tables": ["person; DROP TABLE x"]},
+            "datasets.x.tables.0: 'person; DROP TABLE x' is not a table or schema.table name",
+        ),
+        (
+            {"kind": "sql", "connection": "c", "tables": ["a.t", "b.t"]},
+            "datasets.x.tables.1: table 't' is listed twice",
+        ),
+        (
+            {"kind": "sql", "connection": "c", "queries": {"../x": "SELECT 1"}},
+            "datasets.x.queries.../x: a query's name is letters, digits",
+        ),
+        (
+            {"kind": "sql", "connection": "c", "tables": ["t"], "formats": ["xlsx"]},
+            "datasets.x.formats: must be a list of parquet and/or csv",
+        ),
+        (
+            {"kind": "sql", "connection": "c", "tables": ["t"], "path": "/x"},
+            "datasets.x.path: unknown field for kind sql",
+        ),
+        ({"kind": "file", "path": "data/cohort/patients.txt"}, "must be a .parquet or .csv file"),
+        ({"kind": "file", "path": "nope.csv"}, "datasets.x.path: no such file:"),
+        ({"kind": "folder", "path": "nope"}, "datasets.x.path: no such folder:"),
+        (
+            {"kind": "file", "path": "data/cohort/patients.csv", "publish_schema": "yes"},
+            "datasets.x.publish_schema: must be true or false",
+        ),
+    ],
+)
+def test_data_set_errors_say_what_and_where(
+    station: Any, entry: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_datasets(station, {"x": entry}))
+    message = str(info.value)
+    assert expected in message
+    assert "station.yaml:" in message
+
+
+def test_sql_data_set_outside_airflow_says_what_is_needed(station: Any) -> None:
+    path = _datasets(station, {"omop": {"kind": "sql", "connection": "c", "tables": ["t"]}})
+    with pytest.raises(ConfigError, match=r"station\.yaml:\d+: data set 'omop': .*station extra"):
+        load_config(path).datasets["omop"].connect()
+    with pytest.raises(ConfigError, match="Airflow Connection 'c' is not set"):
+        load_config(path, _Lookups({}, {})).datasets["omop"].connect()

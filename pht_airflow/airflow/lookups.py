@@ -1,13 +1,15 @@
 """Airflow's Variables and Connections, handed to the station library as plain lookups.
 
 The station config may name a secret as an Airflow Variable (``{variable: NAME}``) and the
-registry login as an Airflow Connection (``registry.connection_id``); a secrets backend such
-as HashiCorp Vault can serve both. The library reads them through
+registry login and a ``sql`` data set's database as Airflow Connections; a secrets backend
+such as HashiCorp Vault can serve them. The library reads them through
 :class:`pht_airflow.station.secrets.Lookups`, so it never imports Airflow; this is the one
 place that asks Airflow.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class AirflowLookups:
@@ -32,6 +34,12 @@ class AirflowLookups:
         except Exception:  # noqa: BLE001 - Airflow raises its own not-found types
             return None
         return conn.login or None, conn.password or None
+
+    def database(self, conn_id: str) -> Any:
+        """A DB-API connection from the provider hook (:mod:`.datasources`), or ``None``."""
+        from .datasources import open_database
+
+        return open_database(conn_id)
 
 
 def _stored_variable(name: str) -> str | None:

@@ -30,6 +30,7 @@ from ..keys import (
 )
 from ..oci.reference import check_registry, check_repository
 from ..protocol import STATION_ID
+from .data.model import DataSet, parse_datasets
 from .sandbox import Limits
 from .secrets import NO_LOOKUPS, Lookups, SecretRef
 
@@ -127,7 +128,7 @@ class StationConfig:
     public_key: PublicKey
     registry: RegistrySettings
     trust: TrustStore
-    datasets: Mapping[str, Path]
+    datasets: Mapping[str, DataSet]
     limits: Limits
     policy: Policy
     audit_log: Path
@@ -411,17 +412,13 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
             f"is {required} but only {len(approvers)} trusted approver key(s) are listed",
         )
 
-    datasets: dict[str, Path] = {}
-    ds = data.get("datasets") or {}
-    if not isinstance(ds, dict) or not ds:
-        problem(("datasets",), "must map at least one data set name to a folder")
-        ds = {}
-    for name, folder in ds.items():
-        resolved = resolve_path(folder, ("datasets", str(name)))
-        if resolved is not None:
-            if not resolved.is_dir():
-                problem(("datasets", str(name)), f"no such folder: {resolved}")
-            datasets[str(name)] = resolved
+    datasets = parse_datasets(
+        data.get("datasets"),
+        problem=problem,
+        resolve_path=resolve_path,
+        where=lambda path: at(*path),
+        lookups=lookups,
+    )
 
     sb = section("sandbox")
     limit_args: dict[str, Any] = {}

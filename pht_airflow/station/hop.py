@@ -13,6 +13,7 @@ attempt pushed before failing), it returns that result instead of running again.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ from ..oci import Reference, RegistryClient
 from ..results import accept_hop, find_results, open_result, seal
 from .audit import AuditLog, hop_record
 from .config import StationConfig
+from .data import data_view, wipe
 from .sandbox import run_train
 from .verify import Trust, VerifiedTrain, verify_train
 
@@ -138,16 +140,53 @@ def _existing_result(client: RegistryClient, verified: VerifiedTrain) -> dict[st
     }
 
 
-def _private_dir(root: Path, prefix: str) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+#: The hop folders in ``work_dir`` (decrypted input, output, extracted data).
+HOP_PREFIX = "hop-"
+_GUARD = ".pht-work.lock"
 
 
 def _wipe(path: Path) -> None:
     """Remove a temporary folder; files are unlinked (the sandbox made them as another uid)."""
+    wipe(path / "data")  # extracted data is read-only: make its folders writable first
     shutil.rmtree(path, ignore_errors=True)
     if path.exists():  # pragma: no cover - only on a permission oddity
         log.error("could not wipe %s", path)
+
+
+def _open_work(config: StationConfig, prefix: str) -> tuple[Path, int, list[str]]:
+    """A new private hop folder, locked by this process, after removing leftovers.
+
+    Every hop folder is held with ``flock`` on its directory for as long as the hop runs; a
+    folder whose lock is free belongs to a hop that ended without wiping it (the task was
+    killed) and is removed here. Creating and cleaning happen under one guard lock, so a
+    folder is never seen unlocked between its creation and its lock. Returns the folder, the
+    lock's file descriptor (close it after wiping) and the names of the leftovers removed.
+    """
+    root = config.work_dir
+    root.mkdir(parents=True, exist_ok=True)
+    guard = os.open(root / _GUARD, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        removed: list[str] = []
+        for old in sorted(root.glob(f"{HOP_PREFIX}*")):
+            if not old.is_dir() or old.is_symlink():
+                continue
+            fd = os.open(old, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a hop that is running
+            finally:
+                os.close(fd)
+            _wipe(old)
+            removed.append(old.name)
+        work = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+        lock = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    finally:
+        os.close(guard)
+    os.chmod(work, 0o700)
+    return work, lock, removed
 
 
 def execute_step(
@@ -176,8 +215,8 @@ def execute_step(
                 "policy.require_release_approval is set, but release approval is not "
                 "supported by this version; unset it or approve releases out of band"
             )
-        data_dir = config.datasets.get(verified.spec.dataset)
-        if data_dir is None:
+        dataset = config.datasets.get(verified.spec.dataset)
+        if dataset is None:
             raise PolicyError(f"data set {verified.spec.dataset!r} is not offered here")
         engine = docker_client or docker.from_env(timeout=300)
         image = f"{ref.registry}/{ref.repository}@{verified.digest}"
@@ -192,9 +231,10 @@ def execute_step(
             raise RegistryError(
                 f"the Docker engine could not pull {image}: {exc.explanation}"
             ) from None
-        work = _private_dir(config.work_dir, f"hop-{verified.spec.id}-")
-        os.chmod(work, 0o700)
+        work, lock, removed = _open_work(config, f"{HOP_PREFIX}{verified.spec.id}-")
         try:
+            if removed:
+                _record_cleanup(config, removed, logger)
             input_dir = work / "input"
             if verified.previous is not None:
                 identity = config.load_age_identity()
@@ -211,17 +251,20 @@ def execute_step(
                 "PHT_ROUTE_LENGTH": str(len(verified.spec.route)),
                 "PHT_DATASET": verified.spec.dataset,
             }
-            outcome = run_train(
-                engine,
-                image,
-                data_dir=data_dir,
-                input_dir=input_dir,
-                output_dir=output_dir,
-                env=env,
-                limits=config.limits,
-                log=logger,
-                name=f"pht-{config.station_id}-{verified.spec.id[:8]}-{verified.hop}",
-            )
+            with data_view(dataset, work, log=logger) as view:
+                _say(logger, f"data set {dataset.name} ({dataset.kind}): {view.digest}")
+                outcome = run_train(
+                    engine,
+                    image,
+                    data_dir=view.path,
+                    input_dir=input_dir,
+                    output_dir=output_dir,
+                    env=env,
+                    limits=config.limits,
+                    log=logger,
+                    name=f"pht-{config.station_id}-{verified.spec.id[:8]}-{verified.hop}",
+                )
+                data = view.record()
             _say(logger, f"train exited 0 after {outcome.duration_seconds:.1f} s")
             key = config.load_signing_key()
             sealed = seal(
@@ -236,6 +279,7 @@ def execute_step(
             )
         finally:
             _wipe(work)
+            os.close(lock)
             _drop_image(engine, image, logger)
     _say(logger, f"pushed result {sealed.digest} for {len(sealed.recipients)} recipient(s)")
     return {
@@ -247,7 +291,21 @@ def execute_step(
         "duration_seconds": round(time.monotonic() - started, 3),
         "container_seconds": round(outcome.duration_seconds, 3),
         "reused": False,
+        "data": data,
     }
+
+
+def _record_cleanup(config: StationConfig, removed: list[str], logger: Log | None) -> None:
+    """Say in the audit log that leftovers of killed hops were wiped (pre-flight)."""
+    audit_log(config).append(
+        {
+            "event": "cleanup",
+            "station": config.station_id,
+            "removed": removed,
+            "reason": "hop folders left by a hop that ended without wiping them (killed task)",
+        }
+    )
+    _say(logger, f"pre-flight: removed {len(removed)} leftover hop folder(s): {', '.join(removed)}")
 
 
 def _drop_image(engine: Any, image: str, logger: Log | None) -> None:
@@ -321,6 +379,7 @@ def record_step(
         duration_seconds=x.get("duration_seconds"),
         result_digest=x.get("result_digest"),
         recipients=x.get("recipients") or [],
+        data=x.get("data"),
     )
     written = dict(audit_log(config).append(record))
     if written.get("outcome") != "success" and config.central_url:

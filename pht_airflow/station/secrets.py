@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import ConfigError
 
@@ -34,6 +34,12 @@ class Lookups(Protocol):
         """The Connection's (login, password), or ``None`` if it is not set."""
         ...
 
+    def database(self, conn_id: str) -> Any:
+        """A new DB-API connection to the database the Connection names (a ``sql`` data set),
+        or ``None`` if it is not set. Inside Airflow: the provider hook's connection (the
+        Postgres provider's ``PostgresHook``). The caller closes it."""
+        ...
+
 
 class NoLookups:
     """Outside Airflow: Variables and Connections cannot be read, and the error says so."""
@@ -49,6 +55,46 @@ class NoLookups:
             f"Airflow Connection {conn_id!r} can only be read inside the station's Airflow "
             "(outside it, give registry.username and registry.password)"
         )
+
+    def database(self, conn_id: str) -> Any:
+        raise ConfigError(
+            f"Airflow Connection {conn_id!r} (a sql data set's database) can only be opened "
+            "where Airflow and its Postgres provider are installed (the station extra)"
+        )
+
+
+class DatabaseUrls:
+    """Lookups for ``sql`` data sets from plain URLs (tests, tools): ``{conn_id: url}``.
+
+    Variables and Connections are refused as outside Airflow; a database is opened with
+    psycopg (PostgreSQL) from its ``postgresql://`` URL.
+    """
+
+    def __init__(self, urls: dict[str, str], fallback: Lookups | None = None) -> None:
+        self._urls = dict(urls)
+        self._fallback = fallback or NO_LOOKUPS
+
+    def variable(self, name: str) -> str | None:
+        return self._fallback.variable(name)
+
+    def connection(self, conn_id: str) -> tuple[str | None, str | None] | None:
+        return self._fallback.connection(conn_id)
+
+    def database(self, conn_id: str) -> Any:
+        url = self._urls.get(conn_id)
+        if url is None:
+            return self._fallback.database(conn_id)
+        import psycopg
+
+        from .data.model import DataSetError
+
+        try:
+            return psycopg.connect(url, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise DataSetError(
+                f"cannot connect to the database of Connection {conn_id!r}: "
+                f"{str(exc).strip().splitlines()[0][:300]}"
+            ) from None
 
 
 NO_LOOKUPS = NoLookups()

@@ -105,7 +105,11 @@ def check_datasets(
     problems: list[str] = []
     reports: list[str] = []
     with _engine(docker_client, "datasets") as engine:
-        for name, folder in sorted(config.datasets.items()):
+        for name, dataset in sorted(config.datasets.items()):
+            if dataset.path is None or dataset.kind != "folder":
+                reports.append(f"{name} ({dataset.kind}, extracted for each run)")
+                continue
+            folder = dataset.path
             if not folder.is_dir():
                 problems.append(f"data set {name!r}: the folder {folder} does not exist")
                 continue
