@@ -4,7 +4,8 @@
 notifications, checks the shared secret (``webhook.secret`` in the station config), keeps
 only pushes of a train (tag ``train``) in this station's own project, and creates one
 ``pht_run_train`` run per train digest. The run id is derived from the digest, so a
-duplicated delivery finds the run already there and starts nothing.
+duplicated delivery finds the run already there and starts nothing; concurrent duplicates
+that race to insert it are answered the same way (the run id is unique in the database).
 
 A deployment hosting several stations (``$PHT_STATION_CONFIG_DIR``, see
 :mod:`pht_airflow.airflow.dags`) gets one receiver per station at
@@ -64,6 +65,7 @@ def trigger_for_push(
     from airflow.exceptions import DagRunAlreadyExists
     from airflow.models.dagrun import DagRun
     from airflow.utils.types import DagRunTriggeredByType
+    from sqlalchemy.exc import IntegrityError
 
     if event.tag != TRAIN_TAG:
         return None
@@ -85,6 +87,13 @@ def trigger_for_push(
         )
     except DagRunAlreadyExists:
         return None
+    except IntegrityError:
+        # A concurrent delivery of the same push created the run between our look and our
+        # insert (the run id is unique): that is a duplicate, answered 2xx like the others.
+        if DagRun.find(dag_id=dag_id, run_id=run_id):
+            log.info("run %s of %s was created by a concurrent delivery", run_id, dag_id)
+            return None
+        raise
     log.info("created run %s of %s for %s", run_id, dag_id, reference)
     return run_id
 
