@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import requests
-
-from .errors import ConfigError, PhtError
+from .errors import (
+    ConfigError,
+    DeadlineExceededError,
+    PhtError,
+    RegistryError,
+    ResponseTooLargeError,
+)
+from .oci import transport
 from .oci.auth import is_loopback_host
+from .oci.transport import CENTRAL_LIMIT, ERROR_BODY_LIMIT, Deadline
 
 TOKEN_ENV = "PHT_CENTRAL_TOKEN"  # noqa: S105 - the variable's name, not a secret
 
 
 class CentralError(PhtError):
-    """The central service refused a request or could not be reached."""
+    """The central service refused a request, could not be reached, answered too much (more
+    than ``CENTRAL_LIMIT`` bytes) or too slowly (past the client's ``deadline``)."""
+
+
+DEADLINE = 120.0
+"""Default total seconds for one call to the central service."""
+
+
+def _detail(raw: bytes) -> str:
+    """The ``detail`` of a FastAPI error body, or the start of the body."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw[:300].decode("utf-8", "replace")
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    return str(detail)[:300]
 
 
 def check_central_url(url: str) -> str:
@@ -35,36 +57,58 @@ class CentralClient:
     """Talks to ``url`` (https, or http for a loopback host); the token comes from
     ``$PHT_CENTRAL_TOKEN`` unless given."""
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 60) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 60,
+        deadline: float = DEADLINE,
+    ) -> None:
         self.url = check_central_url(url)
         self.token = token if token is not None else os.environ.get(TOKEN_ENV)
         self.timeout = timeout
-        self.session = requests.Session()
-        self.session.trust_env = False
+        self.deadline = deadline
+        self.session = transport.make_session()
 
     def _call(self, method: str, path: str, body: Any = None, write: bool = False) -> Any:
+        """One request within ``deadline`` seconds in total; the answer is read with a limit
+        of ``CENTRAL_LIMIT`` decoded bytes (an error body: ``ERROR_BODY_LIMIT``)."""
         headers = {}
         if write:
             if not self.token:
                 raise ConfigError(f"set {TOKEN_ENV} to the central service's API token")
             headers["Authorization"] = f"Bearer {self.token}"
+        what = f"{method} {path} at the central service {self.url}"
         try:
-            resp = self.session.request(
-                method, self.url + path, json=body, headers=headers, timeout=self.timeout
-            )
-        except requests.RequestException as exc:
-            raise CentralError(
-                f"cannot reach the central service at {self.url}: {type(exc).__name__}"
-            ) from None
-        if resp.status_code >= 400:
-            try:
-                detail = resp.json().get("detail", resp.text)
-            except ValueError:
-                detail = resp.text[:300]
-            raise CentralError(
-                f"central service: {method} {path} failed ({resp.status_code}): {detail}"
-            )
-        return resp.json()
+            with Deadline(self.deadline, what) as deadline, deadline.active():
+                try:
+                    resp = self.session.request(
+                        method,
+                        self.url + path,
+                        json=body,
+                        headers=headers,
+                        stream=True,
+                        timeout=deadline.timeout(self.timeout),
+                    )
+                except transport.TRANSPORT_ERRORS as exc:
+                    if deadline.is_over():
+                        raise deadline.error() from None
+                    raise CentralError(
+                        f"cannot reach the central service at {self.url}: {type(exc).__name__}"
+                    ) from None
+                if resp.status_code >= 400:
+                    raw, _ = transport.read_prefix(resp, ERROR_BODY_LIMIT, deadline)
+                    raise CentralError(
+                        f"central service: {method} {path} failed ({resp.status_code}): "
+                        f"{_detail(raw)}"
+                    )
+                raw = transport.read_body(resp, CENTRAL_LIMIT, f"the answer to {what}", deadline)
+        except (ResponseTooLargeError, DeadlineExceededError, RegistryError) as exc:
+            raise CentralError(str(exc)) from None
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):
+            raise CentralError(f"central service: {method} {path} did not answer JSON") from None
 
     def stations(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/stations"))

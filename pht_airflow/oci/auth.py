@@ -7,12 +7,17 @@ username and password"; ``Bearer realm=…,service=…,scope=…`` means "fetch 
 Tokens are cached per set of scopes until shortly before they expire.
 
 Nothing in this module puts a password or a token into a message or a log line.
+
+The token service's answer is read with a limit (:data:`.transport.TOKEN_LIMIT` decoded
+bytes) and within the deadline of the registry operation that needed the token, or within
+``deadline`` seconds of its own when called on its own.
 """
 
 from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import logging
 import re
 import time
@@ -23,6 +28,8 @@ from urllib.parse import urlsplit
 import requests
 
 from ..errors import RegistryAuthError, RegistryError
+from . import transport
+from .transport import TOKEN_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,7 @@ log = logging.getLogger(__name__)
 # does not run out between our check and the registry's.
 _DEFAULT_TOKEN_LIFETIME = 60.0
 _EXPIRY_MARGIN = 10.0
+_MAX_TOKEN_LIFETIME = 86400.0
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"')
@@ -158,7 +166,8 @@ class RegistryAuth:
     :param username: user or robot account name; None for anonymous access.
     :param password: password or robot secret; never logged or put in a message.
     :param insecure: allow a token realm over plain http on a non-loopback host.
-    :param timeout: seconds to wait for the token service.
+    :param timeout: seconds to wait for the token service on connect and on each read.
+    :param deadline: total seconds for a token exchange outside a registry operation's own.
     """
 
     def __init__(
@@ -170,8 +179,10 @@ class RegistryAuth:
         password: str | None = None,
         insecure: bool = False,
         timeout: float = 60.0,
+        deadline: float = 300.0,
     ) -> None:
         self._session = session
+        self._deadline = deadline
         self._registry = registry
         self._username = username
         self._password = password
@@ -275,12 +286,26 @@ class RegistryAuth:
             params.append(("account", self._username))
         auth = _HeaderAuth(self._basic_header() if self.has_credentials else None)
         log.debug("fetching a registry token from %s for %s", realm, wanted)
-        try:
-            resp = self._session.get(realm, params=params, auth=auth, timeout=self._timeout)
-        except requests.RequestException as exc:
-            raise RegistryError(
-                f"cannot reach the token service {realm}: {type(exc).__name__}", url=realm
-            ) from exc
+        what = f"the answer of the token service {realm}"
+        with transport.operation(self._deadline, f"fetching a token from {realm}") as deadline:
+            try:
+                resp = self._session.get(
+                    realm,
+                    params=params,
+                    auth=auth,
+                    stream=True,
+                    timeout=deadline.timeout(self._timeout),
+                )
+            except transport.TRANSPORT_ERRORS as exc:
+                if deadline.is_over():
+                    raise deadline.error() from None
+                raise RegistryError(
+                    f"cannot reach the token service {realm}: {type(exc).__name__}", url=realm
+                ) from exc
+            if resp.status_code != 200:
+                transport.read_prefix(resp, transport.ERROR_BODY_LIMIT, deadline)
+            else:
+                raw = transport.read_body(resp, TOKEN_LIMIT, what, deadline)
         if resp.status_code in (401, 403):
             who = f"user {self._username!r}" if self.has_credentials else "anonymous access"
             raise RegistryAuthError(
@@ -296,8 +321,8 @@ class RegistryAuth:
                 url=realm,
             )
         try:
-            body = resp.json()
-        except ValueError as exc:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
             raise RegistryAuthError(
                 f"the token service {realm} did not answer JSON", status=resp.status_code, url=realm
             ) from exc
@@ -309,5 +334,6 @@ class RegistryAuth:
         lifetime = body.get("expires_in")
         if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or lifetime <= 0:
             lifetime = _DEFAULT_TOKEN_LIFETIME
+        lifetime = min(lifetime, _MAX_TOKEN_LIFETIME)  # also keeps a huge number from overflowing
         expires_at = time.monotonic() + max(float(lifetime) - _EXPIRY_MARGIN, 1.0)
         self._tokens[tuple(sorted(scopes))] = _Token(value=value, expires_at=expires_at)

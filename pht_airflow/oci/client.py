@@ -12,6 +12,14 @@ What it does, and how:
   :meth:`get_blob` and :meth:`get_manifest` check the digest before returning anything.
 - **Auth** (:mod:`.auth`): anonymous first, then Basic or the bearer-token challenge.
 - **No cookie jar**: Harbor refuses a replayed session cookie with 403, so none is kept.
+- **Bounded** (:mod:`.transport`): every body is read with a limit on decoded bytes for its
+  kind (manifest 4 MiB, a tag-list or catalog page 4 MiB, an error body 64 KiB, a token
+  answer 256 KiB) and at most ``MAX_TAGS`` tags over ``MAX_PAGES`` pages; past a limit,
+  :class:`~pht_airflow.errors.ResponseTooLargeError`. Every operation (each public method,
+  its token exchange and pages included) has a total ``deadline``; a blob transfer gets
+  ``deadline`` seconds plus one second per ``min_blob_rate`` bytes moved, so it may go on as
+  long as it averages at least ``min_blob_rate`` (minus the head start). Past it:
+  :class:`~pht_airflow.errors.DeadlineExceededError`. ``timeout`` stays the per-read bound.
 - **Transport**: https with certificate checks; plain http only for loopback hosts or when
   ``insecure=True``. Proxy and netrc settings from the environment are ignored.
 """
@@ -23,6 +31,7 @@ import hashlib
 import http.cookiejar
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
@@ -35,10 +44,13 @@ from ..errors import (
     NotFoundError,
     RegistryAuthError,
     RegistryError,
+    ResponseTooLargeError,
 )
+from . import transport
 from .auth import RegistryAuth, is_loopback_host, repository_scope
 from .media import MANIFEST_TYPES, MAX_MANIFEST_BYTES, Descriptor, Manifest, sha256_digest
 from .reference import Reference, check_digest, check_repository, is_digest
+from .transport import ERROR_BODY_LIMIT, LIST_LIMIT, MANIFEST_LIMIT, Deadline
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +64,17 @@ _DELETE = ("delete",)
 Progress = Callable[[int], None]
 """Called with the number of bytes just moved (for progress bars)."""
 
+DEADLINE = 300.0
+"""Default total seconds for one registry operation (and the head start of a blob transfer)."""
+MIN_BLOB_RATE = 256 * 1024
+"""Default minimum average bytes per second a blob transfer must keep up after the head start."""
+MAX_TAGS = 100_000
+"""At most this many tags in one listing."""
+MAX_PAGES = 1000
+"""At most this many pages in one listing."""
+
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+
 
 class _NoCookies(http.cookiejar.DefaultCookiePolicy):
     def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
@@ -61,10 +84,19 @@ class _NoCookies(http.cookiejar.DefaultCookiePolicy):
         return False
 
 
-def _error_detail(resp: requests.Response) -> str:
-    """The registry's error codes and messages (OCI ``errors`` body), or the status text."""
+def _error_detail(resp: requests.Response, deadline: Deadline | None = None) -> str:
+    """The registry's error codes and messages (OCI ``errors`` body), or the status text.
+
+    Reads at most ``ERROR_BODY_LIMIT`` decoded bytes of the body; a longer body is not parsed.
+    """
+    raw, complete = transport.read_prefix(resp, ERROR_BODY_LIMIT, deadline)
+    if not complete:
+        return (
+            f"{resp.reason or 'error'}; the error body is larger than the limit of "
+            f"{ERROR_BODY_LIMIT // 1024} KiB and was not read further"
+        )
     try:
-        body = resp.json()
+        body = json.loads(raw)
         errors = body.get("errors") if isinstance(body, dict) else None
         if isinstance(errors, list) and errors:
             return "; ".join(
@@ -72,7 +104,7 @@ def _error_detail(resp: requests.Response) -> str:
                 for e in errors
                 if isinstance(e, dict)
             )[:500]
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     return resp.reason or f"HTTP {resp.status_code}"
 
@@ -99,6 +131,13 @@ class RegistryClient:
     :param password: its password or secret (never logged).
     :param insecure: allow plain http (and an http token realm) for a non-loopback host.
     :param timeout: seconds to wait for the registry on connect and on each read.
+    :param deadline: total seconds for one operation (a manifest, a tag listing with all its
+        pages, a token exchange, a push of a small blob). Past it, the connection is cut and
+        :class:`~pht_airflow.errors.DeadlineExceededError` raised.
+    :param min_blob_rate: blob transfers (:meth:`open_blob`, :meth:`upload_blob`) get
+        ``deadline`` seconds plus one second per ``min_blob_rate`` bytes moved: a minimum
+        average throughput after a head start, since a fixed deadline cannot fit every size.
+        The consumer's pace counts: a stream copied into a slow upload moves as slowly.
     """
 
     def __init__(
@@ -109,16 +148,20 @@ class RegistryClient:
         password: str | None = None,
         insecure: bool = False,
         timeout: float = 120.0,
+        deadline: float = DEADLINE,
+        min_blob_rate: float = MIN_BLOB_RATE,
     ) -> None:
+        if deadline <= 0 or min_blob_rate <= 0:
+            raise ValueError("deadline and min_blob_rate must be positive")
         self.registry = registry
         self.insecure = insecure
         plain = insecure or is_loopback_host(registry)
         self.base_url = f"{'http' if plain else 'https'}://{registry}"
         self.timeout = timeout
-        self._session = requests.Session()
+        self.deadline = deadline
+        self.min_blob_rate = min_blob_rate
+        self._session = transport.make_session()
         self._session.cookies.set_policy(_NoCookies())
-        self._session.trust_env = False  # no proxies or ~/.netrc from the environment
-        self._session.headers["User-Agent"] = "pht-airflow"
         self._auth = RegistryAuth(
             self._session,
             registry,
@@ -126,6 +169,7 @@ class RegistryClient:
             password=password,
             insecure=insecure,
             timeout=timeout,
+            deadline=deadline,
         )
 
     @classmethod
@@ -155,6 +199,10 @@ class RegistryClient:
     def _url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else self.base_url + path
 
+    def _operation(self, what: str, *, blob: bool = False) -> Deadline:
+        """A deadline for one operation (use with ``with``): blobs get the throughput rule."""
+        return Deadline(self.deadline, what, min_rate=self.min_blob_rate if blob else None)
+
     def _request(
         self,
         method: str,
@@ -164,25 +212,58 @@ class RegistryClient:
         ok: tuple[int, ...] = (200,),
         replayable: bool = True,
         what: str,
+        stream: bool = False,
+        limit: int = LIST_LIMIT,
+        deadline: Deadline | None = None,
         **kwargs: Any,
     ) -> requests.Response:
-        """Send a request, answering one auth challenge; raise a typed error unless ``ok``."""
-        url = self._url(path)
-        kwargs.setdefault("timeout", self.timeout)
-        for attempt in (1, 2):
-            try:
-                resp = self._session.request(
-                    method, url, auth=self._auth.auth_for(scopes), **kwargs
+        """Send a request, answering one auth challenge; raise a typed error unless ``ok``.
+
+        Counts against ``deadline`` (an operation of the caller's), or a deadline of its own.
+        Unless ``stream``, the body is read here, at most ``limit`` decoded bytes, and kept
+        on the response (``.json()`` reads it); with ``stream`` the caller reads it with its
+        ``deadline``, which it must then give.
+        """
+        if deadline is None:
+            if stream:
+                raise ValueError("a streamed request needs the caller's deadline")
+            with self._operation(what) as own:
+                return self._request(
+                    method,
+                    path,
+                    scopes=scopes,
+                    ok=ok,
+                    replayable=replayable,
+                    what=what,
+                    limit=limit,
+                    deadline=own,
+                    **kwargs,
                 )
-            except requests.RequestException as exc:
+        url = self._url(path)
+        for attempt in (1, 2):
+            deadline.check()
+            try:
+                with deadline.active():
+                    resp = self._session.request(
+                        method,
+                        url,
+                        auth=self._auth.auth_for(scopes),
+                        stream=True,
+                        timeout=deadline.timeout(self.timeout),
+                        **kwargs,
+                    )
+            except transport.TRANSPORT_ERRORS as exc:
+                if deadline.is_over():
+                    raise deadline.error() from None
                 raise RegistryError(
                     f"cannot reach registry {self.registry} ({what}): {type(exc).__name__}: "
                     f"{str(exc)[:200]}",
                     url=url,
                 ) from exc
             if resp.status_code == 401 and attempt == 1:
-                self._auth.handle_unauthorized(resp, scopes)
-                resp.close()
+                transport.read_prefix(resp, ERROR_BODY_LIMIT, deadline)  # keeps the connection
+                with deadline.active():
+                    self._auth.handle_unauthorized(resp, scopes)
                 if not replayable:
                     raise RegistryAuthError(
                         f"registry {self.registry} asked for credentials in the middle of "
@@ -193,9 +274,12 @@ class RegistryClient:
                 continue
             break
         if resp.status_code in ok:
-            return resp
-        detail = _error_detail(resp)
-        resp.close()
+            if stream:
+                return resp
+            return transport.ensure_loaded(
+                resp, limit, f"the answer of registry {self.registry} to {what}", deadline
+            )
+        detail = _error_detail(resp, deadline)
         status = resp.status_code
         message = f"registry {self.registry}: {what} failed (HTTP {status}: {detail})"
         if status == 404:
@@ -239,21 +323,19 @@ class RegistryClient:
     def get_manifest(self, repository: str, reference: str) -> Manifest:
         """Fetch a manifest; when ``reference`` is a digest, the bytes must hash to it."""
         check_repository(repository)
-        resp = self._request(
-            "GET",
-            f"/v2/{repository}/manifests/{reference}",
-            scopes=(repository_scope(repository, _PULL),),
-            headers={"Accept": ", ".join(MANIFEST_TYPES)},
-            stream=True,
-            what=f"fetching manifest {repository}:{reference}",
-        )
-        with resp:
-            raw = resp.raw.read(MAX_MANIFEST_BYTES + 1, decode_content=True)
-            media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
-        if len(raw) > MAX_MANIFEST_BYTES:
-            raise InvalidManifestError(
-                f"manifest {repository}:{reference} is larger than {MAX_MANIFEST_BYTES} bytes"
+        what = f"fetching manifest {repository}:{reference}"
+        with self._operation(what) as deadline:
+            resp = self._request(
+                "GET",
+                f"/v2/{repository}/manifests/{reference}",
+                scopes=(repository_scope(repository, _PULL),),
+                headers={"Accept": ", ".join(MANIFEST_TYPES)},
+                what=what,
+                limit=MANIFEST_LIMIT,
+                deadline=deadline,
             )
+        raw = resp.content
+        media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         digest = sha256_digest(raw)
         if is_digest(reference) and digest != reference:
             raise DigestMismatchError(
@@ -313,38 +395,75 @@ class RegistryClient:
         ).close()
 
     def list_tags(self, repository: str, page_size: int = 1000) -> list[str]:
-        """Every tag of a repository (following ``Link`` pagination); [] if it has none."""
+        """Every tag of a repository (following ``Link`` pagination); [] if it has none.
+
+        One operation under one deadline; at most ``MAX_PAGES`` pages of ``LIST_LIMIT``
+        decoded bytes and ``MAX_TAGS`` tags, and no page twice.
+        """
         check_repository(repository)
-        tags: list[str] = []
-        path: str | None = f"/v2/{repository}/tags/list?n={page_size}"
-        while path:
+        what = f"listing tags of {repository}"
+        with self._operation(what) as deadline:
             try:
-                resp = self._request(
-                    "GET",
-                    path,
+                return self._paged(
+                    f"/v2/{repository}/tags/list?n={page_size}",
+                    "tags",
                     scopes=(repository_scope(repository, _PULL),),
-                    what=f"listing tags of {repository}",
+                    what=what,
+                    deadline=deadline,
                 )
             except NotFoundError:
-                return tags
-            with resp:
-                try:
-                    body = resp.json()
-                except ValueError as exc:
-                    raise RegistryError(
-                        f"registry {self.registry} answered a tag list that is not JSON"
-                    ) from exc
-                link = resp.links.get("next", {}).get("url")
-            page = body.get("tags") if isinstance(body, dict) else None
-            tags.extend(t for t in page or [] if isinstance(t, str))
+                return []
+
+    def _paged(
+        self, path: str, key: str, *, scopes: tuple[str, ...], what: str, deadline: Deadline
+    ) -> list[str]:
+        """The strings under ``key`` over every ``Link`` page of a registry list endpoint."""
+        items: list[str] = []
+        seen: set[str] = set()
+        next_path: str | None = path
+        while next_path:
+            if len(seen) >= MAX_PAGES:
+                raise ResponseTooLargeError(
+                    f"registry {self.registry}: {what} goes on for more than {MAX_PAGES} pages"
+                )
+            seen.add(next_path)
+            resp = self._request("GET", next_path, scopes=scopes, what=what, deadline=deadline)
+            try:
+                body = json.loads(resp.content)
+            except (ValueError, RecursionError) as exc:
+                raise RegistryError(
+                    f"registry {self.registry} answered {what} with a body that is not JSON"
+                ) from exc
+            link = resp.links.get("next", {}).get("url")
+            page = body.get(key) if isinstance(body, dict) else None
+            if isinstance(page, list):
+                items.extend(t for t in page if isinstance(t, str))
+            if len(items) > MAX_TAGS:
+                raise ResponseTooLargeError(
+                    f"registry {self.registry}: {what} holds more than {MAX_TAGS} entries"
+                )
+            next_path = None
             if link:
                 target = urljoin(self.base_url + "/", link)
                 if urlsplit(target).netloc != urlsplit(self.base_url).netloc:
                     raise RegistryError(f"registry {self.registry} paginates to another host")
-                path = target
-            else:
-                path = None
-        return tags
+                if target in seen or self._url(target) in seen:
+                    raise RegistryError(f"registry {self.registry} paginates in a loop ({what})")
+                next_path = target
+        return items
+
+    def list_catalog(self, page_size: int = 1000) -> list[str]:
+        """Every repository name in the registry's ``/v2/_catalog`` (paged, bounded like
+        :meth:`list_tags`). Harbor and many registries restrict the catalog to admins."""
+        what = "listing the repository catalog"
+        with self._operation(what) as deadline:
+            return self._paged(
+                f"/v2/_catalog?n={page_size}",
+                "repositories",
+                scopes=("registry:catalog:*",),
+                what=what,
+                deadline=deadline,
+            )
 
     # --- blobs --------------------------------------------------------------------------
 
@@ -359,9 +478,15 @@ class RegistryClient:
             )
         except NotFoundError:
             return None
-        resp.close()
-        length = resp.headers.get("Content-Length")
-        return int(length) if length and length.isdigit() else 0
+        length = (resp.headers.get("Content-Length") or "").strip()
+        if not length:
+            return 0
+        if not _CONTENT_LENGTH.fullmatch(length):
+            raise RegistryError(
+                f"registry {self.registry} answered blob {digest} with an invalid "
+                f"Content-Length ({length[:40]!r})"
+            )
+        return int(length)
 
     def open_blob(
         self,
@@ -378,29 +503,35 @@ class RegistryClient:
         """
         check_repository(repository)
         check_digest(digest)
-        resp = self._request(
-            "GET",
-            f"/v2/{repository}/blobs/{digest}",
-            scopes=(repository_scope(repository, _PULL),),
-            stream=True,
-            what=f"downloading blob {digest}",
-        )
+        what = f"downloading blob {digest}"
         hasher = hashlib.sha256()
         total = 0
-        try:
-            for block in resp.raw.stream(chunk_size, decode_content=False):
-                hasher.update(block)
-                total += len(block)
-                if progress is not None:
-                    progress(len(block))
-                yield block
-        except requests.RequestException as exc:
-            raise RegistryError(
-                f"download of blob {digest} from {self.registry} broke off after {total} bytes: "
-                f"{type(exc).__name__}"
-            ) from exc
-        finally:
-            resp.close()
+        with self._operation(what, blob=True) as deadline:
+            resp = self._request(
+                "GET",
+                f"/v2/{repository}/blobs/{digest}",
+                scopes=(repository_scope(repository, _PULL),),
+                stream=True,
+                what=what,
+                deadline=deadline,
+            )
+            try:
+                for block in resp.raw.stream(chunk_size, decode_content=False):
+                    hasher.update(block)
+                    total += len(block)
+                    deadline.add(len(block))
+                    if progress is not None:
+                        progress(len(block))
+                    yield block
+            except transport.TRANSPORT_ERRORS as exc:
+                if deadline.is_over():
+                    raise deadline.error() from None
+                raise RegistryError(
+                    f"download of blob {digest} from {self.registry} broke off after {total} "
+                    f"bytes: {type(exc).__name__}"
+                ) from exc
+            finally:
+                resp.close()
         actual = "sha256:" + hasher.hexdigest()
         if actual != digest:
             raise DigestMismatchError(
@@ -415,7 +546,7 @@ class RegistryClient:
         for block in self.open_blob(repository, digest):
             size += len(block)
             if size > max_bytes:
-                raise RegistryError(
+                raise ResponseTooLargeError(
                     f"blob {digest} in {repository} is larger than the {max_bytes} bytes allowed"
                 )
             parts.append(block)
@@ -431,15 +562,15 @@ class RegistryClient:
             total += len(block)
         return total
 
-    def _start_upload(self, repository: str, query: str = "") -> str:
+    def _start_upload(self, repository: str, deadline: Deadline | None = None) -> str:
         resp = self._request(
             "POST",
-            f"/v2/{repository}/blobs/uploads/{query}",
+            f"/v2/{repository}/blobs/uploads/",
             scopes=(repository_scope(repository, _PUSH),),
             ok=(202, 201),
             what=f"starting a blob upload to {repository}",
+            deadline=deadline,
         )
-        resp.close()
         location = resp.headers.get("Location")
         if not location:
             raise RegistryError(f"registry {self.registry} started an upload without a Location")
@@ -471,10 +602,31 @@ class RegistryClient:
         check_repository(repository)
         if expected_digest is not None:
             check_digest(expected_digest)
-        location = self._start_upload(repository)
+        with self._operation(f"uploading a blob to {repository}", blob=True) as deadline:
+            return self._upload_blob(
+                repository,
+                _chunks(source, chunk_size),
+                media_type=media_type,
+                expected_digest=expected_digest,
+                patch_size=patch_size,
+                progress=progress,
+                deadline=deadline,
+            )
+
+    def _upload_blob(
+        self,
+        repository: str,
+        blocks: Iterator[bytes],
+        *,
+        media_type: str,
+        expected_digest: str | None,
+        patch_size: int | None,
+        progress: Progress | None,
+        deadline: Deadline,
+    ) -> Descriptor:
+        location = self._start_upload(repository, deadline)
         hasher = hashlib.sha256()
         total = 0
-        blocks = _chunks(source, chunk_size)
         pending: list[bytes] = []  # at most one block carried over between PATCHes
 
         def body(limit: int | None) -> Iterator[bytes]:
@@ -493,6 +645,7 @@ class RegistryClient:
                 hasher.update(block)
                 sent += len(block)
                 total += len(block)
+                deadline.add(len(block))
                 if progress is not None:
                     progress(len(block))
                 yield block
@@ -509,8 +662,8 @@ class RegistryClient:
                     headers={"Content-Type": "application/octet-stream"},
                     data=body(patch_size),
                     what=f"uploading a blob to {repository}",
+                    deadline=deadline,
                 )
-                resp.close()
                 location = urljoin(self.base_url + "/", resp.headers.get("Location", location))
                 if patch_size is None or total - start < patch_size:
                     break
@@ -531,8 +684,8 @@ class RegistryClient:
                 ok=(201,),
                 headers={"Content-Length": "0"},
                 what=f"completing the upload of {digest} to {repository}",
+                deadline=deadline,
             )
-            resp.close()
         except BaseException:
             self._cancel(location, repository)
             raise
@@ -546,12 +699,18 @@ class RegistryClient:
 
     def _cancel(self, location: str, repository: str) -> None:
         # Best effort: the registry expires abandoned uploads anyway.
-        with contextlib.suppress(requests.RequestException):
-            self._session.delete(
+        with (
+            contextlib.suppress(RegistryError, *transport.TRANSPORT_ERRORS),
+            Deadline(10.0, f"cancelling an upload to {repository}") as deadline,
+            deadline.active(),
+        ):
+            resp = self._session.delete(
                 location,
                 auth=self._auth.auth_for((repository_scope(repository, _PUSH),)),
-                timeout=10,
-            ).close()
+                stream=True,
+                timeout=deadline.timeout(10.0),
+            )
+            transport.read_prefix(resp, ERROR_BODY_LIMIT, deadline)
 
     def upload_bytes(
         self, repository: str, data: bytes, media_type: str = "application/octet-stream"
@@ -561,17 +720,20 @@ class RegistryClient:
         desc = Descriptor(media_type=media_type, digest=digest, size=len(data))
         if self.blob_size(repository, digest) is not None:
             return desc
-        location = self._start_upload(repository)
-        resp = self._request(
-            "PUT",
-            self._with_query(location, f"digest={digest}"),
-            scopes=(repository_scope(repository, _PUSH),),
-            ok=(201,),
-            headers={"Content-Type": "application/octet-stream"},
-            data=data,
-            what=f"uploading blob {digest} to {repository}",
-        )
-        resp.close()
+        what = f"uploading blob {digest} to {repository}"
+        with self._operation(what, blob=True) as deadline:
+            deadline.add(len(data))  # the throughput rule's time for the bytes to send
+            location = self._start_upload(repository, deadline)
+            self._request(
+                "PUT",
+                self._with_query(location, f"digest={digest}"),
+                scopes=(repository_scope(repository, _PUSH),),
+                ok=(201,),
+                headers={"Content-Type": "application/octet-stream"},
+                data=data,
+                what=what,
+                deadline=deadline,
+            )
         return desc
 
     def mount_blob(self, repository: str, digest: str, from_repository: str) -> bool:
