@@ -180,6 +180,19 @@ def test_happy_path_reads_data_writes_output_and_logs(box: Box) -> None:
     assert result.log_lines == 3
 
 
+def test_train_output_reaches_the_log_with_controls_escaped(box: Box) -> None:
+    box.python(
+        r"""
+        print("\x1b[2J\x1b]0;title\x07clear\u202eevil\x9b31m\tcolumn")
+        print("progress 1\rprogress 2")
+        """
+    )
+    assert box.lines == [
+        "\\x1b[2J\\x1b]0;title\\x07clear\\u202eevil\\x9b31m\tcolumn",
+        "progress 1\\nprogress 2",
+    ]
+
+
 def test_input_folder_is_mounted_read_only(box: Box) -> None:
     given = box.tmp / "input"
     given.mkdir(mode=0o755)

@@ -51,6 +51,7 @@ from ..errors import (
     TrainOOMError,
     TrainTimeoutError,
 )
+from ..text import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,6 @@ _MIN_MEMORY = 6 * MiB  # the Docker engine refuses smaller memory limits
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 _ENV_RE = re.compile(r"^PHT_[A-Z0-9_]+$")
 _USER_RE = re.compile(r"^(\d+)(?::(\d+))?$")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
 LogFn = Callable[[str], None]
 
 
@@ -216,7 +215,8 @@ def _clean_line(raw: bytes) -> str:
     text = raw.decode("utf-8", errors="replace").rstrip("\r")
     if len(text) > MAX_LINE_CHARS:
         text = text[:MAX_LINE_CHARS] + " ... [line truncated]"
-    return _CONTROL_RE.sub("?", text)
+    # Control, bidi and format characters shown escaped (a tab stays a tab).
+    return "\t".join(safe_text(part, limit=None) for part in text.split("\t"))
 
 
 @dataclass
