@@ -47,6 +47,7 @@ MAX_COLUMNS = 1024  # per table
 MAX_NAME = 128
 MAX_TYPE = 64
 MAX_KIND = 32
+MAX_FILES = 8  # per table
 MAX_THRESHOLD = 1_000_000
 # A clock a little ahead of the central service's is fine; a document from the far future
 # would block every later one, so it is refused.
@@ -57,20 +58,24 @@ _FIELDS = ("version", "station", "time", "key_id", "min_cell_count", "datasets",
 
 @dataclass(frozen=True)
 class Column:
-    """A column: its name and its type (as the station's extractor names it, e.g. ``int64``)."""
+    """A column: its name, its type (as the train sees it, e.g. ``int64``), and whether the
+    station marks it as an identifier (``identifier_columns`` in its config)."""
 
     name: str
     type: str
+    identifier: bool = False
 
 
 @dataclass(frozen=True)
 class TableShape:
-    """A table's shape: columns, and its row count rounded down to the disclosure threshold
-    (``None`` when the station does not count it)."""
+    """A table's shape: columns, its row count rounded down to the disclosure threshold
+    (``None`` when the station does not count it), and the files the train finds it in under
+    ``/pht/data`` (``person.parquet``, ``person.csv``)."""
 
     name: str
     columns: tuple[Column, ...]
     rows: int | None = None
+    files: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,11 @@ def make_document(
                     {
                         "name": t.name,
                         "rows": None if t.rows is None else round_count(t.rows, min_cell_count),
-                        "columns": [{"name": c.name, "type": c.type} for c in t.columns],
+                        "columns": [
+                            {"name": c.name, "type": c.type, "identifier": c.identifier}
+                            for c in t.columns
+                        ],
+                        "files": list(t.files),
                     }
                     for t in ds.tables
                 ],
@@ -184,19 +193,22 @@ def _whole(value: Any) -> bool:
 def _columns(value: Any, where: str) -> tuple[Column, ...]:
     columns, seen = [], set()
     for i, raw in enumerate(_list(value, f"{where}.columns", MAX_COLUMNS)):
-        c = _mapping(raw, f"{where}.columns[{i}]", {"name", "type"})
+        c = _mapping(raw, f"{where}.columns[{i}]", {"name", "type", "identifier"})
         name = _text(c["name"], f"{where}.columns[{i}].name", MAX_NAME)
         if name in seen:
             raise _bad(f"{where} lists column {name!r} twice")
         seen.add(name)
-        columns.append(Column(name, _text(c["type"], f"{where}.columns[{i}].type", MAX_TYPE)))
+        if not isinstance(c["identifier"], bool):
+            raise _bad(f"{where}.{name}.identifier must be true or false")
+        kind = _text(c["type"], f"{where}.columns[{i}].type", MAX_TYPE)
+        columns.append(Column(name, kind, c["identifier"]))
     return tuple(columns)
 
 
 def _tables(value: Any, where: str, threshold: int) -> tuple[TableShape, ...]:
     tables, seen = [], set()
     for i, raw in enumerate(_list(value, f"{where}.tables", MAX_TABLES)):
-        t = _mapping(raw, f"{where}.tables[{i}]", {"name", "rows", "columns"})
+        t = _mapping(raw, f"{where}.tables[{i}]", {"name", "rows", "columns", "files"})
         name = _text(t["name"], f"{where}.tables[{i}].name", MAX_NAME)
         if name in seen:
             raise _bad(f"{where} lists table {name!r} twice")
@@ -209,7 +221,11 @@ def _tables(value: Any, where: str, threshold: int) -> tuple[TableShape, ...]:
                 f"{where}.{name}.rows ({rows}) is not rounded to the disclosure threshold "
                 f"({threshold}): a station publishes rounded counts only"
             )
-        tables.append(TableShape(name, _columns(t["columns"], f"{where}.{name}"), rows))
+        files = tuple(
+            _text(f, f"{where}.{name}.files[{j}]", MAX_NAME)
+            for j, f in enumerate(_list(t["files"], f"{where}.{name}.files", MAX_FILES))
+        )
+        tables.append(TableShape(name, _columns(t["columns"], f"{where}.{name}"), rows, files))
     return tuple(tables)
 
 

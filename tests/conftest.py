@@ -76,49 +76,27 @@ def docker_client():  # type: ignore[no-untyped-def]
     client.close()
 
 
-def _postgres_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A private PostgreSQL server (Debian ``postgresql``) on a free 127.0.0.1 port.
 
-    Its cluster lives in a fresh temporary folder and is stopped and deleted at the end. As
-    root, the server runs as the ``postgres`` user (``initdb`` refuses root). Returns the
-    server's URL without a database name.
+    Its cluster lives in a fresh temporary folder and is stopped and deleted at the end
+    (:mod:`pht_airflow.dev.localpostgres`, which the demo uses too). Returns the server's URL
+    without a database name.
     """
-    import subprocess
-    import tempfile
+    from pht_airflow.dev.localpostgres import postgres_bindir, start_postgres
+    from pht_airflow.errors import ServiceError
 
-    from pht_airflow.dev.localregistry import free_port
-
-    bindir = _postgres_bin()
-    if bindir is None:
+    if postgres_bindir() is None:
         _missing("PostgreSQL (Debian postgresql)")
-    assert bindir is not None
-    root = Path(tempfile.mkdtemp(prefix="pht-postgres-"))
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", free_port()
-
-    def pg(*args: str) -> None:
-        proc = subprocess.run([*as_postgres, *args], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            pytest.fail(f"{args[0]} failed: {proc.stdout[-1500:]}{proc.stderr[-1500:]}")
-
     try:
-        pg(str(bindir / "initdb"), "-D", str(data), "-U", "pht", "--auth=trust", "-E", "UTF8")
-        pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
-           "-o", f"-h 127.0.0.1 -p {port} -k {root}", "start")  # fmt: skip
-        yield f"postgresql://pht@127.0.0.1:{port}"
+        server = start_postgres()
+    except ServiceError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server.url
     finally:
-        if (data / "postmaster.pid").exists():
-            pg(str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        server.stop()
 
 
 @pytest.fixture()

@@ -53,16 +53,18 @@ TOKEN = "schema-test-token"
 PERSON = TableShape(
     "person",
     (
-        Column("person_id", "int64"),
+        Column("person_id", "int64", identifier=True),
         Column("year_of_birth", "int64"),
         Column("gender_source_value", "string"),
-    ),  # fmt: skip
+    ),
     rows=2403,
+    files=("person.parquet", "person.csv"),
 )
 MEASUREMENT = TableShape(
     "measurement",
-    (Column("person_id", "int64"), Column("value_source_value", "string")),
+    (Column("person_id", "int64", True), Column("value_source_value", "string")),
     rows=7,
+    files=("measurement.parquet",),
 )
 OMOP = DataSetShape("omop", "sql", (PERSON, MEASUREMENT))
 REGISTRY = DataSetShape("registry", "file", (TableShape("registry", (Column("age", "int64"),)),))
@@ -136,7 +138,9 @@ def test_the_document_a_station_signs_carries_rounded_counts_only(parties: Any) 
     assert tables["measurement"]["rows"] == 0
     assert "2403" not in json.dumps(doc)
     checked = check_document(doc, key.public, station="station-a")
-    assert checked.datasets[0].tables[0] == TableShape("person", PERSON.columns, 2400)
+    assert checked.datasets[0].tables[0] == TableShape(
+        "person", PERSON.columns, 2400, ("person.parquet", "person.csv")
+    )
 
 
 def test_an_unrounded_count_is_refused_even_when_signed(parties: Any) -> None:
@@ -168,8 +172,10 @@ def test_a_published_schema_is_stored_and_shown_by_the_cli(served: str, parties:
     assert f"2 data set(s) published {doc['time']}" in out
     assert f"signed by the station's key {key.key_id}" in out
     assert "rounded down to a multiple of 10" in out
-    for word in ("omop (sql)", "person", "2400", "year_of_birth", "gender_source_value",
-                 "measurement", "< 10", "registry (file)", "not counted"):  # fmt: skip
+    assert "table person: 2400 rows; /pht/data/{person.parquet, person.csv}" in out
+    for word in ("data set omop (sql)", "person", "year_of_birth", "gender_source_value",
+                 "measurement", "fewer than 10 rows", "data set registry (file)",
+                 "rows not counted", "person_id            int64 (identifier)"):  # fmt: skip
         assert word in out, word
     assert "2403" not in out
 
@@ -226,7 +232,9 @@ def test_a_schema_changed_after_signing_is_refused(served: str, parties: Any) ->
     doc = make_document(station="station-a", datasets=[OMOP], min_cell_count=10,
                         key=parties["station-a"].key)  # fmt: skip
     tampered = copy.deepcopy(doc)
-    tampered["datasets"][0]["tables"][0]["columns"].append({"name": "ssn", "type": "string"})
+    tampered["datasets"][0]["tables"][0]["columns"].append(
+        {"name": "ssn", "type": "string", "identifier": False}
+    )
     resp = _post(served, "station-a", tampered)
     assert resp.status_code == 422
     assert "[dataset-schema]" in resp.json()["detail"]
@@ -259,11 +267,15 @@ def test_values_cannot_ride_along_in_a_schema(served: str, parties: Any) -> None
         (lambda d: d["datasets"][0]["tables"][0]["columns"][0].update(name="x" * 129),
          "must be a string of 1 to 128 characters"),
         (lambda d: d["datasets"][0]["tables"][0]["columns"].extend(
-            {"name": f"c{i}", "type": "int64"} for i in range(1025)),
+            {"name": f"c{i}", "type": "int64", "identifier": False} for i in range(1025)),
          "at most 1024 are accepted"),
         (lambda d: d["datasets"][0]["tables"].append(copy.deepcopy(d["datasets"][0]["tables"][0])),
          "lists table 'person' twice"),
         (lambda d: d["datasets"][0]["tables"][0].update(rows=-10), "must be a whole number ≥ 0"),
+        (lambda d: d["datasets"][0]["tables"][0]["columns"][0].update(identifier="yes"),
+         "person.person_id.identifier must be true or false"),
+        (lambda d: d["datasets"][0]["tables"][0].update(files=["a"] * 9),
+         "omop.person.files has 9 entries; at most 8"),
         (lambda d: d.update(min_cell_count=0), "min_cell_count must be a whole number from 1"),
         (lambda d: d.update(time="yesterday"), "time is not an ISO-8601 UTC time"),
         (lambda d: d.update(time=(datetime.now(UTC) + timedelta(days=1)).strftime(

@@ -224,21 +224,14 @@ def central_stations_show(url: str, station_id: str, as_json: bool) -> None:
 
 
 def _print_station(row: dict[str, Any]) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
     from ..keys import public_key_from_pem
     from ..schemadoc import check_document
     from ..text import safe_text
 
-    head = Table(title=f"station {safe_text(row.get('id'))}", title_justify="left",
-                 show_header=False)  # fmt: skip
-    head.add_column()
-    head.add_column()
+    out.print(f"station {safe_text(row.get('id'))}", markup=False)
     for label, field in (("project", "project"), ("key id", "key_id"),
                          ("recipient", "recipient"), ("webhook", "webhook_url")):  # fmt: skip
-        head.add_row(label, Text(safe_text(row.get(field) or "-")))
-    out.print(head)
+        out.print(f"  {label:<10} {safe_text(row.get(field) or '-')}", markup=False)
     if row.get("schema") is None:
         out.print("no data sets published (the station runs `pht station publish-schema`)")
         return
@@ -252,23 +245,18 @@ def _print_station(row: dict[str, Any]) -> None:
         markup=False,
     )
     for ds in schema.datasets:
-        table = Table(title=Text(f"{safe_text(ds.name)} ({safe_text(ds.kind)})"),
-                      title_justify="left")  # fmt: skip
-        for col in ("table", "rows", "column", "type"):
-            table.add_column(col)
+        out.print(f"data set {safe_text(ds.name)} ({safe_text(ds.kind)})", markup=False)
         for t in ds.tables:
-            rows = "not counted" if t.rows is None else f"< {threshold}" if t.rows == 0 else (
-                f"{t.rows}")  # fmt: skip
-            first = True
-            for c in t.columns or (None,):
-                table.add_row(
-                    Text(safe_text(t.name)) if first else "",
-                    rows if first else "",
-                    Text(safe_text(c.name)) if c else "-",
-                    Text(safe_text(c.type)) if c else "-",
-                )
-                first = False
-        out.print(table)
+            rows = "rows not counted" if t.rows is None else (
+                f"fewer than {threshold} rows" if t.rows == 0 else f"{t.rows} rows")  # fmt: skip
+            files = f"; /pht/data/{{{', '.join(t.files)}}}" if t.files else ""
+            out.print(f"  table {safe_text(t.name)}: {rows}{safe_text(files, limit=None)}",
+                      markup=False)  # fmt: skip
+            width = max((len(safe_text(c.name)) for c in t.columns), default=0)
+            for c in t.columns:
+                mark = " (identifier)" if c.identifier else ""
+                out.print(f"    {safe_text(c.name):<{width}}  {safe_text(c.type)}{mark}",
+                          markup=False)  # fmt: skip
 
 
 @central.group("keys")
