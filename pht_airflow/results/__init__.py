@@ -18,25 +18,31 @@ folder → :class:`TarStream` (a deterministic tar produced on demand) → age e
 (``pyrage.encrypt_io`` in a worker thread) → a bounded queue of ciphertext chunks →
 ``RegistryClient.upload_blob``, which computes the blob's SHA-256 while it streams.
 
-Opening runs the same way backwards: blob chunks (digest verified while streaming) →
-age decryption → a streaming tar reader → files, written into a private staging folder that
-is renamed into place only after the whole blob verified, so a failure leaves nothing behind.
+Opening verifies before it decrypts: blob chunks are hashed into an unnamed temporary file
+in a private staging folder; only when the digest matches the signed manifest is that file
+decrypted (age, worker thread) into :class:`ArchiveReader`, a strict and bounded reader of
+the result format, which checks every entry before it is written into the staging folder. The
+staging folder is renamed into place only when everything passed, so a failure leaves nothing
+behind. The signed ``plaintext_bytes`` (checked by :func:`parse_result_config`) bounds it all.
 """
 
 from __future__ import annotations
 
 from .archive import (
     DEFAULT_MAX_EXTRACT_BYTES,
+    ArchiveMember,
+    ArchiveReader,
     ExtractStats,
     Progress,
     TarEntry,
     TarStream,
+    name_problem,
     plan_tar,
     safe_extract,
     tar_bytes,
     tar_size,
 )
-from .artifact import SealedResult, fetch_results, open_result, seal
+from .artifact import SealedResult, fetch_results, open_result, push_result, seal
 from .chain import (
     AcceptedResult,
     HopStatus,
@@ -45,13 +51,17 @@ from .chain import (
     chain_status,
     check_result,
     find_results,
+    parse_result_config,
+    plaintext_length,
     verify_chain,
 )
-from .crypt import ChunkReader, decrypt_stream, encrypt_stream
+from .crypt import ChunkReader, decrypt_file, decrypt_stream, encrypt_stream
 
 __all__ = [
     "DEFAULT_MAX_EXTRACT_BYTES",
     "AcceptedResult",
+    "ArchiveMember",
+    "ArchiveReader",
     "ChunkReader",
     "ExtractStats",
     "HopStatus",
@@ -63,12 +73,17 @@ __all__ = [
     "accept_hop",
     "chain_status",
     "check_result",
+    "decrypt_file",
     "decrypt_stream",
     "encrypt_stream",
     "fetch_results",
     "find_results",
+    "name_problem",
     "open_result",
+    "parse_result_config",
+    "plaintext_length",
     "plan_tar",
+    "push_result",
     "safe_extract",
     "seal",
     "tar_bytes",

@@ -2,8 +2,9 @@
 
 Implements PROTOCOL.md "A result": the encrypted archive as the one layer, the config, a
 manifest whose subject is the train, the station's signature, pushed by digest and only then
-tagged ``result-<k>``. :func:`open_result` verifies the blob's digest while it streams and
-extracts into a private staging folder that is renamed into place only at the end;
+tagged ``result-<k>``. :func:`open_result` downloads the encrypted blob and verifies its
+digest before it decrypts a byte, then extracts into a private staging folder that is renamed
+into place only at the end;
 :func:`fetch_results` first verifies "The chain" (:mod:`.chain`), then opens every result
 addressed to the caller.
 """
@@ -14,15 +15,14 @@ import io
 import json
 import os
 import shutil
-import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from ..errors import PhtError, UnsafeArchiveError
+from ..errors import DigestMismatchError, PhtError, UnsafeArchiveError
 from ..keys import AgeIdentity, SigningKey
 from ..oci import OCI_MANIFEST, Descriptor, Manifest, Reference, RegistryClient, sha256_digest
 from ..protocol import (
@@ -45,10 +45,10 @@ from .archive import (
     safe_extract,
     tar_size,
 )
-from .chain import AcceptedResult, verify_chain
-from .crypt import ChunkReader, decrypt_stream, encrypt_stream
+from .chain import AcceptedResult, plaintext_length, verify_chain
+from .crypt import ChunkReader, decrypt_file, encrypt_stream
 
-__all__ = ["SealedResult", "fetch_results", "open_result", "seal"]
+__all__ = ["SealedResult", "fetch_results", "open_result", "push_result", "seal"]
 
 
 # --- sealing ----------------------------------------------------------------------------
@@ -116,6 +116,23 @@ def seal(
         "recipients": recipients,
         "plaintext_bytes": plaintext_bytes,
     }
+    return push_result(client, train, train_manifest, layer, config, key=key)
+
+
+def push_result(
+    client: RegistryClient,
+    train: Reference,
+    train_manifest: Manifest,
+    layer: Descriptor,
+    config: dict[str, Any],
+    *,
+    key: SigningKey,
+) -> SealedResult:
+    """Push a result artifact whose layer is already uploaded: config, manifest, signature,
+    and only then the ``result-<hop>`` tag. ``config`` is pushed as given (:func:`seal` makes
+    it; tests use this to publish hostile results a station could sign).
+    """
+    hop, station = config["hop"], config["station"]
     config_desc = client.upload_bytes(
         train.repository, _canonical(config), RESULT_CONFIG_MEDIA_TYPE
     )
@@ -144,6 +161,52 @@ def seal(
 
 # --- opening ----------------------------------------------------------------------------
 
+#: Room for the age header: the intro, the MAC and one stanza of about 100 bytes per
+#: recipient (generous: a header this size would have thousands of recipients).
+_AGE_HEADER_ALLOWANCE = 256 * 1024
+
+
+def _max_ciphertext(plaintext_bytes: int) -> int:
+    """The most bytes an age encryption of ``plaintext_bytes`` can take (header allowance).
+
+    age's payload is a 16-byte nonce and 64 KiB chunks with a 16-byte tag each (at least one
+    chunk), so a layer larger than this cannot hold the signed plaintext length.
+    """
+    chunks = max(1, -(-plaintext_bytes // (64 * 1024)))
+    return _AGE_HEADER_ALLOWANCE + 16 + plaintext_bytes + 16 * chunks
+
+
+def _download_verified(
+    client: RegistryClient,
+    result: AcceptedResult | SealedResult,
+    sink: BinaryIO,
+    progress: Progress | None,
+) -> None:
+    """Stream the result's blob into ``sink``; return only once its digest has verified.
+
+    At most the descriptor's (signed) size is written; :meth:`RegistryClient.open_blob`
+    raises :class:`DigestMismatchError` after the last chunk if the bytes are not the
+    signed ones.
+    """
+    layer = result.layer
+    written = 0
+    for chunk in client.open_blob(result.reference.repository, layer.digest):
+        written += len(chunk)
+        if written > layer.size:
+            raise DigestMismatchError(
+                f"blob {result.reference.repository}@{layer.digest} from {client.registry} "
+                f"is longer than the {layer.size} bytes the signed manifest names"
+            )
+        sink.write(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    if written != layer.size:
+        raise DigestMismatchError(
+            f"blob {result.reference.repository}@{layer.digest} from {client.registry} is "
+            f"{written} bytes, not the {layer.size} bytes the signed manifest names"
+        )
+    sink.flush()
+
 
 def open_result(
     client: RegistryClient,
@@ -156,36 +219,49 @@ def open_result(
 ) -> ExtractStats:
     """Download, verify, decrypt and safely extract a result into ``dest`` (must not exist).
 
-    Everything is written into a private staging folder beside ``dest`` and renamed into
-    place only after the blob's digest verified and the archive extracted cleanly; on any
-    failure the staging folder is removed and ``dest`` is not created.
+    Verify before decrypt: the encrypted blob is first downloaded into an unnamed temporary
+    file inside a private (0700) staging folder beside ``dest``, hashed as it streams, and
+    only when its digest matches the signed manifest is it decrypted, read by
+    :class:`~.archive.ArchiveReader` and extracted into that staging folder. Nothing a
+    registry swapped in (any valid age file to the same recipient would decrypt) is ever
+    decrypted or parsed, and no plaintext byte is written before the verification. The
+    signed ``plaintext_bytes`` bounds extraction: the archive must be exactly that long, and
+    the layer no longer than an age encryption of it (so the temporary ciphertext is bounded
+    too). The staging folder becomes ``dest`` by one rename only when everything succeeded;
+    on any failure it is removed, with the temporary file, and ``dest`` is not created.
+    Memory stays at about a few MiB of buffers whatever the result's size.
+
+    The researcher (``pht results fetch``, via :func:`fetch_results`) and a station opening
+    the previous hop's result both come through here.
     """
     if dest.exists():
         raise PhtError(f"{dest} already exists; choose a new folder for the result")
-    declared = int(result.config.get("plaintext_bytes", 0) or 0)
-    if declared > max_bytes:
+    length = plaintext_length(result.config)
+    if length > max_bytes:
         raise UnsafeArchiveError(
-            f"the result declares {declared} bytes, over the extraction limit of {max_bytes}"
+            f"the result declares {length} bytes, over the extraction limit of {max_bytes}"
+        )
+    if result.layer.size > _max_ciphertext(length):
+        raise UnsafeArchiveError(
+            f"the result's layer is {result.layer.size} bytes, more than an age encryption of "
+            f"its signed {length} plaintext bytes can take"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
-        chunks = client.open_blob(result.reference.repository, result.layer.digest)
-
-        def counted() -> Iterator[bytes]:
-            for c in chunks:
-                if progress is not None:
-                    progress(len(c))
-                yield c
-
-        plaintext = ChunkReader(decrypt_stream(counted(), identity))
-        try:
-            stats = safe_extract(io.BufferedReader(plaintext, _READ), staging, max_bytes=max_bytes)
-            # Drain: the digest is checked when the blob's last chunk has been read.
-            while plaintext.read(_READ):
-                pass
-        except tarfile.TarError as exc:
-            raise UnsafeArchiveError(f"the result is not a valid tar archive: {exc}") from exc
+        with tempfile.TemporaryFile(dir=staging, buffering=_READ) as blob:
+            _download_verified(client, result, blob, progress)
+            blob.seek(0)
+            chunks = decrypt_file(blob, identity)
+            try:
+                stats = safe_extract(
+                    io.BufferedReader(ChunkReader(chunks), _READ),
+                    staging,
+                    length=length,
+                    max_bytes=max_bytes,
+                )
+            finally:
+                chunks.close()  # stops the decryption thread before the file closes
         os.chmod(staging, 0o755)  # noqa: S103 - the opened result, for its reader
         os.rename(staging, dest)
         return stats

@@ -11,6 +11,7 @@ list; :func:`chain_status` reports each hop without raising (``pht train status`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ __all__ = [
     "chain_status",
     "check_result",
     "find_results",
+    "parse_result_config",
+    "plaintext_length",
     "verify_chain",
 ]
 
@@ -62,6 +65,100 @@ class AcceptedResult:
         return list(self.config.get("recipients", []))
 
 
+#: Largest result config read from a registry.
+MAX_CONFIG_BYTES = 1 << 20
+#: Largest ``plaintext_bytes`` a config may name (the reader's limit is lower in practice).
+MAX_PLAINTEXT_BYTES = 1 << 50
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + "…"
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"the key {_shown(key)} appears twice")
+        data[key] = value
+    return data
+
+
+def plaintext_length(config: dict[str, Any]) -> int:
+    """The config's ``plaintext_bytes``: an integer (not a bool) in 0..2**50, or refused."""
+    value = config.get("plaintext_bytes")
+    if type(value) is not int or not 0 <= value <= MAX_PLAINTEXT_BYTES:
+        raise PhtError(
+            f"result config: plaintext_bytes must be a whole number of bytes from 0 to "
+            f"{MAX_PLAINTEXT_BYTES}, not {_shown(value)}"
+        )
+    return value
+
+
+def parse_result_config(raw: bytes) -> dict[str, Any]:
+    """Parse and check a result config (PROTOCOL.md "A result"); raise :class:`PhtError`.
+
+    Untrusted input: UTF-8 JSON of at most :data:`MAX_CONFIG_BYTES`, one object with unique
+    keys and no ``NaN``/``Infinity``. Every field of the protocol must be there with its type:
+    ``train`` an object of ``id`` (string) and ``digest`` (a sha256 digest), ``hop`` a
+    non-negative integer, ``station`` and ``created`` strings, ``previous`` null or a digest,
+    ``recipients`` a non-empty list of strings, ``plaintext_bytes`` an integer in range.
+    Booleans are not integers here (JSON ``true`` would otherwise equal hop 1). Other keys
+    are kept and ignored. The chain rules (:func:`check_result`) compare the values.
+    """
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise PhtError(f"result config is over {MAX_CONFIG_BYTES} bytes")
+    try:
+        data = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constants
+        )
+    except UnicodeDecodeError:
+        raise PhtError("result config is not UTF-8") from None
+    except RecursionError:
+        raise PhtError("result config is nested too deeply") from None
+    except ValueError as exc:  # json.JSONDecodeError and the hooks' errors
+        raise PhtError(f"result config is not valid JSON: {_shown(str(exc))}") from None
+    if not isinstance(data, dict):
+        raise PhtError("result config is not a JSON object")
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise PhtError(f"result config: {key} must be {what}, not {_shown(data.get(key))}")
+
+    train = data.get("train")
+    need(isinstance(train, dict), "train", "an object with id and digest")
+    assert isinstance(train, dict)
+    if not isinstance(train.get("id"), str) or not isinstance(train.get("digest"), str):
+        raise PhtError(f"result config: train must hold id and digest strings, not {_shown(train)}")
+    hop = data.get("hop")
+    need(type(hop) is int and 0 <= hop < 1 << 31, "hop", "a non-negative integer")
+    need(isinstance(data.get("station"), str) and bool(data["station"]), "station", "a name")
+    previous = data.get("previous")
+    need(
+        previous is None or (isinstance(previous, str) and bool(_DIGEST.fullmatch(previous))),
+        "previous",
+        "null or a sha256 digest",
+    )
+    need(isinstance(data.get("created"), str), "created", "a timestamp string")
+    recipients = data.get("recipients")
+    need(
+        isinstance(recipients, list)
+        and bool(recipients)
+        and all(isinstance(r, str) for r in recipients),
+        "recipients",
+        "a non-empty list of age recipients",
+    )
+    plaintext_length(data)
+    return data
+
+
 def find_results(client: RegistryClient, train: Reference) -> list[ResultCandidate]:
     """Collect every ``result-<k>`` artifact in the train's repository (unverified)."""
     try:
@@ -78,14 +175,13 @@ def find_results(client: RegistryClient, train: Reference) -> list[ResultCandida
         problem = None
         try:
             if manifest.config is None:
-                raise ValueError("manifest has no config")
-            data = json.loads(
-                client.get_blob(train.repository, manifest.config.digest, max_bytes=1 << 20)
+                raise PhtError("manifest has no config")
+            config = parse_result_config(
+                client.get_blob(
+                    train.repository, manifest.config.digest, max_bytes=MAX_CONFIG_BYTES
+                )
             )
-            if not isinstance(data, dict):
-                raise ValueError("config is not a JSON object")
-            config = data
-        except (ValueError, PhtError) as exc:
+        except PhtError as exc:
             problem = f"unreadable result config: {exc}"
         found.append(ResultCandidate(tag, int(m.group(1)), manifest, config, problem))
     return found

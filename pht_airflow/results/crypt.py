@@ -14,8 +14,8 @@ from __future__ import annotations
 import io
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO
 
 import pyrage
 from pyrage import x25519
@@ -24,7 +24,7 @@ from ..errors import PhtError
 from ..keys import AgeIdentity
 from .archive import _READ
 
-__all__ = ["ChunkReader", "decrypt_stream", "encrypt_stream"]
+__all__ = ["ChunkReader", "decrypt_file", "decrypt_stream", "encrypt_stream"]
 
 _QUEUE_CHUNK = 1024 * 1024
 _QUEUE_DEPTH = 8
@@ -73,7 +73,7 @@ class _Cancelled(Exception):
 
 def _pump(
     work: Callable[[io.RawIOBase], None], sources: Sequence[ChunkReader] = ()
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """Run ``work(writer)`` in a thread and yield what it writes, in chunks of about 1 MiB.
 
     pyrage's streaming calls push into a writer while HTTP uploads and tar readers pull;
@@ -180,11 +180,31 @@ def encrypt_stream(source: io.RawIOBase, recipients: Sequence[str]) -> Iterator[
     return _pump(work)
 
 
+def _not_a_recipient(exc: pyrage.DecryptError) -> bool:
+    text = str(exc).lower()
+    return "no matching keys" in text or "no identity matched" in text
+
+
+def _decrypt_error(
+    exc: pyrage.DecryptError, identity: AgeIdentity, reader: ChunkReader | None
+) -> BaseException:
+    """The error to raise for pyrage's ``exc``: the source's own, not a recipient, damaged."""
+    if reader is not None and reader.error is not None:
+        return reader.error
+    if _not_a_recipient(exc):
+        return PhtError(
+            f"this age identity ({identity.recipient}) is not a recipient of the result"
+        )
+    return PhtError(f"the result's ciphertext is damaged: {exc}")
+
+
 def decrypt_stream(chunks: Iterable[bytes], identity: AgeIdentity) -> Iterator[bytes]:
     """Yield the plaintext of an age ciphertext given as chunks, streaming.
 
     Raises :class:`PhtError` when ``identity`` is not a recipient or the ciphertext is
     damaged; an error of the chunk source itself (a digest mismatch) is raised as is.
+    Opening a result does not use this on a download (see :func:`decrypt_file`): it would
+    decrypt bytes whose digest has not been checked yet.
     """
     reader = ChunkReader(chunks)
     buffered = io.BufferedReader(reader, _READ)  # see encrypt_stream
@@ -193,22 +213,34 @@ def decrypt_stream(chunks: Iterable[bytes], identity: AgeIdentity) -> Iterator[b
         try:
             pyrage.decrypt_io(buffered, writer, [identity.identity])
         except pyrage.DecryptError as exc:
-            if reader.error is not None:
-                raise reader.error from None
-            text = str(exc).lower()
-            if "no matching keys" in text or "no identity matched" in text:
-                raise PhtError(
-                    f"this age identity ({identity.recipient}) is not a recipient of the result"
-                ) from None
-            # Damaged ciphertext: read the rest so the blob's digest check can say whether
-            # the registry served other bytes than the signed manifest names.
-            try:
-                while reader.read(_READ):
-                    pass
-            except Exception:  # noqa: BLE001 - reader.error holds the real one
-                if reader.error is not None:
-                    raise reader.error from None
-                raise
-            raise PhtError(f"the result's ciphertext is damaged: {exc}") from None
+            error = _decrypt_error(exc, identity, reader)
+            if reader.error is None and not _not_a_recipient(exc):
+                # Read the rest so the blob's digest check can say whether the registry
+                # served other bytes than the signed manifest names.
+                try:
+                    while reader.read(_READ):
+                        pass
+                except Exception:  # noqa: BLE001 - reader.error holds the real one
+                    if reader.error is not None:
+                        raise reader.error from None
+                    raise
+            raise error from None
 
     return _pump(work, sources=[reader])
+
+
+def decrypt_file(source: BinaryIO, identity: AgeIdentity) -> Generator[bytes, None, None]:
+    """Yield the plaintext of the age file ``source`` (already verified), streaming.
+
+    ``source`` is a local file (the downloaded, digest-checked blob); pyrage reads it
+    directly. Raises :class:`PhtError` when ``identity`` is not a recipient or the
+    ciphertext is damaged. Close the iterator to stop early.
+    """
+
+    def work(writer: io.RawIOBase) -> None:
+        try:
+            pyrage.decrypt_io(source, writer, [identity.identity])
+        except pyrage.DecryptError as exc:
+            raise _decrypt_error(exc, identity, None) from None
+
+    return _pump(work)
