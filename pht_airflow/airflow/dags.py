@@ -21,6 +21,7 @@ from ..station.config import hosted_station_configs
 from ..station.selftest import CHECKS
 from .names import RUN_TRAIN, SELFTEST, dag_id_for
 from .operators import (
+    CARD_KEY,
     ApprovalPolicyGate,
     ExecuteTrainOperator,
     RecordHopOperator,
@@ -75,14 +76,9 @@ def run_train_dag(
         gate = ApprovalPolicyGate(task_id="approval_gate", retries=0, config_path=config_path)
         approve = ApprovalOperator(
             task_id="approve",
-            subject=f"Run train {{{{ {_VERIFIED}['train_name'] }}}} at this station?",
-            body=(
-                f"Train `{{{{ {_VERIFIED}['train_id'] }}}}` "
-                f"(digest `{{{{ {_VERIFIED}['digest'] }}}}`), hop "
-                f"{{{{ {_VERIFIED}['hop'] }}}}, data set "
-                f"`{{{{ {_VERIFIED}['dataset'] }}}}`. Every check passed: "
-                f"{{{{ {_VERIFIED}['checks_passed'] | join(', ') }}}}."
-            ),
+            # The card's text is made safe for display by the verify task (approval_card).
+            subject=f"{{{{ {_VERIFIED}['{CARD_KEY}']['subject'] }}}}",
+            body=f"{{{{ {_VERIFIED}['{CARD_KEY}']['body'] }}}}",
             response_timeout=timedelta(days=7),
             retries=0,
         )

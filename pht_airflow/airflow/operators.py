@@ -9,6 +9,7 @@ the task without retries: a verification failure does not get better by trying a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,9 +19,61 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from ..errors import PhtError, RegistryError
 from ..station import hop
 from ..station.config import StationConfig, load_config
+from ..text import safe_text
 from .lookups import AIRFLOW_LOOKUPS
 
 FAILURE_KEY = "failure"
+#: The key of the verify task's XCom that holds the approval card (subject and body).
+CARD_KEY = "card"
+
+# Characters Markdown gives a meaning to (links, images, emphasis, code, HTML, headings).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~&:])")
+
+
+def markdown_text(value: object, *, limit: int = 200) -> str:
+    """Untrusted ``value`` as Markdown that renders it literally, on one line: control and
+    format characters shown escaped (:func:`~pht_airflow.text.safe_text`), then every Markdown
+    character backslash-escaped, so ``[x](http://…)`` or ``<img>`` shows as written."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", safe_text(value, limit=limit))
+
+
+def approval_card(summary: dict[str, Any]) -> dict[str, str]:
+    """The approval card for a verified train: a plain-text subject and a Markdown body.
+
+    Everything in ``summary`` came from the train and the registry, so every value is made
+    safe for its medium here; the DAG only places the two strings."""
+    signers = summary.get("signers")
+    signers = signers if isinstance(signers, list) else []
+    signed = ", ".join(
+        f"{markdown_text(s.get('signer') or '?')} "
+        f"({markdown_text(s.get('role'), limit=20)}, key {markdown_text(s.get('key_id'))})"
+        for s in signers
+        if isinstance(s, dict)
+    )
+    checks = summary.get("checks_passed")
+    checks = checks if isinstance(checks, list) else []
+    passed = ", ".join(markdown_text(c, limit=80) for c in checks)
+    hop, length = summary.get("hop"), summary.get("route_length")
+    body = "\n\n".join(
+        [
+            f"Train {markdown_text(summary.get('train_name'))} "
+            f"(id {markdown_text(summary.get('train_id'))}), "
+            f"digest {markdown_text(summary.get('digest'))}.",
+            f"Hop {markdown_text(hop)} of {markdown_text(length)} "
+            f"({markdown_text(summary.get('mode'))}), data set "
+            f"{markdown_text(summary.get('dataset'))}, expires "
+            f"{markdown_text(summary.get('expires'))}.",
+            f"Signed by: {signed or 'nobody'}.",
+            f"Every check passed: {passed}.",
+        ]
+    )
+    subject = f"Run train {safe_text(summary.get('train_name'), limit=120)} at this station?"
+    return {"subject": subject, "body": body}
+
+
+def _safe_log(emit: Callable[..., Any]) -> Callable[[str], None]:
+    """A hop logger that writes each line as one line, control characters shown escaped."""
+    return lambda line: emit("%s", safe_text(line, limit=4000))
 
 
 def _config(path: str | None) -> StationConfig:
@@ -40,10 +93,11 @@ class _HopOperator(BaseOperator):
             return call()
         except PhtError as exc:
             context["ti"].xcom_push(key=FAILURE_KEY, value=hop.failure_summary(exc))
-            self.log.error("%s", exc)
+            message = safe_text(exc, limit=4000)
+            self.log.error("%s", message)
             if isinstance(exc, RegistryError) and exc.retryable:
                 raise  # a network or server hiccup: let Airflow's retries have a go
-            raise AirflowFailException(str(exc)) from None
+            raise AirflowFailException(message) from None
 
 
 class VerifyTrainOperator(_HopOperator):
@@ -57,12 +111,16 @@ class VerifyTrainOperator(_HopOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         rerun = self.rerun in (True, "True", "true", "1")
-        return self._guarded(
+        summary: dict[str, Any] = self._guarded(
             context,
             lambda: hop.verify_step(
-                _config(self.config_path), self.reference, rerun=rerun, logger=self.log.info
+                _config(self.config_path),
+                self.reference,
+                rerun=rerun,
+                logger=_safe_log(self.log.info),
             ),
         )
+        return {**summary, CARD_KEY: approval_card(summary)}
 
 
 class ApprovalPolicyGate(BaseOperator):
@@ -94,7 +152,9 @@ class ExecuteTrainOperator(_HopOperator):
             raise AirflowFailException("the verify task left no summary")
         return self._guarded(
             context,
-            lambda: hop.execute_step(_config(self.config_path), verified, logger=self.log.info),
+            lambda: hop.execute_step(
+                _config(self.config_path), verified, logger=_safe_log(self.log.info)
+            ),
         )
 
 
@@ -139,7 +199,7 @@ class RecordHopOperator(_HopOperator):
             failure=failure,
             approved_by=approved_by,
             run_id=context["run_id"],
-            logger=self.log.info,
+            logger=_safe_log(self.log.info),
         )
         summary = {
             "outcome": record["outcome"],
@@ -147,5 +207,6 @@ class RecordHopOperator(_HopOperator):
             "failed_check": record.get("failed_check"),
         }
         if record["outcome"] != "success":
-            raise AirflowFailException(f"hop failed: {failure.get('message') if failure else ''}")
+            message = safe_text(failure.get("message") if failure else "", limit=4000)
+            raise AirflowFailException(f"hop failed: {message}")
         return summary
