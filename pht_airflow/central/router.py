@@ -62,6 +62,7 @@ from ..protocol import (
 from ..results import accept_hop, find_results
 from ..signing import signature_tag, verify
 from ..spec import TrainSpec, read_spec
+from ..text import safe_text
 from ..webhooks import PushEvent
 from .db import EventRow, HopRow, IncomingRow, StationRow, TrainRow, TrustedKeyRow, utcnow
 from .directory import Directory, RouterError
@@ -270,7 +271,7 @@ class Router(Directory):
             event.repository, event.digest
         ):
             # Not recorded as handled: a redelivery or reconciliation routes it once signed.
-            log.info("%s has no signature yet; left to reconciliation", event.event_id)
+            log.info("%s has no signature yet; left to reconciliation", safe_text(event.event_id))
             return "waiting for the station's signature"
         with self._lock, self.sessions.begin() as s:
             try:
@@ -365,7 +366,9 @@ class Router(Directory):
         return f"waiting for {waiting_for}"
 
     def _refuse(self, repository: str, digest: str, reason: str) -> str:
-        log.warning("refused %s@%s: %s", repository, digest, reason)
+        log.warning(
+            "refused %s@%s: %s", safe_text(repository), safe_text(digest), safe_text(reason)
+        )
         message = f"{repository}@{digest}: {reason}"
         with self._lock, self.sessions.begin() as s:
             try:
@@ -392,7 +395,12 @@ class Router(Directory):
             try:
                 outcome = self._on_incoming(repository, digest, wait=False)
             except PhtError as exc:
-                log.warning("reconcile: cannot check %s@%s: %s", repository, digest, exc)
+                log.warning(
+                    "reconcile: cannot check %s@%s: %s",
+                    safe_text(repository),
+                    safe_text(digest),
+                    safe_text(exc),
+                )
                 continue
             if outcome in ("submitted", "refused"):
                 actions += 1
@@ -432,7 +440,7 @@ class Router(Directory):
             except RegistryError as exc:
                 if not exc.retryable:
                     raise
-                log.debug("looking for the signature of %s: %s", digest, exc)
+                log.debug("looking for the signature of %s: %s", safe_text(digest), safe_text(exc))
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
@@ -498,7 +506,12 @@ class Router(Directory):
                     try:
                         tags = self.client.list_tags(f"{project}/{train.id}")
                     except PhtError as exc:
-                        log.warning("reconcile: cannot list %s/%s: %s", project, train.id, exc)
+                        log.warning(
+                            "reconcile: cannot list %s/%s: %s",
+                            safe_text(project),
+                            train.id,
+                            safe_text(exc),
+                        )
                         continue
                     if result_tag(row.hop) in tags:
                         digest = self.client.resolve(f"{project}/{train.id}", result_tag(row.hop))
@@ -575,7 +588,7 @@ class Router(Directory):
 
     @staticmethod
     def _event(s: Session, train: TrainRow, kind: str, message: str) -> None:
-        log.info("train %s: %s: %s", train.id, kind, message)
+        log.info("train %s: %s: %s", train.id, kind, safe_text(message, limit=2000))
         s.add(EventRow(train=train, kind=kind, message=message))
 
 
