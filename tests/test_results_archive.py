@@ -1,5 +1,9 @@
 """The result archive on its own: deterministic tar, refusals, safe extraction, age interop.
 
+The hostile archives of ``support/hostile_tar.py`` are refused here by the reader itself; the
+same archives sealed as signed results are refused through the registry in
+``test_results_artifact.py``. Property tests feed the reader arbitrary and mutated archives.
+
 Covers ``pht_airflow/results/archive.py`` and, on the same archives, the age streams of
 ``pht_airflow/results/crypt.py``. These tests need no registry. The round trip through the
 registry and the chain rules are in ``test_results_artifact.py``.
@@ -7,18 +11,31 @@ registry and the chain rules are in ``test_results_artifact.py``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.hostile_tar import CASES
 
 from pht_airflow.errors import PhtError, UnsafeArchiveError
 from pht_airflow.keys import generate_age_identity
-from pht_airflow.results.archive import TarStream, plan_tar, safe_extract, tar_bytes, tar_size
+from pht_airflow.results.archive import (
+    MAX_DEPTH,
+    ArchiveReader,
+    TarStream,
+    plan_tar,
+    safe_extract,
+    tar_bytes,
+    tar_size,
+)
 from pht_airflow.results.crypt import decrypt_stream, encrypt_stream
 
 
@@ -249,3 +266,106 @@ def test_encrypt_decrypt_streams_in_chunks(tmp_path: Path) -> None:
     assert len(chunks) > 1 and max(len(c) for c in chunks) < 2 * 1024 * 1024
     for who in (a, b):
         assert b"".join(decrypt_stream(iter(chunks), who)) == tar_bytes(out)
+
+
+# --- the strict reader: one rule per hostile archive -------------------------------------
+
+
+def _consume(data: bytes, length: int | None) -> list[str]:
+    """Read an archive to the end without writing anything; return the entry names."""
+    names = []
+    for member, chunks in ArchiveReader(io.BytesIO(data), length=length).members():
+        names.append(member.name)
+        for _ in chunks:
+            pass
+    return names
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_reader_refuses_each_hostile_archive_naming_the_rule(case: str, tmp_path: Path) -> None:
+    build, message = CASES[case]
+    data = build()
+    with pytest.raises(UnsafeArchiveError, match=message):
+        _consume(data, len(data))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(UnsafeArchiveError, match=message):
+        safe_extract(io.BytesIO(data), dest, length=len(data))
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_reader_accepts_the_writers_archive_and_checks_its_length(tmp_path: Path) -> None:
+    out = make_output(tmp_path / "out")
+    data = tar_bytes(out)
+    assert _consume(data, len(data))[0] == "counts.json"
+    with pytest.raises(UnsafeArchiveError, match="ends before its signed length"):
+        _consume(data, len(data) + 512)
+    with pytest.raises(UnsafeArchiveError, match="longer than its signed length"):
+        _consume(data + bytes(512), len(data))
+    with pytest.raises(UnsafeArchiveError, match=r"ends early \(truncated\)"):
+        _consume(data[:1000], None)
+
+
+def test_sealing_refuses_names_the_reader_would_refuse(tmp_path: Path) -> None:
+    out = make_output(tmp_path / "out")
+    (out / "line\nbreak.csv").write_text("x")
+    with pytest.raises(UnsafeArchiveError, match=r"'line\\nbreak.csv': control characters"):
+        plan_tar(out)
+    out = make_output(tmp_path / "deep")
+    deep = out.joinpath(*["d"] * (MAX_DEPTH + 1))
+    deep.mkdir(parents=True)
+    with pytest.raises(UnsafeArchiveError, match=f"deeper than {MAX_DEPTH} levels"):
+        plan_tar(out)
+
+
+# --- property tests: only PhtError ever escapes the reader --------------------------------
+
+_PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_PROPERTY
+@given(data=st.binary(max_size=4096), exact=st.booleans())
+def test_reader_on_arbitrary_bytes_raises_only_pht_errors(data: bytes, exact: bool) -> None:
+    with contextlib.suppress(PhtError):
+        _consume(data, len(data) if exact else None)
+
+
+def _sample_archive() -> tuple[bytes, list[int]]:
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder)
+        (out / "sub").mkdir()
+        (out / "sub" / "Größe – 统计.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+        (out / "sub" / ("long-" * 30 + ".txt")).write_text("x" * 700)
+        (out / "run.sh").write_text("#!/bin/sh\n")
+        data = tar_bytes(out)
+    headers = []
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        for info in archive.getmembers():
+            headers.append(info.offset)
+            if info.offset_data - info.offset > 512:  # a PAX header before the member
+                headers.append(info.offset_data - 512)
+    return data, headers
+
+
+_VALID, _HEADERS = _sample_archive()
+_POSITIONS = st.one_of(
+    st.integers(0, len(_VALID) - 1),
+    st.sampled_from(_HEADERS).flatmap(lambda at: st.integers(at, at + 511)),
+)
+
+
+@_PROPERTY
+@given(
+    flips=st.lists(st.tuples(_POSITIONS, st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.one_of(st.none(), st.integers(0, len(_VALID))),
+    exact=st.booleans(),
+)
+def test_extracting_mutated_archives_raises_only_pht_errors(
+    flips: list[tuple[int, int]], cut: int | None, exact: bool
+) -> None:
+    data = bytearray(_VALID)
+    for at, value in flips:
+        data[at] = value
+    mutated = bytes(data[:cut] if cut is not None else data)
+    with tempfile.TemporaryDirectory() as folder, contextlib.suppress(PhtError):
+        safe_extract(io.BytesIO(mutated), Path(folder), length=len(_VALID) if exact else None)

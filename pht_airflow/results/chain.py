@@ -173,16 +173,21 @@ def find_results(client: RegistryClient, train: Reference) -> list[ResultCandida
         manifest = client.get_manifest(train.repository, tag)
         config: dict[str, Any] | None = None
         problem = None
-        try:
-            if manifest.config is None:
-                raise PhtError("manifest has no config")
-            config = parse_result_config(
-                client.get_blob(
+        raw = None
+        if manifest.config is None:
+            problem = "the result manifest has no config"
+        else:
+            try:
+                raw = client.get_blob(
                     train.repository, manifest.config.digest, max_bytes=MAX_CONFIG_BYTES
                 )
-            )
-        except PhtError as exc:
-            problem = f"unreadable result config: {exc}"
+            except PhtError as exc:
+                problem = f"unreadable result config: {exc}"
+        if raw is not None:
+            try:
+                config = parse_result_config(raw)
+            except PhtError as exc:
+                problem = str(exc)
         found.append(ResultCandidate(tag, int(m.group(1)), manifest, config, problem))
     return found
 
