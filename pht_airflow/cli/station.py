@@ -1,5 +1,5 @@
 """``pht station``: run a station's hop by hand, as the DAG does (for operators debugging a
-train without the scheduler)."""
+train without the scheduler), and publish the shape of its data sets to the central service."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def _lookups() -> Lookups:
 
 @click.group()
 def station() -> None:
-    """Run a station's hop by hand (for operators debugging a train without the scheduler)."""
+    """Run a station's hop by hand (for operators debugging a train without the scheduler);
+    publish the shape of its data sets."""
 
 
 @station.command("run")
@@ -58,5 +59,37 @@ def station_run(ref: str, config_path: Path, rerun: bool, approved_by: str | Non
     out.print(
         f"hop {record['hop']} of train {record['train_id']} at {config.station_id}: "
         f"{record['outcome']}; result {record['result_digest']}; audit seq {record['seq']}",
+        markup=False,
+    )
+
+
+@station.command("publish-schema")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="PHT_STATION_CONFIG",
+    required=True,
+    help="The station config (default: $PHT_STATION_CONFIG).",
+)
+@click.option("--show", is_flag=True, help="Print the signed document instead of sending it.")
+def station_publish_schema(config_path: Path, show: bool) -> None:
+    """Publish the shape of the data sets marked publish_schema: true (column names and
+    types, row counts rounded down to policy.min_cell_count; never values) to the central
+    service's directory (central.url), signed with the station's key. Replaces what the
+    station published before."""
+    from ..station.config import load_config
+    from ..station.publish import publish_schema, schema_document
+    from .render import print_json
+
+    config = load_config(config_path, _lookups())
+    if show:
+        print_json(schema_document(config))
+        return
+    answer = publish_schema(config, logger=lambda line: err.print(plain(line), markup=False))
+    names = ", ".join(answer.get("datasets") or []) or "none"
+    out.print(
+        f"{plain(answer.get('station'))}: schema published at {plain(answer.get('time'))} "
+        f"(data sets: {plain(names)})",
         markup=False,
     )
