@@ -6,7 +6,8 @@ Folders are roles, and imports point one way (import-linter contracts in ``setup
 
     core      errors, protocol (tags, media types, id rules), oci/, keys, signing, spec,
               results/ (archive, crypt, artifact, chain), hopreport (the failure report's wire
-              format), webhooks (registry notifications), central_client (the central API),
+              format), schemadoc (a station's signed data set description), webhooks
+              (registry notifications), central_client (the central API),
               text (untrusted text made safe to show)
     roles     station/ (config, verify, sandbox, hop, audit, self-test)
               central/ (directory and router, registry admin, onboarding)
