@@ -234,3 +234,20 @@ def test_publish_schema_without_a_central_url_says_what_to_set(
     )
     assert result.exit_code == 1
     assert "central.url is not set" in result.output
+
+
+@pytest.mark.parametrize("value", [0, -5, "ten", True, 1_000_001])
+def test_a_disclosure_threshold_that_is_not_a_whole_number_from_1_is_refused(
+    tmp_path: Path, parties: Any, registry: Any, value: Any
+) -> None:
+    station = make_station(
+        tmp_path / "a", parties["station-a"], registry.host,
+        creators=[parties["alice"].public.pem], approvers=[parties["reviewer"].public.pem],
+        overrides={"policy": {"min_cell_count": value}, "central": {"url": "http://127.0.0.1:9"}},
+    )  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["station", "publish-schema", "--config", str(station.config_path), "--show"]
+    )
+    assert result.exit_code == 1
+    assert "policy.min_cell_count: must be a whole number from 1 to 1000000" in result.output
+    assert "station.yaml:" in result.output
