@@ -426,7 +426,7 @@ class RegistryClient:
                 raise ResponseTooLargeError(
                     f"registry {self.registry}: {what} goes on for more than {MAX_PAGES} pages"
                 )
-            seen.add(next_path)
+            seen.add(self._url(next_path))
             resp = self._request("GET", next_path, scopes=scopes, what=what, deadline=deadline)
             try:
                 body = json.loads(resp.content)
@@ -447,7 +447,7 @@ class RegistryClient:
                 target = urljoin(self.base_url + "/", link)
                 if urlsplit(target).netloc != urlsplit(self.base_url).netloc:
                     raise RegistryError(f"registry {self.registry} paginates to another host")
-                if target in seen or self._url(target) in seen:
+                if target in seen:
                     raise RegistryError(f"registry {self.registry} paginates in a loop ({what})")
                 next_path = target
         return items

@@ -6,19 +6,26 @@
 - :class:`TokenServer`: a Docker token service (the "token authentication specification")
   that checks Basic credentials and issues ES256 JWTs carrying an ``x5c`` certificate chain,
   which distribution 2.8 verifies against the ``rootcertbundle`` of its ``auth.token`` config.
+- :class:`LyingProxy`: forwards to a real server (the registry, the token service) and lies
+  where a test says so (:class:`Lie`): a gzip bomb (:func:`gzip_bomb`) for a body, a status,
+  or the true answer dripped one byte at a time.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
+import http.client
 import json
 import shutil
+import struct
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -265,3 +272,202 @@ class TokenServer:
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
         handler.wfile.write(body)
+
+
+# --- a lying proxy -----------------------------------------------------------------------
+
+MiB = 1024 * 1024
+
+
+@functools.lru_cache(maxsize=4)
+def gzip_bomb(decoded: int = 1024 * MiB, fill: bytes = b" ") -> bytes:
+    """A gzip stream of about ``decoded / 1000`` bytes that inflates to ``decoded`` bytes of
+    ``fill`` (``decoded`` a multiple of 1 MiB). Built from one compressed MiB repeated: after
+    a full flush the deflate state starts afresh, so equal input compresses to equal bytes."""
+    if decoded % MiB or decoded <= 0:
+        raise ValueError("decoded must be a positive multiple of 1 MiB")
+    chunk = fill * (MiB // len(fill))
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = deflate.compress(chunk) + deflate.flush(zlib.Z_FULL_FLUSH)
+    again = deflate.compress(chunk) + deflate.flush(zlib.Z_FULL_FLUSH)
+    count = decoded // MiB
+    crc = 0
+    for _ in range(count):
+        crc = zlib.crc32(chunk, crc)
+    last = zlib.compressobj(9, zlib.DEFLATED, -15).flush()  # an empty final block
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+    trailer = struct.pack("<II", crc, decoded & 0xFFFFFFFF)
+    return header + first + again * (count - 1) + last + trailer
+
+
+def inflated_size(data: bytes) -> int:
+    """How many bytes a gzip stream inflates to, counted in bounded memory (CRC checked)."""
+    inflate = zlib.decompressobj(31)
+    total, pending = 0, data
+    while pending:
+        total += len(inflate.decompress(pending, MiB))
+        pending = inflate.unconsumed_tail
+    total += len(inflate.flush())
+    if not inflate.eof:
+        raise ValueError("truncated gzip stream")
+    return total
+
+
+@dataclass
+class Lie:
+    """What the proxy answers instead of the truth.
+
+    ``body`` replaces the upstream's body (None: keep it), sent with ``headers`` added and
+    ``status`` (None: the upstream's); a ``Content-Length`` among ``headers`` is sent as
+    given, whatever the body. ``drip`` sends the answer one byte per ``drip``
+    seconds: the body only, or the status line and headers too with ``drip_headers``.
+    """
+
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    drip: float | None = None
+    drip_headers: bool = False
+
+
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+
+
+class LyingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of ``upstream`` (``http://host:port``).
+
+    Every request goes to the upstream as it came; ``rule(method, path)`` may return a
+    :class:`Lie` for the answer. ``served`` counts the lies told. A dripped answer stops when
+    the client hangs up (or after ``max_drip`` seconds).
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        rule: Callable[[str, str], Lie | None] | None = None,
+        max_drip: float = 120.0,
+    ) -> None:
+        parts = urlsplit(upstream)
+        self.upstream_host = parts.hostname or "127.0.0.1"
+        self.upstream_port = parts.port or 80
+        self.rule = rule
+        self.max_drip = max_drip
+        self.served = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() the proxy first"
+        return server_url(self._server)
+
+    @property
+    def host(self) -> str:
+        return self.url.removeprefix("http://")
+
+    def __enter__(self) -> LyingProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> LyingProxy:
+        owner = self
+
+        class Handler(QuietHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                owner._handle(self)
+
+            do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = do_GET
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="lying-proxy", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _forward(
+        self, handler: BaseHTTPRequestHandler
+    ) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else None
+        headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP_HEADERS}
+        conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=30)
+        try:
+            conn.request(handler.command, handler.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            return resp.status, resp.reason, resp.getheaders(), data
+        finally:
+            conn.close()
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        status, reason, headers, body = self._forward(handler)
+        up = list(headers)
+        lie = self.rule(handler.command, handler.path) if self.rule else None
+        if lie is not None:
+            self.served += 1
+            status = lie.status or status
+            if lie.body is not None:
+                body = lie.body
+                headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
+            replaced = {k.lower() for k in lie.headers}
+            headers = [(k, v) for k, v in headers if k.lower() not in replaced]
+            headers.extend(lie.headers.items())
+        head = [f"HTTP/1.1 {status} {reason}\r\n".encode("latin-1")]
+        for name, value in headers:
+            if name.lower() not in _HOP_HEADERS:
+                head.append(f"{name}: {value}\r\n".encode("latin-1"))
+        length_text = str(len(body))
+        if handler.command == "HEAD":  # no body; the length the upstream (or the lie) states
+            if lie is None or lie.body is None:
+                length_text = next((v for k, v in up if k.lower() == "content-length"), "0")
+            body = b""
+        stated = {k.lower(): v for k, v in lie.headers.items()} if lie is not None else {}
+        length_text = stated.get("content-length", length_text)  # a lie may state any length
+        head.append(f"Content-Length: {length_text}\r\n\r\n".encode("latin-1"))
+        head_bytes = b"".join(head)
+        try:
+            if lie is not None and lie.drip is not None:
+                self._drip(
+                    handler,
+                    head_bytes if lie.drip_headers else b"",
+                    lie.drip,
+                    prefix=b"" if lie.drip_headers else head_bytes,
+                    body=body,
+                )
+            else:
+                handler.wfile.write(head_bytes + body)
+        except OSError:
+            handler.close_connection = True  # the client hung up
+
+    def _drip(
+        self,
+        handler: BaseHTTPRequestHandler,
+        dripped_head: bytes,
+        interval: float,
+        *,
+        prefix: bytes,
+        body: bytes,
+    ) -> None:
+        if prefix:
+            handler.wfile.write(prefix)
+        stop = time.monotonic() + self.max_drip
+        data = dripped_head + body
+        for i in range(len(data)):
+            if time.monotonic() > stop:
+                break
+            handler.wfile.write(data[i : i + 1])
+            time.sleep(interval)  # the slowness under test, not a wait for another thread
+        handler.close_connection = True
