@@ -41,6 +41,7 @@ pytestmark = [pytest.mark.registry, pytest.mark.docker]
 
 TOKEN = "central-test-token"
 SECRET = "central-webhook-secret"
+DIST = "application/vnd.docker.distribution.events.v1+json"
 
 
 @pytest.fixture()
@@ -90,6 +91,13 @@ def _incoming_train(docker_client: Any, client: Any, registry: Any, parties: Any
 
 
 def _push_event(registry: Any, repository: str, tag: str, digest: str) -> Any:
+    """A distribution notification for a manifest push, parsed as the receiver does."""
+    body = _push_body(registry, repository, tag, digest)
+    (event,) = parse_events(body, DIST)
+    return event
+
+
+def _push_body(registry: Any, repository: str, tag: str, digest: str) -> bytes:
     """A distribution notification for a manifest push, as the registry sends it."""
     envelope = {
         "events": [
@@ -106,9 +114,7 @@ def _push_event(registry: Any, repository: str, tag: str, digest: str) -> Any:
             }
         ]
     }
-    body = json.dumps(envelope).encode()
-    (event,) = parse_events(body, "application/vnd.docker.distribution.events.v1+json")
-    return event
+    return json.dumps(envelope).encode()
 
 
 def test_sequential_route_end_to_end(
@@ -292,6 +298,56 @@ def test_api_and_cli(
     response = session.post(f"{served}/webhooks/registry-events", data=b"{}",
                             headers={"Authorization": "wrong"})  # fmt: skip
     assert response.status_code == 401
+
+
+def _deliver_concurrently(url: str, body: bytes, deliveries: int) -> list[Any]:
+    """Post ``body`` from ``deliveries`` threads at once; every answer's ``accepted`` results."""
+    barrier = threading.Barrier(deliveries)
+    answers: list[Any] = []
+    lock = threading.Lock()
+
+    def deliver() -> None:
+        session = requests.Session()
+        session.trust_env = False
+        barrier.wait()
+        headers = {"Authorization": SECRET, "Content-Type": DIST}
+        response = session.post(url, data=body, timeout=120, headers=headers)
+        with lock:
+            answers.append(response)
+
+    threads = [threading.Thread(target=deliver) for _ in range(deliveries)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [a.status_code for a in answers] == [200] * deliveries, [a.text for a in answers]
+    return [a.json()["accepted"][0]["result"] for a in answers]
+
+
+def test_concurrent_duplicate_webhook_deliveries_act_once_and_all_get_200(
+    router: Router, served: str, stations: Any, docker_client: Any, client: Any, registry: Any,
+    parties: Any,
+) -> None:  # fmt: skip
+    router.add_trusted_key("alice", parties["alice"].public.pem, "creator")
+    router.add_trusted_key("reviewer", parties["reviewer"].public.pem, "approver")
+    ref, spec = _incoming_train(docker_client, client, registry, parties)
+    url = f"{served}/webhooks/registry-events"
+    digest = client.resolve(ref.repository, "train")
+    results = _deliver_concurrently(url, _push_body(registry, ref.repository, "train", digest), 6)
+    assert results.count("submitted") == 1 and results.count(None) == 5, results
+    info = router.train(spec.id)
+    assert [h["state"] for h in info["hops"]] == ["sent", "pending"]
+    assert router.incoming_pushes() == {"waiting": [], "refused": []}
+
+    a = run_hop(stations["station-a"].config(), f"{registry.host}/station-a/{spec.id}:train",
+                docker_client=docker_client)  # fmt: skip
+    body = _push_body(registry, f"station-a/{spec.id}", "result-0", a["result_digest"])
+    results = _deliver_concurrently(url, body, 6)
+    assert results.count("sent hop 1") == 1 and results.count(None) == 5, results
+    info = router.train(spec.id)
+    assert [h["state"] for h in info["hops"]] == ["done", "sent"]
+    assert [e["kind"] for e in info["events"]].count("result") == 1
+    assert [e["kind"] for e in info["events"]].count("sent") == 2
 
 
 # --- the route must be the directory's: every station's key and recipient -------------

@@ -124,6 +124,11 @@ class Router(Directory):
 
     def submit(self, reference: str, creator_key_pem: str) -> dict[str, Any]:
         """Register a train after verifying its creator signature; send it on its way."""
+        return self._submit(reference, creator_key_pem)[0]
+
+    def _submit(self, reference: str, creator_key_pem: str) -> tuple[dict[str, Any], bool]:
+        """:meth:`submit`, and whether this call registered the train (False: submitted
+        before with the same digest, by a duplicate or concurrent request)."""
         ref = Reference.parse(reference)
         if not ref.repository.startswith(self.incoming + "/"):
             raise RouterError(f"submit trains from the {self.incoming!r} project, not {ref}")
@@ -139,34 +144,49 @@ class Router(Directory):
         verify(self.client, pinned, [creator])  # raises if the creator did not sign it
         if ref.repository != f"{self.incoming}/{spec.id}":
             raise RouterError(f"the train {spec.id} must be pushed as {self.incoming}/{spec.id}")
-        with self._lock, self.sessions.begin() as s:
-            stations = {r.id: r for r in s.scalars(select(StationRow))}
-            _check_route(spec, stations)
-            existing = s.get(TrainRow, spec.id)
-            if existing is not None:
+        try:
+            with self._lock, self.sessions.begin() as s:
+                stations = {r.id: r for r in s.scalars(select(StationRow))}
+                _check_route(spec, stations)
+                existing = s.get(TrainRow, spec.id)
+                if existing is not None:
+                    if existing.digest != digest:
+                        raise RouterError(f"train {spec.id} was submitted with another digest", 409)
+                    return existing.to_dict(), False
+                train = TrainRow(
+                    id=spec.id,
+                    digest=digest,
+                    name=spec.name,
+                    mode=spec.mode,
+                    route=[e.station for e in spec.route],
+                    spec=spec.to_dict(),
+                    source_repository=ref.repository,
+                    status="routing",
+                )
+                train.hops = [
+                    HopRow(hop=i, station=e.station, state="pending")
+                    for i, e in enumerate(spec.route)
+                ]
+                s.add(train)
+                self._event(
+                    s, train, "submitted", f"verified creator signature by {creator.key_id}"
+                )
+                first = [0] if spec.mode == "sequential" else list(range(len(spec.route)))
+                for hop in first:
+                    self._send(s, train, hop, ref.repository)
+                s.flush()  # column defaults (created, updated) are filled in at flush
+                return train.to_dict(), True
+        except IntegrityError:
+            # Another process registered the same train between our look and our insert.
+            with self.sessions() as s:
+                existing = s.get(TrainRow, spec.id)
+                if existing is None:
+                    raise
                 if existing.digest != digest:
-                    raise RouterError(f"train {spec.id} was submitted with another digest", 409)
-                return existing.to_dict()
-            train = TrainRow(
-                id=spec.id,
-                digest=digest,
-                name=spec.name,
-                mode=spec.mode,
-                route=[e.station for e in spec.route],
-                spec=spec.to_dict(),
-                source_repository=ref.repository,
-                status="routing",
-            )
-            train.hops = [
-                HopRow(hop=i, station=e.station, state="pending") for i, e in enumerate(spec.route)
-            ]
-            s.add(train)
-            self._event(s, train, "submitted", f"verified creator signature by {creator.key_id}")
-            first = [0] if spec.mode == "sequential" else list(range(len(spec.route)))
-            for hop in first:
-                self._send(s, train, hop, ref.repository)
-            s.flush()  # column defaults (created, updated) are filled in at flush
-            return train.to_dict()
+                    raise RouterError(
+                        f"train {spec.id} was submitted with another digest", 409
+                    ) from None
+                return existing.to_dict(), False
 
     def train(self, train_id: str) -> dict[str, Any]:
         with self.sessions() as s:
@@ -342,11 +362,11 @@ class Router(Directory):
         if missing:
             return self._wait_incoming(repository, digest, " and ".join(missing))
         try:
-            self.submit(f"{self.client.registry}/{repository}@{digest}", creator_pem)
+            _, created = self._submit(f"{self.client.registry}/{repository}@{digest}", creator_pem)
         except (RouterError, VerificationError) as exc:
             return self._refuse(repository, digest, str(exc))
         self._forget_incoming(repository, digest)
-        return "submitted"
+        return "submitted" if created else None  # None: a concurrent delivery submitted it
 
     @staticmethod
     def _waiting_row(s: Session, repository: str, digest: str) -> IncomingRow | None:
@@ -360,9 +380,14 @@ class Router(Directory):
         with self._lock, self.sessions.begin() as s:
             row = self._waiting_row(s, repository, digest)
             if row is None:
-                row = IncomingRow(repository=repository, digest=digest)
-                s.add(row)
-            row.waiting_for = waiting_for
+                try:
+                    with s.begin_nested():  # another process may have added it meanwhile
+                        row = IncomingRow(repository=repository, digest=digest)
+                        s.add(row)
+                except IntegrityError:
+                    row = self._waiting_row(s, repository, digest)
+            if row is not None:
+                row.waiting_for = waiting_for
         return f"waiting for {waiting_for}"
 
     def _refuse(self, repository: str, digest: str, reason: str) -> str:

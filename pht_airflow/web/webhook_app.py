@@ -6,7 +6,8 @@ route, ``POST {path}``:
 1. a ``Content-Length`` over :data:`~pht_airflow.webhooks.MAX_BODY_BYTES` is refused (413)
    before anything is read;
 2. the ``Authorization`` header must carry the secret (:func:`check_authorization`), else
-   401 with a JSON error and no ``WWW-Authenticate`` challenge;
+   401 with a JSON error and no ``WWW-Authenticate`` challenge, before any of the body is
+   read (every refusal before reading closes the connection, so the rest is never received);
 3. the body is streamed and reading stops at the limit (413, also for chunked bodies);
 4. :func:`~pht_airflow.webhooks.parse_events` turns it into manifest pushes (4xx with the
    reason on bad input), events outside ``projects()`` are counted as ignored;
@@ -48,11 +49,16 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _too_large() -> JSONResponse:
-    # The rest of the body stays unread, so this connection cannot carry another request.
-    response = _error(413, f"body is larger than {MAX_BODY_BYTES} bytes")
+def _unread(status: int, message: str) -> JSONResponse:
+    """A refusal before the body is read: the rest of the body stays unread, so the
+    connection is closed after the answer (no more of the body is received)."""
+    response = _error(status, message)
     response.headers["Connection"] = "close"
     return response
+
+
+def _too_large() -> JSONResponse:
+    return _unread(413, f"body is larger than {MAX_BODY_BYTES} bytes")
 
 
 def create_app(
@@ -86,7 +92,7 @@ def create_app(
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
-                return _error(400, "Content-Length is not a non-negative integer")
+                return _unread(400, "Content-Length is not a non-negative integer")
             if int(declared) > MAX_BODY_BYTES:
                 logger.warning("refused a webhook body of %s bytes (over the limit)", declared)
                 return _too_large()
@@ -94,12 +100,12 @@ def create_app(
         secret = await run_in_threadpool(secret_provider)
         if not secret:
             logger.error("no webhook secret is configured; refusing registry notifications")
-            return _error(503, "the webhook secret is not configured on this receiver")
+            return _unread(503, "the webhook secret is not configured on this receiver")
         headers = request.headers.getlist("authorization")
         if len(headers) != 1 or not check_authorization(headers[0], secret):
             client = request.client.host if request.client else "?"
             logger.warning("refused a registry notification from %s: bad Authorization", client)
-            return _error(401, "missing or wrong Authorization header")
+            return _unread(401, "missing or wrong Authorization header")
 
         body = bytearray()
         async for chunk in request.stream():
