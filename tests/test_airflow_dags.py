@@ -8,6 +8,7 @@ hosted DAG is also run once with ``dag.test()`` to show it uses its own station'
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,13 @@ from support.stationkit import build_train, make_station, make_train_spec, sign_
 
 from pht_airflow.errors import ConfigError
 from pht_airflow.oci import Reference, RegistryClient
-from pht_airflow.station.config import CONFIG_DIR_ENV, hosted_station_configs
+from pht_airflow.station.config import (
+    CONFIG_DIR_ENV,
+    DEFAULT_TASK_TIMEOUT,
+    hosted_station_configs,
+    load_config,
+    policy_task_timeout,
+)
 
 pytestmark = [pytest.mark.airflow]
 
@@ -134,3 +141,61 @@ def test_hosted_dag_runs_with_its_own_station_config(
         assert run.state == "success", states
         assert states["execute"] == "success"
         assert "result-0" in client.list_tags(ref.repository)
+
+
+def test_hop_tasks_carry_the_station_policy_task_timeout(
+    airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """station-a sets policy.task_timeout: 3h; station-b leaves it out (the default, 6h).
+    Every task gets it as its execution_timeout, except the person's approval, which waits
+    up to its own response_timeout."""
+    folder = _hosted(tmp_path, ["station-a", "station-b"])
+    (folder / "station-a.yaml").write_text(
+        "station: {id: station-a}\npolicy: {require_approval: true, task_timeout: 3h}\n"
+    )
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(folder))
+    bag = _dagbag()
+    assert bag.import_errors == {}
+    for name, timeout in (("station-a", timedelta(hours=3)), ("station-b", DEFAULT_TASK_TIMEOUT)):
+        run = bag.get_dag(f"pht_run_train__{name}")
+        timeouts = {t.task_id: t.execution_timeout for t in run.tasks}
+        assert timeouts == {
+            "verify": timeout,
+            "approval_gate": timeout,
+            "approve": None,
+            "execute": timeout,
+            "record": timeout,
+        }, name
+        selftest = bag.get_dag(f"pht_station_selftest__{name}")
+        assert {t.execution_timeout for t in selftest.tasks} == {timeout}, name
+    assert timedelta(hours=6) == DEFAULT_TASK_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("soon", r"policy\.task_timeout: not a duration: 'soon'"),
+        (90, r"policy\.task_timeout: not a duration: 90"),
+        ("1m", r"policy\.task_timeout: must be longer than sandbox\.wall_time \(60 s\)"),
+    ],
+)
+def test_a_bad_policy_task_timeout_is_refused(
+    tmp_path: Path, parties: Any, value: Any, message: str
+) -> None:
+    station = make_station(
+        tmp_path, parties["station-a"], "127.0.0.1:5000",
+        creators=[parties["alice"].public.pem], approvers=[parties["reviewer"].public.pem],
+        overrides={"policy": {"task_timeout": value}},
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        load_config(station.config_path)
+
+
+def test_policy_task_timeout_is_loaded(tmp_path: Path, parties: Any) -> None:
+    station = make_station(
+        tmp_path, parties["station-a"], "127.0.0.1:5000",
+        creators=[parties["alice"].public.pem], approvers=[parties["reviewer"].public.pem],
+        overrides={"policy": {"task_timeout": "2h"}},
+    )  # fmt: skip
+    assert load_config(station.config_path).policy.task_timeout == timedelta(hours=2)
+    assert policy_task_timeout(station.config_path) == timedelta(hours=2)

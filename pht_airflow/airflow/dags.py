@@ -5,7 +5,9 @@ the DAG files in ``dags/`` define ``pht_run_train`` and ``pht_station_selftest``
 ``$PHT_STATION_CONFIG_DIR`` set instead, the deployment hosts every ``<station>.yaml`` in
 that folder, with a pair of DAGs per station (``pht_run_train__<station>``,
 ``pht_station_selftest__<station>``) bound to its config, and the webhook plugin serves one
-receiver per station. Nothing here reads a config: tasks load it when they run.
+receiver per station. Tasks load their config when they run; the one thing read at parse
+time is ``policy.task_timeout``, every hop task's ``execution_timeout`` (the person's approval
+step excepted: it waits up to its own ``response_timeout``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Param, TriggerRule
 
-from ..station.config import hosted_station_configs
+from ..station.config import hosted_station_configs, policy_task_timeout
 from ..station.selftest import CHECKS
 from .names import RUN_TRAIN, SELFTEST, dag_id_for
 from .operators import (
@@ -38,9 +40,11 @@ def run_train_dag(
 ) -> DAG:
     """verify → approval_gate → approve (a person, when the policy asks) → execute → record.
 
-    ``record`` runs whatever happened before it, so failures are audited too.
+    ``record`` runs whatever happened before it, so failures are audited too. Every task but
+    ``approve`` has the station policy's ``task_timeout`` as its ``execution_timeout``.
     """
     station = f" ({Path(config_path).stem})" if config_path else ""
+    task_timeout = policy_task_timeout(config_path)
     with DAG(
         dag_id=dag_id,
         description=f"Verify, approve, run and seal one hop of a PHT train{station}",
@@ -65,7 +69,11 @@ def run_train_dag(
                 description="Run a train this station already completed (refused otherwise).",
             ),
         },
-        default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
+        default_args={
+            "retries": 1,
+            "retry_delay": timedelta(seconds=30),
+            "execution_timeout": task_timeout,
+        },
     ) as dag:
         verify = VerifyTrainOperator(
             task_id="verify",
@@ -80,6 +88,7 @@ def run_train_dag(
             subject=f"{{{{ {_VERIFIED}['{CARD_KEY}']['subject'] }}}}",
             body=f"{{{{ {_VERIFIED}['{CARD_KEY}']['body'] }}}}",
             response_timeout=timedelta(days=7),
+            execution_timeout=None,  # a person's answer: bounded by response_timeout
             retries=0,
         )
         execute = ExecuteTrainOperator(
@@ -103,7 +112,8 @@ def run_train_dag(
 def selftest_dag(
     dag_id: str = SELFTEST, config_path: str | None = None, doc_md: str | None = None
 ) -> DAG:
-    """One task per self-test check, so one failure does not hide the others."""
+    """One task per self-test check, so one failure does not hide the others; each within the
+    station policy's ``task_timeout``."""
     station = f" ({Path(config_path).stem})" if config_path else ""
     with DAG(
         dag_id=dag_id,
@@ -113,7 +123,7 @@ def selftest_dag(
         max_active_runs=1,
         tags=["pht"],
         doc_md=doc_md,
-        default_args={"retries": 0},
+        default_args={"retries": 0, "execution_timeout": policy_task_timeout(config_path)},
     ) as dag:
         for check in CHECKS:
             StationSelfTestOperator(task_id=check, check=check, config_path=config_path)

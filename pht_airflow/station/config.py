@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from ..keys import (
 )
 from ..oci.reference import check_registry, check_repository
 from ..protocol import STATION_ID
+from ..spec import parse_duration
 from .data.model import DataSet, parse_datasets
 from .sandbox import Limits
 from .secrets import NO_LOOKUPS, Lookups, SecretRef
@@ -38,6 +40,8 @@ CONFIG_ENV = "PHT_STATION_CONFIG"
 # One Airflow deployment hosting several stations: a folder of station configs, one per
 # ``<station>.yaml`` (the demo uses this to fit three stations on a 2-core machine).
 CONFIG_DIR_ENV = "PHT_STATION_CONFIG_DIR"
+DEFAULT_TASK_TIMEOUT = timedelta(hours=6)
+"""Default ``policy.task_timeout``: the longest any one task of a hop may run."""
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?", re.IGNORECASE)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -108,11 +112,14 @@ class TrustStore:
 @dataclass(frozen=True)
 class Policy:
     """Whether a person must approve a run, and release its output; the station's
-    disclosure threshold (a count below it is never shown, counts are rounded to it)."""
+    disclosure threshold (a count below it is never shown, counts are rounded to it); how
+    long any one task of a hop may run before Airflow stops it (``task_timeout``, the tasks'
+    ``execution_timeout``; longer than the sandbox's ``wall_time``)."""
 
     require_approval: bool = True
     require_release_approval: bool = False
     min_cell_count: int = 10
+    task_timeout: timedelta = DEFAULT_TASK_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -222,12 +229,44 @@ _SCHEMA: dict[str, Any] = {
         "tmp_bytes": None,
         "user": None,
     },
-    "policy": {"require_approval": None, "require_release_approval": None, "min_cell_count": None},
+    "policy": {
+        "require_approval": None,
+        "require_release_approval": None,
+        "min_cell_count": None,
+        "task_timeout": None,
+    },
     "audit_log": None,
     "work_dir": None,
     "webhook": {"secret": None},
     "central": {"url": None},
 }
+
+
+def _task_timeout(policy: Mapping[str, Any]) -> timedelta:
+    value = policy.get("task_timeout")
+    if value is None:
+        return DEFAULT_TASK_TIMEOUT
+    if not isinstance(value, str):
+        raise ConfigError(f"not a duration: {value!r} (use e.g. 6h or 90m)")
+    try:
+        return parse_duration(value)
+    except (ValueError, OverflowError):
+        raise ConfigError(f"not a duration: {value[:40]!r} (use e.g. 6h or 90m)") from None
+
+
+def policy_task_timeout(path: Path | str | None = None) -> timedelta:
+    """``policy.task_timeout`` of the config at ``path`` (or ``$PHT_STATION_CONFIG``), read at
+    DAG-file parse time: only that field, and the default when the file or the field cannot
+    be read (the task then fails on :func:`load_config`, which reports every problem)."""
+    path = path or os.environ.get(CONFIG_ENV)
+    if not path:
+        return DEFAULT_TASK_TIMEOUT
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        policy = data.get("policy") if isinstance(data, dict) else None
+        return _task_timeout(policy if isinstance(policy, dict) else {})
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError):
+        return DEFAULT_TASK_TIMEOUT
 
 
 def hosted_station_configs() -> dict[str, Path]:
@@ -463,6 +502,17 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
     ):
         problem(("policy", "min_cell_count"), "must be a whole number from 1 to 1000000")
         min_cell_count = Policy.min_cell_count
+    task_timeout = DEFAULT_TASK_TIMEOUT
+    try:
+        task_timeout = _task_timeout(pol)
+    except ConfigError as exc:
+        problem(("policy", "task_timeout"), str(exc))
+    if task_timeout.total_seconds() <= limits.wall_seconds:
+        problem(
+            ("policy", "task_timeout"),
+            f"must be longer than sandbox.wall_time ({limits.wall_seconds:g} s): the hop's "
+            "execute task pulls, runs and seals within it",
+        )
 
     audit_log = resolve_path(data.get("audit_log", "audit.jsonl"), ("audit_log",))
     work_dir = resolve_path(data.get("work_dir", "work"), ("work_dir",))
@@ -492,7 +542,7 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
         trust=TrustStore(tuple(creators), tuple(approvers), int(required)),
         datasets=datasets,
         limits=limits,
-        policy=Policy(**flags, min_cell_count=min_cell_count),
+        policy=Policy(**flags, min_cell_count=min_cell_count, task_timeout=task_timeout),
         audit_log=audit_log,
         work_dir=work_dir,
         webhook_secret=webhook_secret,
