@@ -12,21 +12,28 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.hostile_tar import CASES, large_pax_stream
 
-from pht_airflow.errors import ChainError, DigestMismatchError, PhtError
+from pht_airflow.errors import ChainError, DigestMismatchError, PhtError, UnsafeArchiveError
 from pht_airflow.oci import OCI_MANIFEST, Reference, RegistryClient
 from pht_airflow.protocol import RESULT_CONFIG_MEDIA_TYPE, RESULT_MEDIA_TYPE, TRAIN_LABEL
 from pht_airflow.researcher.train import StationInfo, make_spec
-from pht_airflow.results.archive import tar_bytes
-from pht_airflow.results.artifact import fetch_results, open_result, seal
+from pht_airflow.results.archive import TarStream, plan_tar, tar_bytes, tar_size
+from pht_airflow.results.artifact import fetch_results, open_result, push_result, seal
 from pht_airflow.results.chain import verify_chain
-from pht_airflow.results.crypt import decrypt_stream
+from pht_airflow.results.crypt import decrypt_stream, encrypt_stream
 from pht_airflow.signing import signature_tag
 from pht_airflow.spec import TrainSpec
 
@@ -321,3 +328,285 @@ def test_altered_blob_bytes_are_rejected_and_nothing_is_written(
         fetch_results(client, train.ref, train.spec, parties["alice"].age, out)
     assert not out.exists()
     assert not any(p.name.startswith(".fetched") for p in tmp_path.iterdir())
+
+
+# --- hostile results a station could sign, and a registry that swaps layers ------------------
+#
+# A station's key signs whatever it is given, so a compromised station can publish any
+# archive and any config; a registry can serve any bytes. The same code opens results for
+# ``pht results fetch`` (fetch_results) and for a station's next hop (open_result of the
+# accepted previous result): both are exercised for every case.
+
+
+@pytest.fixture(scope="module")
+def hostile_train(build_and_push: Any, registry: Any, parties: Any) -> Train:
+    """One parallel train for the hostile cases: each test re-tags ``result-0``."""
+    spec = make_spec(
+        name="hostile-results",
+        creator_id="alice",
+        creator_key_id=parties["alice"].key.key_id,
+        creator_recipient=parties["alice"].age.recipient,
+        recipients=[],
+        route=[StationInfo(s, parties[s].public.pem, parties[s].age.recipient) for s in STATIONS],
+        mode="parallel",
+        dataset="cohort",
+    )
+    ref = build_and_push(
+        f"station-test/{spec.id}", "train", labels={TRAIN_LABEL: spec.to_canonical_json()}
+    )
+    with RegistryClient(registry.host) as c:
+        return Train(ref, spec, c.get_manifest(ref.repository, ref.digest))
+
+
+def _publish(client: Any, train: Train, parties: Any, plaintext: io.RawIOBase | bytes,
+             length: int, **config: Any) -> Any:  # fmt: skip
+    """Seal ``plaintext`` (any bytes) as station-a's signed result-0, addressed to alice."""
+    source = io.BytesIO(plaintext) if isinstance(plaintext, bytes) else plaintext
+    recipients = [parties["alice"].age.recipient]
+    layer = client.upload_blob(
+        train.ref.repository, encrypt_stream(source, recipients), media_type=RESULT_MEDIA_TYPE
+    )
+    return _push(client, train, parties, layer, length, recipients, **config)
+
+
+def _push(client: Any, train: Train, parties: Any, layer: Any, length: int,
+          recipients: list[str], **config: Any) -> Any:  # fmt: skip
+    body = {
+        "train": {"id": train.spec.id, "digest": train.ref.digest},
+        "hop": 0,
+        "station": "station-a",
+        "previous": None,
+        "created": "2026-12-05T00:00:00Z",
+        "recipients": recipients,
+        "plaintext_bytes": length,
+        **config,
+    }
+    return push_result(client, train.ref, train.manifest, layer, body,
+                       key=parties["station-a"].key)  # fmt: skip
+
+
+class _Chunks(io.RawIOBase):
+    """A readable stream over an iterator of chunks (to encrypt large plaintexts lazily)."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        super().__init__()
+        self._it, self._left = iter(chunks), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            self._left = next(self._it, b"")
+            if not self._left:
+                return 0
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+
+def _both_paths_refuse(client: Any, train: Train, parties: Any, tmp_path: Path,
+                       error: type[Exception], message: str) -> None:  # fmt: skip
+    """`pht results fetch`'s path and a station's path both refuse; nothing is written."""
+    out = tmp_path / "fetched"
+    with pytest.raises(error, match=message):
+        fetch_results(client, train.ref, train.spec, parties["alice"].age, out)
+    assert os.listdir(tmp_path) == []  # no output folder, no staging folder left
+    accepted = verify_chain(client, train.ref, train.spec)
+    assert [a.hop for a in accepted] == [0]
+    dest = tmp_path / "input"
+    with pytest.raises(error, match=message):
+        open_result(client, accepted[0], parties["alice"].age, dest)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_hostile_archive_is_refused_before_anything_is_written(
+    case: str, hostile_train: Train, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    build, message = CASES[case]
+    plaintext = build()
+    _publish(client, hostile_train, parties, plaintext, len(plaintext))
+    _both_paths_refuse(client, hostile_train, parties, tmp_path, UnsafeArchiveError, message)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("4096", "'4096'"), (-1, "-1"), (True, "True"), (4096.0, "4096.0"), (None, "None"),
+     ([4096], r"\[4096\]"), (1 << 60, str(1 << 60))],
+    ids=["string", "negative", "bool", "float", "null", "list", "huge"],
+)  # fmt: skip
+def test_result_config_with_a_bad_plaintext_bytes_is_refused(
+    value: Any, shown: str, hostile_train: Train, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    plaintext = tar_bytes(_output(tmp_path / "o"))
+    _publish(client, hostile_train, parties, plaintext, len(plaintext), plaintext_bytes=value)
+    shutil.rmtree(tmp_path / "o")
+    message = rf"plaintext_bytes must be a whole number of bytes .*, not {shown}"
+    with pytest.raises(ChainError, match=message) as info:
+        fetch_results(client, hostile_train.ref, hostile_train.spec, parties["alice"].age,
+                      tmp_path / "fetched")  # fmt: skip
+    assert (info.value.hop, info.value.station) == (0, "station-a")
+    assert os.listdir(tmp_path) == []
+    # The station's path: the chain check before open_result refuses it the same way.
+    with pytest.raises(ChainError, match=message):
+        verify_chain(client, hostile_train.ref, hostile_train.spec)
+
+
+def test_plaintext_bytes_that_lie_are_refused(
+    hostile_train: Train, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    """The signed length bounds extraction: shorter or longer than the archive is refused."""
+    plaintext = tar_bytes(_output(tmp_path / "o"))
+    shutil.rmtree(tmp_path / "o")
+    cases = [
+        (plaintext, 512, r"'result.json': its 18 bytes run past the archive's signed length"),
+        (plaintext, len(plaintext) - 512, "longer than its signed length"),
+        (plaintext + bytes(512), len(plaintext), "longer than its signed length"),
+        (plaintext, len(plaintext) + 512, "ends before its signed length"),
+    ]
+    for data, length, message in cases:
+        _publish(client, hostile_train, parties, data, length)
+        _both_paths_refuse(client, hostile_train, parties, tmp_path, UnsafeArchiveError, message)
+
+
+def test_a_layer_too_large_for_its_plaintext_is_refused_before_download(
+    hostile_train: Train, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    plaintext = tar_bytes(_output(tmp_path / "o"))
+    shutil.rmtree(tmp_path / "o")
+    _publish(client, hostile_train, parties, plaintext + bytes(1 << 20), len(plaintext))
+    message = "more than an age encryption of its signed 10240 plaintext bytes can take"
+    _both_paths_refuse(client, hostile_train, parties, tmp_path, UnsafeArchiveError, message)
+
+
+# --- a registry that swaps the layer; memory bounds measured in a child process ------------
+
+#: Peak RSS allowed to a child that opens a hostile result (interpreter and imports included,
+#: about 60 MiB). The large payloads are 128 MiB, so holding one in memory could not pass.
+RSS_LIMIT_MIB = 100
+LARGE = 128 * 1024 * 1024
+
+_CHILD = r"""
+import json, sys
+from pathlib import Path
+from pht_airflow.keys import age_identity_from_bytes
+from pht_airflow.oci import Reference, RegistryClient
+from pht_airflow.results import fetch_results
+from pht_airflow.spec import read_spec
+
+args = json.loads(sys.argv[1])
+identity = age_identity_from_bytes(Path(args["identity"]).read_bytes(), None, "identity")
+train = Reference.parse(args["train"])
+outcome = {"error": None, "message": ""}
+with RegistryClient(train.registry) as client:
+    spec, _ = read_spec(client, train, check_expiry=False)
+    try:
+        fetch_results(client, train, spec, identity, Path(args["out"]))
+    except Exception as exc:
+        outcome = {"error": type(exc).__name__, "message": str(exc)}
+status = Path("/proc/self/status").read_text().splitlines()
+hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(json.dumps({**outcome, "hwm_kib": hwm}))
+"""
+
+
+def _fetch_in_child(train: Train, parties: Any, tmp_path: Path) -> tuple[dict[str, Any], Path]:
+    """``fetch_results`` in a fresh interpreter; its outcome and peak RSS (VmHWM, reset by
+    exec, unlike ``ru_maxrss``)."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    identity = keys / "alice.age"
+    identity.write_text(parties["alice"].age.secret_text() + "\n")
+    identity.chmod(0o600)
+    work = tmp_path / "work"
+    work.mkdir()
+    args = {"identity": str(identity), "train": str(train.ref), "out": str(work / "fetched")}
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(args)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout), work
+
+
+def _blob_path(registry: Any, digest: str) -> Path:
+    hexdigest = digest.split(":", 1)[1]
+    return registry.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+
+
+def _large_result(tmp_path: Path) -> Path:
+    out = tmp_path / "big"
+    out.mkdir(parents=True)
+    with open(out / "data.bin", "wb") as f:
+        for _ in range(LARGE // (1 << 20)):
+            f.write(os.urandom(1 << 20))
+    return out
+
+
+def test_swapped_layer_is_never_decrypted_and_memory_stays_bounded(
+    hostile_train: Train, client: Any, parties: Any, registry: Any, tmp_path: Path
+) -> None:
+    """A registry serves another valid age file to the same recipient, of the same size, in
+    place of the signed layer. Its plaintext starts with a symbolic link: had any of it been
+    decrypted and read before the digest check, the refusal would name the link.
+
+    Both age files are made by the age CLI, whose output size depends only on the plaintext
+    size and the recipients (pyrage adds a random-sized grease stanza), so the swap cannot be
+    told by its size."""
+    if shutil.which("age") is None:
+        pytest.fail("the age CLI is missing: run scripts/bootstrap.sh", pytrace=False)
+    src = tmp_path / "src"
+    folder = _large_result(src)
+    entries = plan_tar(folder)
+    plain = src / "plain.tar"
+    with open(plain, "wb") as f:
+        shutil.copyfileobj(TarStream(entries), f, 1 << 20)
+    shutil.rmtree(folder)
+    recipient = parties["alice"].age.recipient
+    subprocess.run(["age", "-r", recipient, "-o", str(src / "signed.age"), str(plain)], check=True)
+    with open(plain, "r+b") as f:
+        header = bytearray(f.read(512))
+        header[156:157] = tarfile.SYMTYPE
+        header[148:156] = b" " * 8
+        header[148:156] = b"%06o\x00 " % sum(header)
+        f.seek(0)
+        f.write(header)
+    subprocess.run(["age", "-r", recipient, "-o", str(src / "swapped.age"), str(plain)], check=True)
+    with open(src / "signed.age", "rb") as f:
+        layer = client.upload_blob(hostile_train.ref.repository, f, media_type=RESULT_MEDIA_TYPE)
+    _push(client, hostile_train, parties, layer, tar_size(entries), [recipient])
+    blob = _blob_path(registry, layer.digest)
+    shutil.copyfile(src / "swapped.age", blob)
+    shutil.rmtree(src)
+    assert blob.stat().st_size == layer.size  # same size: only the digest tells
+
+    message = "altered in storage or in transit"
+    _both_paths_refuse(client, hostile_train, parties, tmp_path, DigestMismatchError, message)
+    outcome, work = _fetch_in_child(hostile_train, parties, tmp_path)
+    assert outcome["error"] == "DigestMismatchError", outcome
+    assert message in outcome["message"]
+    assert os.listdir(work) == []
+    assert outcome["hwm_kib"] < RSS_LIMIT_MIB * 1024, outcome
+
+
+@pytest.mark.parametrize("case", ["large-pax", "sparse-gnu", "sparse-pax"])
+def test_large_headers_and_sparse_files_are_refused_with_bounded_memory(
+    case: str, hostile_train: Train, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    """A 128 MiB PAX header is refused from its header block, without being read; a sparse
+    file that would expand a 10 KiB result to 1 GiB is refused before a byte is written."""
+    if case == "large-pax":
+        chunks, length = large_pax_stream(LARGE)
+        _publish(client, hostile_train, parties, _Chunks(chunks), length)
+        message = "over the limit of 8192 bytes for a result"
+    else:
+        plaintext = CASES[case][0]()
+        _publish(client, hostile_train, parties, plaintext, len(plaintext))
+        message = "sparse files are not allowed in a result"
+    outcome, work = _fetch_in_child(hostile_train, parties, tmp_path)
+    assert outcome["error"] == "UnsafeArchiveError", outcome
+    assert message in outcome["message"]
+    assert os.listdir(work) == []
+    assert outcome["hwm_kib"] < RSS_LIMIT_MIB * 1024, outcome

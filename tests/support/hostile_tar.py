@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 BLOCK = tarfile.BLOCKSIZE
 
@@ -167,3 +167,34 @@ CASES: dict[str, tuple[Callable[[], bytes], str]] = {
     "trailing-garbage": (trailing_garbage, r"data after the end of the archive"),
     "bad-checksum": (bad_checksum, r"byte 1024: not a valid tar header \(bad checksum\)"),
 }  # fmt: skip
+
+
+def large_pax_stream(size: int) -> tuple[Iterator[bytes], int]:
+    """An archive whose first entry has a PAX header of about ``size`` bytes, made lazily.
+
+    Returns the chunks and the archive's length. A reader that reads extended headers whole
+    would hold all of it in memory.
+    """
+    # The record's length field counts its own digits: find the fixed point for this size.
+    n = size + len(b" comment=\n")
+    while len(str(n + len(str(n)))) != len(str(n)):
+        n += 1
+    total = n + len(str(n))
+    pad = -total % BLOCK
+    tail = raw_header("after.txt", 1) + b"x" + bytes(BLOCK - 1) + bytes(2 * BLOCK)
+    length = BLOCK + total + pad + len(tail)
+    tail += bytes(-length % tarfile.RECORDSIZE)
+    length += -length % tarfile.RECORDSIZE
+
+    def chunks() -> Iterator[bytes]:
+        yield pax_header(total)
+        yield str(total).encode() + b" comment="
+        left = size
+        while left:
+            step = min(left, 1 << 20)
+            yield b"x" * step
+            left -= step
+        yield b"\n" + bytes(pad)
+        yield tail
+
+    return chunks(), length
