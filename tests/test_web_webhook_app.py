@@ -240,6 +240,45 @@ def test_too_large_chunked(server: Served, http: httpx.Client, recorder: Recorde
     assert recorder.events == []
 
 
+@pytest.fixture(scope="module")
+def receiver_process() -> Iterator[Any]:
+    """The receiver under uvicorn in a child process, so its memory can be measured alone."""
+    from test_web_central_app import ServerProcess
+
+    server = ServerProcess("webhook")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("authorized", "status", "error"),
+    [(True, 413, f"body is larger than {MAX_BODY_BYTES} bytes"),
+     (False, 401, "missing or wrong Authorization header")],
+    ids=["413", "401-unread"],
+)  # fmt: skip
+def test_a_300_mb_chunked_body_is_cut_off_with_bounded_memory(
+    receiver_process: Any, authorized: bool, status: int, error: str
+) -> None:
+    from test_web_central_app import RSS_GROWTH_LIMIT, SENT_LIMIT, MiB, post_hostile
+    from test_web_central_app import SECRET as PROCESS_SECRET
+
+    url = f"{receiver_process.url}{PATH}"
+    with httpx.Client(trust_env=False, timeout=30) as http:  # warm up: one ordinary request
+        warm = http.post(url, content=b"{}", headers=_auth(PROCESS_SECRET))
+        assert warm.status_code == 422, warm.text
+    before = receiver_process.rss()
+    headers = _auth(PROCESS_SECRET) if authorized else {"Content-Type": "application/json"}
+    response, offer = post_hostile(url, headers)
+    assert response.status_code == status, response.text
+    assert response.json() == {"error": error}
+    assert response.headers.get("connection") == "close"
+    grown = receiver_process.peak_rss() - before
+    assert offer.sent < SENT_LIMIT, f"the receiver read {offer.sent} bytes of the body"
+    assert grown < RSS_GROWTH_LIMIT, f"the receiver's peak RSS grew by {grown / MiB:.1f} MiB"
+
+
 def test_chunked_within_limit_is_accepted(server: Served, http: httpx.Client) -> None:
     data = _harbor_body()
 
