@@ -5,17 +5,25 @@ What runs, all on 127.0.0.1 and all started (and stopped, by PID) here:
 * a CNCF distribution registry (``docker-registry``) whose notifications go to the central
   service and to each station's webhook receiver;
 * the central service (``pht central serve``: station directory and router, SQLite);
+* a private PostgreSQL server (:mod:`.localpostgres`) holding two hospitals' cohorts as
+  OMOP-style tables (``person``, ``condition_occurrence``, ``measurement``), one database and
+  one read-only role per hospital; the third hospital keeps its cohort in one CSV file;
 * one Airflow deployment (API server, scheduler, DAG processor, triggerer; LocalExecutor) that
   hosts the three stations, each with its own config, keys, data set, registry project, audit
   log and DAG ``pht_run_train__<station>``. One Airflow for three stations is what fits a
-  2-core machine; in production each hospital runs its own.
+  2-core machine; in production each hospital runs its own. The ``sql`` data sets reach their
+  databases through Airflow Connections (``AIRFLOW_CONN_PHT_OMOP_<STATION>``).
 
 The researcher's side is the ``pht`` command line, run as a user would: keys, ``train init``,
 ``train build --central``, ``train approve``, ``train submit``, ``results fetch``. The train
 computes an age histogram and per-stage counts; in sequential mode each station adds its counts
 to the previous hop's result, in parallel mode each station counts alone and the researcher
 adds the decrypted results up. Either way the demo checks the numbers against the same
-statistic computed directly over the three cohorts and says whether they match.
+statistic computed directly (SQL over the two databases, the CSV file read here) and says
+whether they match. The stations extract their data sets just before each run into
+``/pht/data/<table>.parquet`` and ``.csv``, so one analysis reads both kinds. Two stations
+publish the shape of their data set (``pht station publish-schema``), which the researcher
+sees with ``pht central stations show``.
 
 Everything lives under ``.pht/demo`` (wiped at the start of the next run; the keys, station
 configs, audit logs, results and logs stay there for inspection until then).
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import json
 import os
 import random
@@ -46,13 +55,18 @@ from ..airflow.names import dag_id_for
 from ..central_client import CentralClient
 from ..errors import PhtError, ServiceError
 from .localairflow import LocalAirflow, start_airflow
+from .localpostgres import LocalPostgres, start_postgres, stop_leftover
 from .localregistry import Endpoint, LocalRegistry, free_port, start_registry
 
 console = Console(highlight=False)
 
 # Three hospitals; each station's registry project is station-<id> (PROTOCOL.md, Routing).
 STATIONS = {"aachen": 2400, "bonn": 3100, "cologne": 1800}  # station id -> cohort size
+SQL_STATIONS = ("aachen", "bonn")  # OMOP tables in PostgreSQL; the others keep a CSV file
+PUBLISHED = ("aachen", "cologne")  # publish_schema: true (bonn keeps its shape to itself)
 DATASET = "cohort"
+OMOP_TABLES = ["person", "condition_occurrence", "measurement"]
+STAGE_SOURCE = "tumour stage"  # measurement_source_value of the stage measurements
 AGE_BINS = [(lo, lo + 9) for lo in range(0, 90, 10)]
 STAGES = ["I", "II", "III", "IV"]
 DIAGNOSES = ["C18 colon", "C34 lung", "C50 breast", "C61 prostate", "C43 melanoma"]
@@ -62,9 +76,12 @@ HOP_TIMEOUT = 600.0  # seconds for a whole route, on a busy 2-core machine
 ANALYSIS = '''\
 """Age histogram and per-stage counts, added to the previous hop's (sequential mode).
 
-Reads /pht/data/*.csv (columns: id, age, sex, diagnosis, stage) and /pht/input/result.json
-(the previous hop's result, absent at the first hop and in parallel mode); writes
-/pht/output/result.json. Only aggregate counts leave the station.
+Reads the station's data set from /pht/data, either OMOP tables (person.csv,
+condition_occurrence.csv, measurement.csv: age at diagnosis from year_of_birth and
+condition_start_date, the stage from the tumour-stage measurement) or flat files
+(*.csv with columns age and stage), and /pht/input/result.json (the previous hop's result,
+absent at the first hop and in parallel mode); writes /pht/output/result.json. Only
+aggregate counts leave the station.
 """
 
 import csv
@@ -73,10 +90,32 @@ import os
 from pathlib import Path
 
 BINS = [f"{lo}-{lo + 9}" for lo in range(0, 90, 10)] + ["90+"]
+DATA = Path("/pht/data")
 
 
 def age_bin(age):
     return BINS[min(age // 10, len(BINS) - 1)]
+
+
+def table(path):
+    with open(path, newline="") as f:
+        yield from csv.DictReader(f)
+
+
+def patients():
+    """(age at diagnosis, stage) for every patient of the data set."""
+    if (DATA / "person.csv").exists():
+        born = {r["person_id"]: int(r["year_of_birth"]) for r in table(DATA / "person.csv")}
+        diagnosed = {r["person_id"]: int(r["condition_start_date"][:4])
+                     for r in table(DATA / "condition_occurrence.csv")}
+        for r in table(DATA / "measurement.csv"):
+            if r["measurement_source_value"] == "tumour stage":
+                person = r["person_id"]
+                yield diagnosed[person] - born[person], r["value_source_value"]
+        return
+    for path in sorted(DATA.glob("*.csv")):
+        for r in table(path):
+            yield int(r["age"]), r["stage"]
 
 
 def main():
@@ -87,13 +126,10 @@ def main():
         result = {"patients": 0, "age_histogram": {b: 0 for b in BINS}, "stage_counts": {},
                   "stations": []}
     counted = 0
-    for path in sorted(Path("/pht/data").glob("*.csv")):
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                counted += 1
-                result["age_histogram"][age_bin(int(row["age"]))] += 1
-                stage = row["stage"]
-                result["stage_counts"][stage] = result["stage_counts"].get(stage, 0) + 1
+    for age, stage in patients():
+        counted += 1
+        result["age_histogram"][age_bin(age)] += 1
+        result["stage_counts"][stage] = result["stage_counts"].get(stage, 0) + 1
     result["patients"] += counted
     result["stations"].append({"station": os.environ["PHT_STATION_ID"], "patients": counted})
     Path("/pht/output/result.json").write_text(json.dumps(result, indent=2, sort_keys=True))
@@ -112,33 +148,108 @@ def age_bin(age: int) -> str:
     return labels[min(age // 10, len(labels) - 1)]
 
 
-def write_cohort(path: Path, station: str, rows: int) -> None:
-    """A synthetic cohort: id, age, sex, diagnosis, stage (seeded per station)."""
+def cohort(station: str, rows: int) -> list[dict[str, Any]]:
+    """A synthetic cohort (seeded per station): id, age at diagnosis, sex, diagnosis (ICD-10
+    code and name), stage, date of diagnosis."""
     rng = random.Random(f"pht-demo-{station}")
+    patients = []
+    for i in range(rows):
+        age = max(18, min(99, int(rng.gauss(62, 14))))
+        stage = rng.choices(STAGES, weights=[30, 30, 25, 15])[0]
+        sex, diagnosis = rng.choice("FM"), rng.choice(DIAGNOSES)
+        when = datetime.date(rng.randint(2019, 2024), rng.randint(1, 12), rng.randint(1, 28))
+        patients.append({"id": f"{station}-{i:05d}", "age": age, "sex": sex,
+                         "diagnosis": diagnosis, "stage": stage, "diagnosed": when})  # fmt: skip
+    return patients
+
+
+def write_cohort(path: Path, patients: list[dict[str, Any]]) -> None:
+    """The CSV file a station keeps: id, age, sex, diagnosis, stage."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["id", "age", "sex", "diagnosis", "stage"])
-        for i in range(rows):
-            age = max(18, min(99, int(rng.gauss(62, 14))))
-            stage = rng.choices(STAGES, weights=[30, 30, 25, 15])[0]
-            w.writerow([f"{station}-{i:05d}", age, rng.choice("FM"), rng.choice(DIAGNOSES), stage])
-    # The sandbox user (uid 65534) reads the data set through a read-only bind mount.
-    os.chmod(path.parent, 0o755)  # noqa: S103 - data set folder, read by the sandbox user
+        for p in patients:
+            w.writerow([p["id"], p["age"], p["sex"], p["diagnosis"], p["stage"]])
+    # The station reads it when it extracts the data set (the train sees only the extract).
+    os.chmod(path.parent, 0o755)  # noqa: S103 - data set folder
     os.chmod(path, 0o644)
 
 
-def direct_statistic(csv_paths: list[Path]) -> dict[str, Any]:
-    """The same statistic as the train, computed here over every cohort at once."""
+OMOP_DDL = [
+    "CREATE TABLE person (person_id bigint PRIMARY KEY, gender_concept_id integer NOT NULL, "
+    "year_of_birth integer NOT NULL, gender_source_value varchar(50))",
+    "CREATE TABLE condition_occurrence (condition_occurrence_id bigint PRIMARY KEY, "
+    "person_id bigint NOT NULL REFERENCES person, condition_concept_id integer NOT NULL, "
+    "condition_start_date date NOT NULL, condition_source_value varchar(50))",
+    "CREATE TABLE measurement (measurement_id bigint PRIMARY KEY, person_id bigint NOT NULL "
+    "REFERENCES person, measurement_concept_id integer NOT NULL, measurement_date date NOT "
+    "NULL, measurement_source_value varchar(50), value_source_value varchar(50))",
+]
+GENDER_CONCEPT = {"F": 8532, "M": 8507}  # OMOP standard concepts FEMALE, MALE
+
+
+def load_omop(server_url: str, station: str, patients: list[dict[str, Any]]) -> str:
+    """The station's database ``omop_<station>`` with its cohort as OMOP-style tables, and a
+    role that can only read it; returns the Airflow Connection URI for that role.
+
+    Concept ids other than gender are 0 ("no matching concept"); the source values carry the
+    ICD-10 code and the stage, as an ETL without vocabulary mapping would leave them.
+    """
+    import psycopg
+
+    database, role = f"omop_{station}", f"reader_{station}"
+    with psycopg.connect(f"{server_url}/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+        conn.execute(f"REVOKE CONNECT ON DATABASE {database} FROM PUBLIC")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"ALTER ROLE {role} SET default_transaction_read_only = on")
+        conn.execute(f"GRANT CONNECT ON DATABASE {database} TO {role}")
+    with psycopg.connect(f"{server_url}/{database}") as conn:
+        for ddl in OMOP_DDL:
+            conn.execute(ddl)
+        cur = conn.cursor()
+        with cur.copy("COPY person FROM STDIN") as copy:
+            for i, p in enumerate(patients, 1):
+                born = p["diagnosed"].year - p["age"]
+                copy.write_row((i, GENDER_CONCEPT[p["sex"]], born, p["sex"]))
+        with cur.copy("COPY condition_occurrence FROM STDIN") as copy:
+            for i, p in enumerate(patients, 1):
+                copy.write_row((i, i, 0, p["diagnosed"], p["diagnosis"].split()[0]))
+        with cur.copy("COPY measurement FROM STDIN") as copy:
+            for i, p in enumerate(patients, 1):
+                copy.write_row((i, i, 0, p["diagnosed"], STAGE_SOURCE, p["stage"]))
+        conn.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    return f"{server_url.replace('://pht@', f'://{role}@')}/{database}"
+
+
+def direct_statistic(server_url: str, csv_paths: list[Path]) -> dict[str, Any]:
+    """The same statistic as the train, computed here over every cohort at once: SQL over
+    the OMOP databases, and the CSV files read directly."""
+    import psycopg
+
     hist: Counter[str] = Counter({age_bin(lo): 0 for lo, _ in AGE_BINS} | {"90+": 0})
     stages: Counter[str] = Counter()
     patients = 0
+    found: list[tuple[int, str]] = []
+    for station in SQL_STATIONS:
+        with psycopg.connect(f"{server_url}/omop_{station}") as conn:
+            found += conn.execute(
+                "SELECT extract(year FROM c.condition_start_date)::int - p.year_of_birth, "
+                "m.value_source_value FROM person p "
+                "JOIN condition_occurrence c ON c.person_id = p.person_id "
+                "JOIN measurement m ON m.person_id = p.person_id "
+                "AND m.measurement_source_value = %s",
+                (STAGE_SOURCE,),
+            ).fetchall()
     for path in csv_paths:
         with path.open(newline="") as f:
-            for row in csv.DictReader(f):
-                patients += 1
-                hist[age_bin(int(row["age"]))] += 1
-                stages[row["stage"]] += 1
+            found += [(int(row["age"]), row["stage"]) for row in csv.DictReader(f)]
+    for age, stage in found:
+        patients += 1
+        hist[age_bin(age)] += 1
+        stages[stage] += 1
     return {"patients": patients, "age_histogram": dict(hist), "stage_counts": dict(stages)}
 
 
@@ -199,8 +310,11 @@ class Demo:
         self.registry: LocalRegistry | None = None
         self.central: subprocess.Popen[bytes] | None = None
         self.airflow: LocalAirflow | None = None
+        self.postgres: LocalPostgres | None = None
+        self.connections: dict[str, str] = {}  # AIRFLOW_CONN_* -> URI
         self.central_url = ""
         self.pidfile = root.parent / "demo.pids"
+        self.postgres_file = root.parent / "demo.postgres"  # the cluster's temporary folder
 
     # -- helpers
 
@@ -253,6 +367,29 @@ class Demo:
         console.print(f"keys for alice (researcher), reviewer and {', '.join(STATIONS)} in "
                       f"{self.keys} (private files encrypted, mode 0600)")  # fmt: skip
 
+    def start_postgres(self) -> None:
+        """The hospitals' PostgreSQL with the OMOP databases of the ``sql`` stations."""
+        self.postgres = start_postgres(prefix="pht-demo-postgres-")
+        self.postgres_file.write_text(f"{self.postgres.root}\n")
+        for station in SQL_STATIONS:
+            uri = load_omop(self.postgres.url, station, cohort(station, STATIONS[station]))
+            self.connections[f"AIRFLOW_CONN_PHT_OMOP_{station.upper()}"] = uri
+        # The pht command (publish-schema) reads the same Connections, as Airflow does.
+        self.env.update(self.connections)
+        self.env["AIRFLOW_HOME"] = str(self.root / "airflow-cli")
+        console.print(f"PostgreSQL   127.0.0.1:{self.postgres.port}  (pid {self.postgres.pid}; "
+                      f"databases {', '.join(f'omop_{s}' for s in SQL_STATIONS)} with tables "
+                      f"{', '.join(OMOP_TABLES)}; a read-only role per hospital)")  # fmt: skip
+
+    def dataset_config(self, station: str, rel: Path) -> dict[str, Any]:
+        """The station's data set: OMOP tables in PostgreSQL, or one CSV file."""
+        common = {"formats": ["parquet", "csv"], "publish_schema": station in PUBLISHED}
+        if station in SQL_STATIONS:
+            return {"kind": "sql", "connection": f"pht_omop_{station}", "tables": OMOP_TABLES,
+                    **common, "identifier_columns": ["person_id"]}  # fmt: skip
+        path = rel / "station-state" / station / "data" / "patients.csv"
+        return {"kind": "file", "path": str(path), **common, "identifier_columns": ["id"]}
+
     def write_stations(self, registry_host: str) -> list[str]:
         """Each station's data set, secrets and config; returns its webhook secrets."""
         configs = self.root / "stations"
@@ -260,7 +397,9 @@ class Demo:
         webhook_secrets = []
         for station, rows in STATIONS.items():
             state = self.root / "station-state" / station
-            write_cohort(state / "data" / "patients.csv", station, rows)
+            state.mkdir(parents=True)
+            if station not in SQL_STATIONS:
+                write_cohort(state / "data" / "patients.csv", cohort(station, rows))
             secret_path, secret = self.secret_file(f"webhook-{station}")
             webhook_secrets.append(secret)
             rel = Path("..")
@@ -279,7 +418,7 @@ class Demo:
                     "trusted_approvers": [str(rel / "keys" / "reviewer.pub")],
                     "required_approvals": 1,
                 },
-                "datasets": {DATASET: str(rel / "station-state" / station / "data")},
+                "datasets": {DATASET: self.dataset_config(station, rel)},
                 "sandbox": {
                     "memory": "256MiB",
                     "cpus": 1,
@@ -288,7 +427,8 @@ class Demo:
                     "output_bytes": "1MiB",
                 },  # fmt: skip
                 # A scripted demo has nobody to click Approve; stations default to asking.
-                "policy": {"require_approval": False},
+                # Published row counts are rounded down to multiples of min_cell_count.
+                "policy": {"require_approval": False, "min_cell_count": 10},
                 "audit_log": str(rel / "station-state" / station / "audit.jsonl"),
                 "work_dir": str(rel / "station-state" / station / "work"),
                 "webhook": {"secret": {"file": str(rel / "secrets" / secret_path.name)}},
@@ -296,8 +436,10 @@ class Demo:
                 "central": {"url": self.central_url},
             }
             (configs / f"{station}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        console.print(f"station configs in {configs}; cohorts of "
-                      + ", ".join(f"{n} ({r} rows)" for n, r in STATIONS.items()))  # fmt: skip
+        kinds = {s: "OMOP tables in PostgreSQL" if s in SQL_STATIONS else "a CSV file"
+                 for s in STATIONS}  # fmt: skip
+        console.print(f"station configs in {configs}; cohorts of " + ", ".join(
+            f"{n} ({r} patients, {kinds[n]})" for n, r in STATIONS.items()))  # fmt: skip
         return webhook_secrets
 
     def start_services(self) -> None:
@@ -308,7 +450,10 @@ class Demo:
         _, token = self.secret_file("central-token")
         self.env["PHT_CENTRAL_TOKEN"] = token
 
-        console.rule("2. a registry, the central service and three stations on Airflow")
+        console.rule("2. a registry, the central service, the hospitals' databases and three "
+                     "stations on Airflow")  # fmt: skip
+        with console.status("starting PostgreSQL and loading the OMOP tables…"):
+            self.start_postgres()
         registry_port = free_port()
         registry_host = f"127.0.0.1:{registry_port}"
         station_secrets = self.write_stations(registry_host)
@@ -364,7 +509,7 @@ class Demo:
             started = time.monotonic()
             self.airflow = start_airflow(
                 self.root / "airflow",
-                env={"PHT_STATION_CONFIG_DIR": str(self.root / "stations")},
+                env={"PHT_STATION_CONFIG_DIR": str(self.root / "stations"), **self.connections},
                 port=airflow_port,
                 log_dir=self.root,
             )
@@ -384,6 +529,15 @@ class Demo:
                      "--id", station, "--key", str(self.keys / f"{station}.pub"),
                      "--recipient-file", str(self.keys / f"{station}.age.pub"))  # fmt: skip
         self.pht("central", "stations", "list", "--central", self.central_url)
+
+        console.rule("4. stations publish the shape of their data sets; a researcher looks")
+        for station in PUBLISHED:
+            self.pht("station", "publish-schema", "--config",
+                     str(self.root / "stations" / f"{station}.yaml"))  # fmt: skip
+        console.print(f"({', '.join(s for s in STATIONS if s not in PUBLISHED)} publishes "
+                      "nothing: its data set is not marked publish_schema)")  # fmt: skip
+        for station in PUBLISHED:
+            self.pht("central", "stations", "show", station, "--central", self.central_url)
 
     # -- one train
 
@@ -491,11 +645,19 @@ class Demo:
                 self.central.wait(timeout=10)
         if self.registry is not None:
             self.registry.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres_file.unlink(missing_ok=True)
         self.pidfile.unlink(missing_ok=True)
 
 
-def _stop_leftovers(pidfile: Path) -> None:
+def _stop_leftovers(pidfile: Path, postgres_file: Path) -> None:
     """Stop what an interrupted earlier demo left running (only our own processes)."""
+    if postgres_file.exists():
+        folder = Path(postgres_file.read_text().strip())
+        if folder.name.startswith("pht-demo-postgres-") and stop_leftover(folder):
+            console.print(f"stopped the PostgreSQL an earlier demo left in {folder}")
+        postgres_file.unlink()
     if not pidfile.exists():
         return
     for line in pidfile.read_text().split():
@@ -520,7 +682,7 @@ def _phase(title: str) -> Iterator[None]:
 def main() -> int:
     root = Path(".pht/demo").resolve()
     demo = Demo(root)
-    _stop_leftovers(demo.pidfile)
+    _stop_leftovers(demo.pidfile, demo.postgres_file)
     if root.exists():
         import shutil
 
@@ -532,10 +694,12 @@ def main() -> int:
         with _phase("1. keys for a researcher, a reviewer and three stations"):
             demo.make_keys()
         demo.start_services()
-        cohorts = [root / "station-state" / s / "data" / "patients.csv" for s in STATIONS]
-        direct = direct_statistic(cohorts)
+        assert demo.postgres is not None
+        files = [root / "station-state" / s / "data" / "patients.csv" for s in STATIONS
+                 if s not in SQL_STATIONS]  # fmt: skip
+        direct = direct_statistic(demo.postgres.url, files)
         outcomes = []
-        for step, mode in ((4, "sequential"), (5, "parallel")):
+        for step, mode in ((5, "sequential"), (6, "parallel")):
             stat = demo.run_train(mode, step)
             console.print(result_table(f"{mode}: the decrypted result", stat, direct))
             ok = comparable(stat) == comparable(direct)
