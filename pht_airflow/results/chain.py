@@ -142,7 +142,8 @@ def parse_result_config(raw: bytes) -> dict[str, Any]:
     need(isinstance(data.get("station"), str) and bool(data["station"]), "station", "a name")
     previous = data.get("previous")
     need(
-        previous is None or (isinstance(previous, str) and bool(_DIGEST.fullmatch(previous))),
+        "previous" in data
+        and (previous is None or (isinstance(previous, str) and bool(_DIGEST.fullmatch(previous)))),
         "previous",
         "null or a sha256 digest",
     )
