@@ -92,9 +92,12 @@ def check_report(report: Mapping[str, Any], key: PublicKey) -> datetime:
     def bad(reason: str) -> VerificationError:
         return VerificationError(reason, check="failure-report", key_id=key.key_id)
 
-    unknown = sorted(set(report) - set(_FIELDS) - {"signature"})
+    if not isinstance(report, Mapping):
+        raise bad(f"the failure report is not a JSON object but {type(report).__name__}")
+    unknown = sorted(repr(k)[:40] for k in set(report) - set(_FIELDS) - {"signature"})
     if unknown:
-        raise bad(f"unknown field(s) in the failure report: {', '.join(unknown)}")
+        shown = ", ".join(unknown[:10]) + (", …" if len(unknown) > 10 else "")
+        raise bad(f"unknown field(s) in the failure report: {shown}")
     for name, kinds in _FIELDS.items():
         if name not in report:
             raise bad(f"the failure report has no {name!r}")
@@ -102,14 +105,18 @@ def check_report(report: Mapping[str, Any], key: PublicKey) -> datetime:
         if not isinstance(value, kinds) or isinstance(value, bool):
             raise bad(f"the failure report's {name!r} has the wrong type")
     if report["version"] != VERSION:
-        raise bad(f"failure report version {report['version']} is not supported")
+        raise bad(f"failure report version {str(report['version'])[:20]} is not supported")
     if report["key_id"] != key.key_id:
-        raise bad(f"the report is signed by key {report['key_id']}, not the station's key")
+        raise bad(f"the report is signed by key {report['key_id'][:80]!r}, not the station's key")
+    try:
+        payload = _payload(report)
+    except ValueError:  # a lone surrogate ("\ud800" in the JSON) cannot be UTF-8
+        raise bad("the failure report holds text that is not valid Unicode") from None
     try:
         signature = base64.b64decode(str(report.get("signature", "")), validate=True)
     except (binascii.Error, ValueError):
         raise bad("the failure report's signature is not base64") from None
-    if not signature or not key.verify(signature, _payload(report)):
+    if not signature or not key.verify(signature, payload):
         raise bad("the failure report's signature does not verify with the station's key")
     try:
         made = datetime.strptime(report["time"], "%Y-%m-%dT%H:%M:%S.%fZ")

@@ -42,8 +42,25 @@ _CREATOR_FIELDS = {"id", "key", "recipient"}
 _ROUTE_FIELDS = {"station", "key", "recipient"}
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}")
 _KEY_ID_RE = re.compile(r"sha256:[0-9a-f]{64}")
-_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
-_DURATION_RE = re.compile(r"^(\d+)([dhm])$")
+_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+_DURATION_RE = re.compile(r"([0-9]{1,9})([dhm])")
+#: Longest lifetime or timeout :func:`parse_duration` accepts (ten years).
+MAX_DURATION = timedelta(days=3650)
+#: Most stations on a route, and most result recipients.
+MAX_ROUTE = 256
+#: Most problems one SpecError lists (a hostile spec may have thousands).
+MAX_PROBLEMS = 20
+_SHOW_MAX = 80
+
+
+def _show(value: Any) -> str:
+    """A short ``repr`` of a (bad) value for a problem line: bounded, controls escaped."""
+    text = repr(value) if not isinstance(value, dict | list) else f"<a JSON {type(value).__name__}>"
+    return text if len(text) <= _SHOW_MAX else text[: _SHOW_MAX - 1] + "…"
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def format_time(moment: datetime) -> str:
@@ -53,10 +70,12 @@ def format_time(moment: datetime) -> str:
 
 def parse_duration(text: str) -> timedelta:
     """``30d``, ``12h`` or ``90m`` as a timedelta (a train's lifetime, a hop's timeout)."""
-    m = _DURATION_RE.match(text.strip())
+    m = _DURATION_RE.fullmatch(text.strip()) if isinstance(text, str) else None
     if not m or int(m.group(1)) == 0:
-        raise ConfigError(f"not a duration: {text!r} (use e.g. 30d, 12h or 90m)")
+        raise ConfigError(f"not a duration: {_show(text)} (use e.g. 30d, 12h or 90m)")
     n, unit = int(m.group(1)), m.group(2)
+    if n > {"d": 3650, "h": 3650 * 24, "m": 3650 * 24 * 60}[unit]:
+        raise ConfigError(f"{_show(text)} is longer than {MAX_DURATION.days} days")
     return {"d": timedelta(days=n), "h": timedelta(hours=n), "m": timedelta(minutes=n)}[unit]
 
 
@@ -143,9 +162,11 @@ class TrainSpec:
     ) -> TrainSpec:
         """Parse and validate label text."""
         try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise SpecError([f"not valid JSON ({exc})"], source) from None
+            data = json.loads(text, parse_constant=_no_constant)
+        except RecursionError:
+            raise SpecError(["not valid JSON (nested too deeply)"], source) from None
+        except ValueError as exc:  # also UnicodeDecodeError
+            raise SpecError([f"not valid JSON ({_show(str(exc))})"], source) from None
         return cls.from_dict(data, source=source, check_expiry=check_expiry, now=now)
 
     @classmethod
@@ -161,14 +182,20 @@ class TrainSpec:
         problems: list[str] = []
         if not isinstance(data, dict):
             raise SpecError([f"expected a JSON object, got {type(data).__name__}"], source)
+        try:  # lone surrogates (JSON's "\ud800") and non-JSON values end here, not deep inside
+            canonical_json(data).encode("utf-8")
+        except RecursionError:
+            raise SpecError(["the spec is nested too deeply"], source) from None
+        except (TypeError, ValueError):
+            raise SpecError(["the spec holds text that is not valid Unicode"], source) from None
         version = data.get("version")
         if version != VERSION or isinstance(version, bool):
             raise SpecError(
-                [f"unknown spec version {version!r} (this pht understands version {VERSION})"],
+                [f"unknown spec version {_show(version)} (this pht understands version {VERSION})"],
                 source,
             )
         for unknown in sorted(set(data) - _FIELDS):
-            problems.append(f"unknown field {unknown!r}")
+            problems.append(f"unknown field {_show(unknown)}")
         for missing in sorted(_FIELDS - set(data)):
             problems.append(f"missing field {missing!r}")
 
@@ -178,7 +205,7 @@ class TrainSpec:
                 return ""
             if pattern is not None and not pattern.fullmatch(value):
                 problems.append(
-                    f"{field} {value[:80]!r} is not allowed (pattern {pattern.pattern})"
+                    f"{field} {_show(value)} is not allowed (pattern {pattern.pattern})"
                 )
             return value
 
@@ -199,7 +226,7 @@ class TrainSpec:
             try:
                 return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
             except ValueError:
-                problems.append(f"{field} {value!r} is not a real date and time")
+                problems.append(f"{field} {_show(value)} is not a real date and time")
                 return None
 
         train_id = text("id", data.get("id"))
@@ -209,7 +236,7 @@ class TrainSpec:
                 if str(parsed) != train_id or parsed.version != 4:
                     raise ValueError
             except ValueError:
-                problems.append(f"id {train_id!r} must be a lowercase UUID version 4")
+                problems.append(f"id {_show(train_id)} must be a lowercase UUID version 4")
         name = text("name", data.get("name"), _NAME_RE)
         dataset = text("dataset", data.get("dataset"), _NAME_RE)
 
@@ -219,7 +246,7 @@ class TrainSpec:
             problems.append("creator must be an object with id, key and recipient")
         else:
             for unknown in sorted(set(creator_data) - _CREATOR_FIELDS):
-                problems.append(f"unknown field 'creator.{unknown}'")
+                problems.append(f"unknown field {_show(f'creator.{unknown}')}")
             creator = Creator(
                 id=text("creator.id", creator_data.get("id"), _NAME_RE),
                 key=text("creator.key", creator_data.get("key"), _KEY_ID_RE),
@@ -228,17 +255,22 @@ class TrainSpec:
 
         mode = data.get("mode")
         if mode not in MODES:
-            problems.append(f"mode {mode!r} must be one of {', '.join(MODES)}")
+            problems.append(f"mode {_show(mode)} must be one of {', '.join(MODES)}")
         visibility = data.get("results_visibility")
         if visibility not in VISIBILITIES:
             problems.append(
-                f"results_visibility {visibility!r} must be one of {', '.join(VISIBILITIES)}"
+                f"results_visibility {_show(visibility)} must be one of {', '.join(VISIBILITIES)}"
             )
 
         route: list[RouteEntry] = []
         route_data = data.get("route")
         if not isinstance(route_data, list) or not route_data:
             problems.append("route must be a non-empty list of stations")
+            route_data = []
+        elif len(route_data) > MAX_ROUTE:
+            problems.append(
+                f"route has {len(route_data)} stations; at most {MAX_ROUTE} are allowed"
+            )
             route_data = []
         seen: set[str] = set()
         for i, entry in enumerate(route_data):
@@ -247,10 +279,10 @@ class TrainSpec:
                 problems.append(f"{where} must be an object with station, key and recipient")
                 continue
             for unknown in sorted(set(entry) - _ROUTE_FIELDS):
-                problems.append(f"unknown field '{where}.{unknown}'")
+                problems.append(f"unknown field {_show(f'{where}.{unknown}')}")
             station = text(f"{where}.station", entry.get("station"), STATION_ID)
             if station in seen:
-                problems.append(f"{where}.station {station!r} appears more than once")
+                problems.append(f"{where}.station {_show(station)} appears more than once")
             seen.add(station)
             key = entry.get("key")
             if not isinstance(key, str):
@@ -269,6 +301,11 @@ class TrainSpec:
         rr = data.get("result_recipients")
         if not isinstance(rr, list) or not rr:
             problems.append("result_recipients must be a non-empty list of age recipients")
+            rr = []
+        elif len(rr) > MAX_ROUTE:
+            problems.append(
+                f"result_recipients has {len(rr)} entries; at most {MAX_ROUTE} are allowed"
+            )
             rr = []
         for i, r in enumerate(rr):
             value = recipient(f"result_recipients[{i}]", r)
@@ -290,6 +327,9 @@ class TrainSpec:
                 problems.append(f"the train expired at {format_time(expires)}")
 
         if problems:
+            if len(problems) > MAX_PROBLEMS:
+                more = len(problems) - MAX_PROBLEMS + 1
+                problems = [*problems[: MAX_PROBLEMS - 1], f"… and {more} more problems"]
             raise SpecError(problems, source)
         assert created is not None and expires is not None  # noqa: S101 - checked above
         return cls(
@@ -365,14 +405,29 @@ def read_spec(
     if config_desc.size > MAX_CONFIG_BYTES:
         raise SpecError([f"the image config is larger than {MAX_CONFIG_BYTES} bytes"], where)
     raw = client.get_blob(ref.repository, config_desc.digest, max_bytes=MAX_CONFIG_BYTES)
+    return spec_from_config(raw, where, check_expiry=check_expiry, now=now), manifest.digest
+
+
+def spec_from_config(
+    raw: bytes,
+    where: str,
+    *,
+    check_expiry: bool = True,
+    now: datetime | None = None,
+) -> TrainSpec:
+    """The validated spec in an image config's :data:`TRAIN_LABEL` label (``raw`` is the
+    config blob, at most :data:`MAX_CONFIG_BYTES`); ``where`` names the image in messages."""
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise SpecError([f"the image config is larger than {MAX_CONFIG_BYTES} bytes"], where)
     try:
-        config = json.loads(raw)
-    except ValueError:
+        config = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        raise SpecError(["the image config is not JSON (nested too deeply)"], where) from None
+    except ValueError:  # also UnicodeDecodeError
         raise SpecError(["the image config is not JSON"], where) from None
     inner = config.get("config") if isinstance(config, dict) else None
     labels = inner.get("Labels") if isinstance(inner, dict) else None
     label = labels.get(TRAIN_LABEL) if isinstance(labels, dict) else None
     if not isinstance(label, str):
         raise SpecError([f"the image has no {TRAIN_LABEL} label: it is not a train"], where)
-    spec = TrainSpec.from_json(label, source=where, check_expiry=check_expiry, now=now)
-    return spec, manifest.digest
+    return TrainSpec.from_json(label, source=where, check_expiry=check_expiry, now=now)

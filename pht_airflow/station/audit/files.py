@@ -114,6 +114,8 @@ def _read_head(path: Path, log: Path) -> _Head | None:
         raise AuditLogError(f"{problem} (too large)", path=str(log))
     try:
         obj = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise AuditLogError(f"{problem} (not JSON)", path=str(log)) from None
     except ValueError as exc:
         raise AuditLogError(f"{problem} (not JSON)", path=str(log)) from exc
     if not isinstance(obj, dict):

@@ -105,6 +105,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 reads as infinity, which AuditLog never writes
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
 def _parse(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise _Malformed("is empty")
@@ -113,11 +120,17 @@ def _parse(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise _Malformed("is not UTF-8") from exc
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise _Malformed("is not JSON (nested too deeply)") from None
     except ValueError as exc:
         raise _Malformed("is not JSON") from exc
     if not isinstance(obj, dict):
         raise _Malformed("is not a JSON object")
+    try:  # JSON reads lone surrogates ("\ud800") that AuditLog could never have written
+        _encode(obj)
+    except ValueError:
+        raise _Malformed("holds text that is not valid Unicode") from None
     seq = obj.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise _Malformed("has no valid seq (a non-negative integer)")
