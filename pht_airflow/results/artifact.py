@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from ..errors import DigestMismatchError, PhtError, UnsafeArchiveError
 from ..keys import AgeIdentity, SigningKey
@@ -179,7 +179,7 @@ def _max_ciphertext(plaintext_bytes: int) -> int:
 def _download_verified(
     client: RegistryClient,
     result: AcceptedResult | SealedResult,
-    sink: BinaryIO,
+    sink: IO[bytes],
     progress: Progress | None,
 ) -> None:
     """Stream the result's blob into ``sink``; return only once its digest has verified.

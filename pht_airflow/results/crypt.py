@@ -15,7 +15,7 @@ import io
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import pyrage
 from pyrage import x25519
@@ -229,7 +229,7 @@ def decrypt_stream(chunks: Iterable[bytes], identity: AgeIdentity) -> Iterator[b
     return _pump(work, sources=[reader])
 
 
-def decrypt_file(source: BinaryIO, identity: AgeIdentity) -> Generator[bytes, None, None]:
+def decrypt_file(source: IO[bytes], identity: AgeIdentity) -> Generator[bytes, None, None]:
     """Yield the plaintext of the age file ``source`` (already verified), streaming.
 
     ``source`` is a local file (the downloaded, digest-checked blob); pyrage reads it
