@@ -296,6 +296,18 @@ def test_data_set_kinds_load_with_their_fields(station: Any) -> None:
             {"kind": "sql", "connection": "c", "tables": ["t"], "path": "/x"},
             "datasets.x.path: unknown field for kind sql",
         ),
+        (
+            {"kind": "sql", "connection": "c", "queries": {"q": "SELECT 1; COMMIT; DELETE FROM t"}},
+            "datasets.x.queries.q: must be one statement (no ';' between statements); give one",
+        ),
+        (
+            {"kind": "sql", "connection": "c", "queries": {"q": "SELECT 1) AS a, (SELECT f()"}},
+            "datasets.x.queries.q: closes a parenthesis it did not open",
+        ),
+        (
+            {"kind": "sql", "connection": "c", "queries": {"q": "SELECT 1 /* ) AS q"}},
+            "datasets.x.queries.q: has an unterminated comment",
+        ),
         ({"kind": "file", "path": "data/cohort/patients.txt"}, "must be a .parquet or .csv file"),
         ({"kind": "file", "path": "nope.csv"}, "datasets.x.path: no such file:"),
         ({"kind": "folder", "path": "nope"}, "datasets.x.path: no such folder:"),

@@ -142,7 +142,6 @@ def _existing_result(client: RegistryClient, verified: VerifiedTrain) -> dict[st
 
 #: The hop folders in ``work_dir`` (decrypted input, output, extracted data).
 HOP_PREFIX = "hop-"
-_GUARD = ".pht-work.lock"
 
 
 def _wipe(path: Path) -> None:
@@ -164,7 +163,7 @@ def _open_work(config: StationConfig, prefix: str) -> tuple[Path, int, list[str]
     """
     root = config.work_dir
     root.mkdir(parents=True, exist_ok=True)
-    guard = os.open(root / _GUARD, os.O_RDWR | os.O_CREAT, 0o600)
+    guard = os.open(root, os.O_RDONLY | os.O_DIRECTORY)  # the guard: a lock on work_dir
     try:
         fcntl.flock(guard, fcntl.LOCK_EX)
         removed: list[str] = []

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...errors import PhtError
 from .model import DataSet, DataSetError
 
 SCHEMA_FILE = "schema.json"
@@ -36,7 +37,7 @@ SCHEMA_VERSION = 1
 #: Bytes of rows buffered before a Parquet row group is written (the extractor's budget).
 DEFAULT_MEMORY_BUDGET = 32 * 1024 * 1024
 #: Bytes pyarrow's CSV reader parses at a time.
-CSV_BLOCK = 1024 * 1024
+CSV_BLOCK = 256 * 1024
 #: Seconds one statement may run at the database before it is cancelled.
 STATEMENT_TIMEOUT_S = 6 * 3600
 
@@ -157,7 +158,7 @@ class ReadOnlySession:
         name = self.dataset.name
         try:
             self.conn = self.dataset.connect()
-        except DataSetError:
+        except PhtError:
             raise
         except Exception as exc:  # noqa: BLE001 - driver errors of any kind
             raise DataSetError(
@@ -169,6 +170,7 @@ class ReadOnlySession:
                 self.conn.autocommit = False
             cur = self.conn.cursor()
             cur.execute("SET TRANSACTION READ ONLY")
+            cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
             cur.execute("SET LOCAL TimeZone = 'UTC'")
             cur.execute("SET LOCAL DateStyle = 'ISO, YMD'")
             cur.execute("SET LOCAL IntervalStyle = 'iso_8601'")

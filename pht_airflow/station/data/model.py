@@ -118,6 +118,39 @@ class DataSet:
         return {"name": self.name, "kind": self.kind, "tables": list(self.tables())}
 
 
+_LEXEMES = re.compile(
+    r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|/\*.*?\*/|/\*.*|(\$[A-Za-z_0-9]*\$).*?\1|[();]|[^'"$();/-]+|.""",
+    re.DOTALL,
+)
+
+
+def statement_problem(sql: str) -> str | None:
+    """Why ``sql`` is not one query the station can wrap as ``SELECT * FROM (sql) AS q``.
+
+    Outside string literals, quoted names, comments and dollar quotes: no ``;`` (one
+    statement only) and parentheses that never close more than they opened. The read-only
+    transaction refuses writes anyway; this keeps a query from ending that transaction.
+    """
+    depth = 0
+    for m in _LEXEMES.finditer(sql):
+        lexeme = m.group(0)
+        if lexeme == ";":
+            return "must be one statement (no ';' between statements)"
+        if lexeme == "(":
+            depth += 1
+        elif lexeme == ")":
+            depth -= 1
+            if depth < 0:
+                return "closes a parenthesis it did not open"
+        elif lexeme[0] in "'\"" and (len(lexeme) < 2 or lexeme[-1] != lexeme[0]):
+            return "has an unterminated quote"
+        elif lexeme.startswith("/*") and not lexeme.endswith("*/"):
+            return "has an unterminated comment"
+    if depth:
+        return "leaves a parenthesis open"
+    return None
+
+
 Problem = Callable[[tuple[str, ...], str], None]
 ResolvePath = Callable[[Any, tuple[str, ...]], Path | None]
 
@@ -259,7 +292,12 @@ def _parse_one(
                 if len(sql) > MAX_QUERY_CHARS:
                     bad(qpath, f"is longer than {MAX_QUERY_CHARS} characters")
                     continue
-                targets[str(qname)] = sql.strip().rstrip(";").strip()
+                sql = sql.strip().rstrip(";").strip()
+                why = statement_problem(sql)
+                if why:
+                    bad(qpath, f"{why}; give one SELECT query per table name")
+                    continue
+                targets[str(qname)] = sql
         args["targets"] = targets
     if kind != "folder":
         formats = value.get("formats", ["parquet"])
