@@ -41,7 +41,13 @@ def results() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder to write DIR/<hop>-<station>/… into (new or empty).",
 )
-@click.option("--max-bytes", default=16 * 1024**3, show_default=True, help="Extraction limit.")
+@click.option(
+    "--max-bytes",
+    default=16 * 1024**3,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Extraction limit: the most bytes of files a result may write.",
+)
 @passphrase_options
 @registry_options
 def results_fetch(
