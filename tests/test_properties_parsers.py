@@ -381,6 +381,41 @@ def test_station_config_mutated(station_seed: Path, tmp_path: Path, data: st.Dat
     only(ConfigError, lambda: load_config(path))
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("x: &a [1]\ny: *a\n", r":\d+: YAML aliases \(\*name\) are not supported"),
+        ("x: &a [*a]\n", "YAML aliases"),
+        ("x: !!python/object:os.system {}\n", "not valid YAML"),
+        ("x: 2001-02-30\n", r"not valid YAML \(ValueError\)"),
+        ("x: " + "[" * 3000 + "]" * 3000 + "\n", "not valid YAML"),
+        ("sandbox: {pids: .inf}\n", "sandbox.pids: must be a number"),
+        ("sandbox: {cpus: .nan}\n", "sandbox.cpus: must be a number"),
+        ("sandbox: {memory: " + "9" * 400 + "GiB}\n", "sandbox.memory: .* is too large a size"),
+        ("sandbox: {wall_time: " + "9" * 400 + "}\n", "sandbox.wall_time: .* too long a duration"),
+    ],
+)
+def test_station_config_refusals(station_seed: Path, extra: str, message: str) -> None:
+    seed = yaml.safe_load(station_seed.read_text())
+    path = station_seed.parent / "refused.yaml"
+    if extra.startswith("sandbox: "):  # merged into the seed's own sandbox section
+        seed["sandbox"] = {**seed.get("sandbox", {}), **yaml.safe_load(extra)["sandbox"]}
+        extra = ""
+    path.write_text(yaml.safe_dump(seed) + extra)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_station_config_too_large_or_not_utf8(station_seed: Path) -> None:
+    path = station_seed.parent / "refused.yaml"
+    path.write_bytes(b"#" * (1024 * 1024 + 1))
+    with pytest.raises(ConfigError, match="larger than 1048576 bytes"):
+        load_config(path)
+    path.write_bytes(b"station: {id: \xff}\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 \(byte 14\)"):
+        load_config(path)
+
+
 @SETTINGS
 @given(value=JSON_VALUES)
 def test_station_sizes_and_durations(value: Any) -> None:

@@ -9,6 +9,7 @@ for every field with its meaning.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -46,11 +47,14 @@ _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?", re.IGNORECASE)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _IUNITS = {"ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_MAX_NUMBER = 2**62  # sizes and durations beyond this are typos (or hostile), not limits
+#: Largest station config file read (bytes).
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 def parse_size(text: Any) -> int:
     """``"2GiB"``, ``"512MiB"``, ``"1G"``, ``1048576`` → bytes."""
-    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
+    if isinstance(text, int) and not isinstance(text, bool) and 0 < text < _MAX_NUMBER:
         return text
     m = _SIZE_RE.fullmatch(str(text).strip())
     if not m:
@@ -59,17 +63,22 @@ def parse_size(text: Any) -> int:
     factor = _IUNITS.get(unit) or _UNITS.get(unit)
     if factor is None or number <= 0:
         raise ValueError(f"{text!r} is not a size like 512MiB or 2GiB")
+    if not number * factor < _MAX_NUMBER:  # also catches an infinite float
+        raise ValueError(f"{str(text)[:40]!r} is too large a size")
     return int(number * factor)
 
 
 def parse_seconds(text: Any) -> float:
     """``"90s"``, ``"30m"``, ``"2h"``, ``3600`` → seconds."""
-    if isinstance(text, int | float) and not isinstance(text, bool) and text > 0:
+    if isinstance(text, int | float) and not isinstance(text, bool) and 0 < text < _MAX_NUMBER:
         return float(text)
     m = _DURATION_RE.fullmatch(str(text).strip())
     if not m or float(m.group(1)) <= 0:
-        raise ValueError(f"{text!r} is not a duration like 90s, 30m or 2h")
-    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+        raise ValueError(f"{str(text)[:40]!r} is not a duration like 90s, 30m or 2h")
+    seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2) or "s"]
+    if not seconds < _MAX_NUMBER:  # also catches an infinite float
+        raise ValueError(f"{str(text)[:40]!r} is too long a duration")
+    return seconds
 
 
 # --- the config -----------------------------------------------------------------------------
@@ -177,14 +186,21 @@ class _LineLoader(yaml.SafeLoader):
 
 def _load_with_lines(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
     lines: dict[tuple[str, ...], int] = {}
+    seen: set[int] = set()
     try:
         node = yaml.compose(text, Loader=_LineLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML (nested too deeply)") from None
 
     def walk(n: yaml.Node, path: tuple[str, ...]) -> None:
+        if id(n) in seen:  # an alias: the same node again (maybe inside itself)
+            where = f"{source}:{n.start_mark.line + 1}"
+            raise ConfigError(f"{where}: YAML aliases (*name) are not supported in a config")
+        seen.add(id(n))
         lines[path] = n.start_mark.line + 1
         if isinstance(n, yaml.MappingNode):
             for k, v in n.value:
@@ -197,7 +213,12 @@ def _load_with_lines(text: str, source: str) -> tuple[Any, dict[tuple[str, ...],
 
     if node is not None:
         walk(node, ())
-    data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
+    try:
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
+    except yaml.YAMLError as exc:  # a tag it cannot construct, an unhashable key
+        raise ConfigError(f"{source}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except (ValueError, TypeError, RecursionError) as exc:  # e.g. a date 2001-02-30
+        raise ConfigError(f"{source}: not valid YAML ({type(exc).__name__})") from None
     return data, lines
 
 
@@ -307,9 +328,16 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
         path = env
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
+        with source.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read the station config {source}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: the station config is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 (byte {exc.start})") from None
     data, lines = _load_with_lines(text, str(source))
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
@@ -476,7 +504,10 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
         if name_ in sb:
             try:
                 limit_args[name_] = typ(sb[name_])
-            except (TypeError, ValueError):
+                if not math.isfinite(limit_args[name_]):
+                    raise ValueError
+            except (TypeError, ValueError, OverflowError):
+                limit_args.pop(name_, None)
                 problem(("sandbox", name_), "must be a number")
     if "user" in sb:
         limit_args["user"] = str(sb["user"])
