@@ -252,7 +252,11 @@ def check_document(
     """
     if not isinstance(document, dict):
         raise _bad("a schema document must be a JSON object")
-    if len(canonical_json(document).encode()) > MAX_DOCUMENT_BYTES:
+    try:
+        size = len(canonical_json(document).encode())
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800") is no text to sign or show
+        raise _bad("the schema document holds a string that is not valid Unicode") from None
+    if size > MAX_DOCUMENT_BYTES:
         raise _bad(f"the schema document is larger than {MAX_DOCUMENT_BYTES // 1024} KiB")
     _mapping(document, "the schema document", set(_FIELDS))
     if document["version"] != VERSION or not _whole(document["version"]):

@@ -295,6 +295,31 @@ def test_a_malformed_schema_is_refused_with_its_reason(
     assert CentralClient(served).station("station-a")["schema"] is None
 
 
+def test_a_lone_surrogate_or_an_oversized_document_is_refused_not_a_server_error(
+    served: str, parties: Any
+) -> None:
+    doc = make_document(station="station-a", datasets=[OMOP], min_cell_count=10,
+                        key=parties["station-a"].key)  # fmt: skip
+    body = json.dumps(doc).replace('"person"', '"\\ud800"', 1).encode()
+    session = requests.Session()
+    session.trust_env = False
+    resp = session.post(f"{served}/stations/station-a/schema", data=body,
+                        headers={"Content-Type": "application/json"}, timeout=30)  # fmt: skip
+    assert resp.status_code == 422
+    assert "a string that is not valid Unicode" in resp.json()["detail"]
+    big = copy.deepcopy(doc)
+    big["datasets"] = [
+        {"name": f"d{i}", "kind": "sql", "tables": [
+            {"name": f"t{j}", "rows": 0, "files": [],
+             "columns": [{"name": "c" * 100, "type": "x", "identifier": False}]}
+            for j in range(40)]}
+        for i in range(64)
+    ]  # fmt: skip
+    resp = _post(served, "station-a", big)
+    assert resp.status_code == 422
+    assert "larger than 256 KiB" in resp.json()["detail"]
+
+
 def test_a_new_station_key_drops_the_schema_signed_by_the_old_one(
     served: str, router: Router, parties: Any
 ) -> None:
@@ -330,12 +355,19 @@ def test_the_cli_refuses_a_stored_schema_that_does_not_verify(
 
 # --- the parser against arbitrary input -----------------------------------------------------
 
-_json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
-                                                                 max_size=4),
-    max_leaves=20,
-)  # fmt: skip
+
+def _json_values(text: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | text,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+        max_leaves=20,
+    )
+
+
+_json = _json_values(st.text(max_size=20))
+# Any text, lone surrogates included (what a JSON "\\udXXX" escape decodes to): such a
+# document cannot even be signed, but it can be sent.
+_json_any = _json_values(st.text(st.characters(exclude_categories=()), max_size=20))
 
 
 @settings(max_examples=300, deadline=None)
@@ -343,7 +375,7 @@ _json = st.recursive(
     body=st.fixed_dictionaries(
         {},
         optional={
-            k: _json
+            k: _json_any
             for k in (
                 "version",
                 "station",
@@ -355,7 +387,7 @@ _json = st.recursive(
             )
         },  # fmt: skip
     )
-    | _json
+    | _json_any
 )
 def test_any_json_is_either_a_valid_schema_or_a_verification_error(body: Any) -> None:
     key = SigningKey.generate()
