@@ -11,7 +11,7 @@ import click
 
 from ..protocol import INCOMING_PROJECT, OUTBOX_PROJECT
 from .options import central_url_option, json_option, registry_options, registry_password
-from .render import err, out, print_json, print_rows
+from .render import err, out, plain, print_json, print_rows
 
 
 @click.group()
@@ -183,7 +183,7 @@ def central_stations_add(
                 secret_file=robot_secret_file or Path(f"{station_id}.robot-secret"),
                 webhook_secret=os.environ.get("PHT_WEBHOOK_SECRET"),
             )
-        out.print(str(report), markup=False)
+        out.print(plain(report, limit=None, multiline=True), markup=False)
     row = CentralClient(url).add_station(
         id=station_id,
         key=key,
@@ -191,7 +191,10 @@ def central_stations_add(
         project=project,
         webhook_url=webhook_url,
     )
-    out.print(f"station {row['id']}: project {row['project']}, key {row['key_id']}", markup=False)
+    out.print(
+        f"station {plain(row['id'])}: project {plain(row['project'])}, key {plain(row['key_id'])}",
+        markup=False,
+    )
 
 
 @central_stations.command("list")
@@ -287,7 +290,9 @@ def central_keys_add(url: str, name: str, role: str, key_path: Path) -> None:
     from ..keys import load_public_key
 
     row = CentralClient(url).add_trusted_key(name, role, load_public_key(key_path).pem)
-    out.print(f"{row['role']} {row['name']}: key {row['key_id']}", markup=False)
+    out.print(
+        f"{plain(row['role'])} {plain(row['name'])}: key {plain(row['key_id'])}", markup=False
+    )
 
 
 @central_keys.command("list")

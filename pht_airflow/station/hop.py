@@ -29,6 +29,7 @@ from ..errors import PhtError, PolicyError, RegistryError, VerificationError
 from ..hopreport import make_report
 from ..oci import Reference, RegistryClient
 from ..results import accept_hop, find_results, open_result, seal
+from ..text import safe_text
 from .audit import AuditLog, hop_record
 from .config import StationConfig
 from .data import data_view, wipe
@@ -41,6 +42,7 @@ Log = Callable[[str], None]
 
 
 def _say(logger: Log | None, message: str) -> None:
+    message = safe_text(message, limit=4000)  # names and errors from the train or registry
     if logger is not None:
         logger(message)
     else:
