@@ -11,6 +11,7 @@ directory (:mod:`pht_airflow.schemadoc`).
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -30,6 +31,19 @@ class RouterError(PhtError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+def _check_webhook_url(url: str) -> None:
+    """A station's webhook URL is informational, but stored and shown: an http(s) URL of at
+    most 500 characters, printable, without spaces."""
+    if len(url) > 500:
+        raise RouterError("webhook_url is longer than 500 characters")
+    try:
+        parts = urlsplit(url) if url.isprintable() and " " not in url else None
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise RouterError(f"webhook_url {url[:60]!r} must be an http(s) URL")
 
 
 class Directory:
@@ -56,6 +70,8 @@ class Directory:
         validate_recipient(recipient, f"station {station_id} recipient")
         project = project or station_project(station_id)
         check_repository(project)
+        if webhook_url is not None:
+            _check_webhook_url(webhook_url)
         with self.sessions.begin() as s:
             row = s.get(StationRow, station_id) or StationRow(id=station_id)
             if row.key_id is not None and row.key_id != key.key_id:

@@ -259,7 +259,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 READ = _errors(404, 422)
-WRITE = _errors(400, 401, 409, 413, 422)
+WRITE = _errors(400, 401, 404, 409, 413, 422)
 
 
 def create_app(
