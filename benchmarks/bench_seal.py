@@ -12,14 +12,15 @@ for each size, ``--repeat`` times and interleaved, it measures on the same files
   (a)  curl: ``cat FILES | curl -X PATCH -T -`` into an upload session of the same registry
        (one chunked request, as ours), then ``PUT ?digest=``: the limit, no tar, no crypto.
        The digest is computed before the clock starts;
-  ours seal+push: ``sealing.seal`` (deterministic tar -> age -> streamed blob upload, then
+  ours seal+push: ``results.seal`` (deterministic tar -> age -> streamed blob upload, then
        config, manifest and the station's signature);
   ours seal core: the same folder through the same deterministic tar and age encryption to
        the same recipient, SHA-256 of the ciphertext and an ECDSA signature of it, into no
        sink at all: the like-for-like comparison with (b1), which does no I/O either;
-  ours fetch+open: what the next station does: ``sealing.verify_chain`` up to its hop, then
-       ``sealing.open_result`` (stream the blob, check its digest, decrypt, extract safely
-       into a new folder);
+  ours fetch+open: what the next station does: ``results.verify_chain`` up to its hop, then
+       ``results.open_result`` (download the blob into a private temporary file while its
+       digest is checked; only then decrypt it and extract it with the strict archive
+       reader into a new folder), the same path ``pht results fetch`` takes;
   (b1) reference crypto core: pht-train-container-library 2.0.5's
        ``SecurityProtocol._post_run_outside_container`` (SHA-512, RSA-PSS, AES-CBC of whole
        files, RSA-OAEP key wrapping per route station and creator) on the same files;
