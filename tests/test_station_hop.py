@@ -91,3 +91,184 @@ def test_a_second_run_is_refused_and_a_rerun_reuses_the_result(
     records = list(AuditLog(a.audit_path).entries())
     assert [r["outcome"] for r in records] == ["success", "failure", "success"]
     assert records[1]["failed_check"] == "already-done"
+
+
+# --- sql data sets: the train reads /pht/data/<table>.csv, extracted just before the run ------
+
+SQL_ANALYSIS = r"""
+import csv, json, os
+from pathlib import Path
+schema = json.loads(Path("/pht/data/schema.json").read_text())
+with open("/pht/data/person.csv", newline="") as f:
+    people = list(csv.DictReader(f))
+weights = [float(p["weight"]) for p in people if p["weight"]]
+state = {"rows": len(people), "mean_weight": sum(weights) / len(weights),
+         "schema_rows": schema["tables"]["person"]["rows"],
+         "files": sorted(os.listdir("/pht/data"))}
+try:
+    Path("/pht/data/x").write_text("x")
+    state["data_writable"] = True
+except OSError:
+    state["data_writable"] = False
+Path("/pht/output/state.json").write_text(json.dumps(state, sort_keys=True))
+print("read", len(people), "people")
+"""
+
+
+def _sql_station(stations: Any, url: str, **entry: Any) -> Any:
+    """station-a with its data set ``cohort`` in PostgreSQL, and its config loaded."""
+    import yaml
+
+    from pht_airflow.station.config import load_config
+    from pht_airflow.station.secrets import DatabaseUrls
+
+    a = stations["station-a"]
+    data = yaml.safe_load(a.config_path.read_text())
+    data["datasets"] = {"cohort": {"kind": "sql", "connection": "pht_omop", **entry}}
+    a.config_path.write_text(yaml.safe_dump(data))
+    return a, load_config(a.config_path, DatabaseUrls({"pht_omop": url}))
+
+
+def _seed_people(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE person (person_id bigint, weight numeric(5,1))")
+        conn.execute("INSERT INTO person VALUES (1, 60.5), (2, NULL), (3, 80.5), (4, 70.0)")
+
+
+def _sql_train(docker_client: Any, client: Any, registry: Any, parties: Any, script: str) -> Any:
+    from support.stationkit import build_train, make_train_spec, sign_train
+
+    spec = make_train_spec(parties, ["station-a"])
+    ref = Reference(registry.host, f"station-a/{spec.id}", tag="train")
+    digest = build_train(docker_client, ref, spec, script)
+    sign_train(client, ref.with_digest(digest), parties, "alice", "reviewer")
+    return ref, spec
+
+
+def test_a_train_reads_a_sql_data_set_extracted_for_its_hop(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any,
+    postgres_url: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    from pht_airflow.station.data import data_view
+
+    _seed_people(postgres_url)
+    a, config = _sql_station(stations, postgres_url, tables=["person"], formats=["parquet", "csv"])
+    ref, spec = _sql_train(docker_client, client, registry, parties, SQL_ANALYSIS)
+    lines: list[str] = []
+    record = run_hop(config, str(ref), logger=lines.append, docker_client=docker_client)
+    assert record["outcome"] == "success", record
+    assert any("read 4 people" in line for line in lines), lines
+    out = tmp_path / "results"
+    fetch_results(client, Reference(registry.host, ref.repository, digest=record["train_digest"]),
+                  spec, parties["alice"].age, out)  # fmt: skip
+    state = json.loads((out / "0-station-a" / "state.json").read_text())
+    assert state == {"rows": 4, "schema_rows": 4, "mean_weight": 70.333333333333329,
+                     "files": ["person.csv", "person.parquet", "schema.json"],
+                     "data_writable": False}  # fmt: skip
+    # The audit record names the data the train saw; extracting again gives the same digest.
+    data = record["data"]
+    assert (data["dataset"], data["kind"], data["tables"], data["files"]) == (
+        "cohort", "sql", ["person"], 3,
+    )  # fmt: skip
+    view_root = tmp_path / "again"
+    view_root.mkdir()
+    with data_view(config.datasets["cohort"], view_root) as again:
+        assert again.digest == data["digest"]
+    assert AuditLog(a.audit_path).entries().__next__()["data"] == data
+    assert list((a.root / "work").iterdir()) == []
+
+
+def test_a_failing_query_fails_the_hop_before_the_container_starts(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any,
+    postgres_url: str,
+) -> None:  # fmt: skip
+    from support.stationkit import sandbox_containers
+
+    from pht_airflow.station.data import DataSetError
+
+    a, config = _sql_station(stations, postgres_url, queries={"person": "SELECT * FROM nobody"})
+    ref, _ = _sql_train(docker_client, client, registry, parties, SQL_ANALYSIS)
+    lines: list[str] = []
+    before = {c.id for c in sandbox_containers(docker_client)}
+    with pytest.raises(DataSetError, match='relation "nobody" does not exist'):
+        run_hop(config, str(ref), logger=lines.append, docker_client=docker_client)
+    assert {c.id for c in sandbox_containers(docker_client)} == before
+    assert not any("train exited" in line for line in lines)
+    (record,) = AuditLog(a.audit_path).entries()
+    assert record["outcome"] == "failure" and record["failure"]["error"] == "DataSetError"
+    assert "table 'person': the database refused the query" in record["failure"]["message"]
+    assert list((a.root / "work").iterdir()) == []
+
+
+def test_a_failed_train_leaves_no_extracted_data(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any,
+    postgres_url: str,
+) -> None:  # fmt: skip
+    from pht_airflow.errors import TrainExitError
+
+    _seed_people(postgres_url)
+    a, config = _sql_station(stations, postgres_url, tables=["person"])
+    script = "import sys; print(open('/pht/data/schema.json').read()[:1]); sys.exit(3)"
+    ref, _ = _sql_train(docker_client, client, registry, parties, script)
+    with pytest.raises(TrainExitError):
+        run_hop(config, str(ref), docker_client=docker_client)
+    assert list((a.root / "work").iterdir()) == []
+
+
+KILLED_HOP = """
+import sys
+from pht_airflow.station.config import load_config
+from pht_airflow.station.data import data_view
+from pht_airflow.station.hop import _open_work
+from pht_airflow.station.secrets import DatabaseUrls
+config = load_config(sys.argv[1], DatabaseUrls({"pht_omop": sys.argv[2]}))
+work, lock, _ = _open_work(config, "hop-killed-")
+with data_view(config.datasets["cohort"], work):
+    print(work.name, flush=True)
+    sys.stdin.read()  # until the test kills this process
+"""
+
+
+def test_the_next_hop_removes_what_a_killed_hop_left_and_audits_it(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any,
+    postgres_url: str,
+) -> None:  # fmt: skip
+    import signal
+    import subprocess
+    import sys
+
+    from pht_airflow.station.hop import _open_work
+
+    _seed_people(postgres_url)
+    a, config = _sql_station(stations, postgres_url, tables=["person"], formats=["csv"])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_HOP, str(a.config_path), postgres_url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        left = proc.stdout.readline().strip() if proc.stdout else ""
+        assert left.startswith("hop-killed-")
+        # While that hop lives, its folder is not touched by another hop's pre-flight.
+        work, lock, removed = _open_work(config, "hop-probe-")
+        assert removed == [] and (a.root / "work" / left / "data" / "person.csv").exists()
+        import os
+        import shutil
+
+        os.close(lock)
+        shutil.rmtree(work)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (a.root / "work" / left / "data" / "person.csv").exists()
+    ref, _ = _sql_train(docker_client, client, registry, parties, SQL_ANALYSIS)
+    lines: list[str] = []
+    record = run_hop(config, str(ref), logger=lines.append, docker_client=docker_client)
+    assert record["outcome"] == "success"
+    assert f"pre-flight: removed 1 leftover hop folder(s): {left}" in lines
+    cleanup, hop = AuditLog(a.audit_path).entries()
+    assert cleanup["event"] == "cleanup" and cleanup["removed"] == [left]
+    assert hop["event"] == "hop"
+    assert list((a.root / "work").iterdir()) == []
