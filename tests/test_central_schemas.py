@@ -351,6 +351,11 @@ def test_the_cli_refuses_a_stored_schema_that_does_not_verify(
     assert result.exit_code == 3
     assert "signature does not verify with station-a's key" in result.output
     assert "2000" not in result.stdout
+    result = CliRunner().invoke(
+        main, ["central", "stations", "show", "station-a", "--central", served, "--json"]
+    )
+    assert result.exit_code == 3
+    assert result.stdout == ""
 
 
 # --- the parser against arbitrary input -----------------------------------------------------

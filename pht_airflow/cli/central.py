@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..protocol import INCOMING_PROJECT, OUTBOX_PROJECT
 from .options import central_url_option, json_option, registry_options, registry_password
 from .render import err, out, plain, print_json, print_rows
+
+if TYPE_CHECKING:
+    from ..schemadoc import SchemaDocument
 
 
 @click.group()
@@ -218,31 +221,33 @@ def central_stations_show(url: str, station_id: str, as_json: bool) -> None:
     table its columns and types and a row count rounded down to the station's disclosure
     threshold (never values). The schema is checked against the station's key first."""
     from ..central_client import CentralClient
+    from ..keys import public_key_from_pem
+    from ..schemadoc import check_document
 
     row = CentralClient(url).station(station_id)
+    # Shown only once it verifies with the station's key, whoever stored it.
+    schema = row.get("schema")
+    checked = None if schema is None else check_document(
+        schema, public_key_from_pem(row["key"]), station=row["id"])  # fmt: skip
     if as_json:
         print_json(row)
         return
-    _print_station(row)
+    _print_station(row, checked)
 
 
-def _print_station(row: dict[str, Any]) -> None:
-    from ..keys import public_key_from_pem
-    from ..schemadoc import check_document
+def _print_station(row: dict[str, Any], schema: SchemaDocument | None) -> None:
     from ..text import safe_text
 
     out.print(f"station {safe_text(row.get('id'))}", markup=False)
     for label, field in (("project", "project"), ("key id", "key_id"),
                          ("recipient", "recipient"), ("webhook", "webhook_url")):  # fmt: skip
         out.print(f"  {label:<10} {safe_text(row.get(field) or '-')}", markup=False)
-    if row.get("schema") is None:
+    if schema is None:
         out.print("no data sets published (the station runs `pht station publish-schema`)")
         return
-    # Shown only once it verifies with the station's key, whoever stored it.
-    schema = check_document(row["schema"], public_key_from_pem(row["key"]), station=row["id"])
     threshold = schema.min_cell_count
     out.print(
-        f"{len(schema.datasets)} data set(s) published {row['schema']['time']}, signed by "
+        f"{len(schema.datasets)} data set(s) published {schema.document['time']}, signed by "
         f"the station's key {schema.key_id}; row counts rounded down to a multiple of "
         f"{threshold}",
         markup=False,
