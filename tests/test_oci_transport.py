@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -34,6 +35,7 @@ from support.authservers import (
 )
 
 from pht_airflow.dev.localregistry import LocalRegistry
+from pht_airflow.errors import ResponseTooLargeError
 from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, RegistryClient
 from pht_airflow.oci.transport import (
     CENTRAL_LIMIT,
@@ -410,3 +412,44 @@ def test_slow_drip_from_the_central_service_fails_at_the_deadline() -> None:
         )
         result = run_isolated(code)
     assert_refused(result, "CentralError", "GET /stations", "did not finish within its deadline")
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_the_manifest_limit_is_exact(
+    registry: LocalRegistry, proxy: LyingProxy, repo: str, extra: int
+) -> None:
+    """A manifest of exactly the limit is read (plain, no encoding); one byte more is not."""
+    digest = push_manifest(registry, repo)
+    with RegistryClient(registry.host) as client:
+        real = client.get_manifest(repo, digest).raw
+    body = real + b" " * (MANIFEST_LIMIT + extra - len(real))  # still JSON: trailing spaces
+    lie = Lie(headers={"Content-Type": OCI_MANIFEST}, body=body)
+    proxy.rule = when("GET", f"/v2/{repo}/manifests/", lie)
+    with RegistryClient(proxy.host) as client:
+        if extra:
+            with pytest.raises(ResponseTooLargeError, match="larger than the limit of 4 MiB"):
+                client.get_manifest(repo, "v1")
+        else:
+            assert client.get_manifest(repo, "v1").raw == body
+
+
+def test_a_server_that_never_answers_fails_at_the_deadline() -> None:
+    """Connected, request sent, and then nothing: the per-read timeout (120 s) is not what
+    ends it, the operation's deadline is."""
+    release = threading.Event()
+
+    class Silent(QuietHandler):
+        def do_GET(self) -> None:
+            release.wait(60)
+
+    with serve_http(Silent) as server:
+        host = server_url(server).removeprefix("http://")
+        try:
+            result = run_isolated(client_call(host, "ping()", deadline=1.0))
+        finally:
+            release.set()
+    assert_refused(
+        result,
+        "DeadlineExceededError",
+        "the API version check did not finish within its deadline (1 s)",
+    )
