@@ -428,7 +428,9 @@ class ArchiveReader:
         try:
             return tarfile.TarInfo.frombuf(block, "utf-8", "strict")
         except UnicodeDecodeError:
-            raise UnsafeArchiveError(f"byte {at}: the entry's name is not valid UTF-8") from None
+            raise UnsafeArchiveError(
+                f"byte {at}: the entry's header holds a name that is not valid UTF-8"
+            ) from None
         except (tarfile.TarError, ValueError, IndexError) as exc:
             raise UnsafeArchiveError(f"byte {at}: not a valid tar header ({exc})") from None
 
