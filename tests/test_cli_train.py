@@ -308,3 +308,70 @@ def test_approve_refuses_a_spec_with_hostile_fields_and_shows_them_escaped(
     assert _raw_controls(result.output) == []
     verified = _run("verify", str(ref), "--key", str(workspace["reviewer_pub"]), "--json")
     assert verified.exit_code == 3  # nothing was signed
+
+
+def _push_config_image(client: RegistryClient, repository: str, config: bytes) -> str:
+    """A one-layer OCI image with ``config`` as its config blob; returns the manifest digest."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        info = tarfile.TarInfo("opt/train/run.py")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"1\n"))
+    layer_desc = client.upload_bytes(
+        repository, layer.getvalue(), "application/vnd.oci.image.layer.v1.tar"
+    )
+    config_desc = client.upload_bytes(
+        repository, config, "application/vnd.oci.image.config.v1+json"
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config_desc.to_dict(),
+        "layers": [layer_desc.to_dict()],
+    }
+    return client.put_manifest(
+        repository, "train", json.dumps(manifest).encode(),
+        "application/vnd.oci.image.manifest.v1+json",
+    )  # fmt: skip
+
+
+def test_approve_shows_a_hostile_commit_message_escaped_and_refuses_a_bad_config(
+    workspace: dict[str, Path],
+    key_files: dict[str, Path],
+    registry: Any,
+    parties: Any,
+    client: RegistryClient,
+) -> None:
+    spec = make_train_spec(parties, ["station-a"])
+    repository = f"pht-incoming/{spec.id}"
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Labels": {TRAIN_LABEL: spec.to_canonical_json()}, "Cmd": ["python3"]},
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": [
+            {"created_by": "COPY run.py /opt/train/", "comment": "fix\x1b[8m hidden\u202e[b]x[/b]"},
+            "not an object \x07",
+        ],
+    }
+    digest = _push_config_image(client, repository, json.dumps(config).encode())
+    pinned = f"{registry.host}/{repository}@{digest}"
+    sign_train(client, Reference.parse(pinned), parties, "alice")
+    args = ["train", "approve", pinned, "--key", str(workspace["reviewer"]), "--yes",
+            "--passphrase-file", str(key_files["passphrase"])]  # fmt: skip
+    result = CliRunner().invoke(main, args, env={"COLUMNS": "1000"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert _raw_controls(result.output) == []
+    assert "COPY run.py /opt/train/  # fix\\x1b[8m hidden\\u202e[b]x[/b]" in result.output
+    assert "not an object \\x07" in result.output
+    assert "opt/train/run.py\n" in result.output
+
+    # The same train with a config that is JSON but not an object is refused, unsigned.
+    spec2 = make_train_spec(parties, ["station-a"])
+    repository2 = f"pht-incoming/{spec2.id}"
+    digest2 = _push_config_image(client, repository2, b"[" * 100_000)
+    pinned2 = f"{registry.host}/{repository2}@{digest2}"
+    result = CliRunner().invoke(main, [*args[:2], pinned2, *args[3:]], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "the image config is not JSON (nested too deeply)" in result.output
+    assert _run("verify", pinned2, "--key", str(workspace["reviewer_pub"])).exit_code == 3

@@ -94,6 +94,16 @@ class ImageSummary:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+def _step(step: object) -> str:
+    """One build step as a reviewer reads it: the command, then its comment (a commit
+    message, ``docker commit -m``) if it has one."""
+    if not isinstance(step, dict):
+        return str(step)
+    text = str(step.get("created_by", ""))
+    comment = step.get("comment")
+    return f"{text}  # {comment}" if comment else text
+
+
 def describe_image(client: RegistryClient, train: Reference) -> ImageSummary:
     """Read the pinned ``train``'s manifest and config: its build steps, what it runs and its
     labels. A config that is not the JSON object an image config is raises
@@ -109,15 +119,12 @@ def describe_image(client: RegistryClient, train: Reference) -> ImageSummary:
     raw = client.get_blob(train.repository, manifest.config.digest, max_bytes=MAX_CONFIG_BYTES)
     try:
         config = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # also UnicodeDecodeError, nesting too deep
         raise InvalidManifestError(f"the image config of {where} is not JSON") from None
     if not isinstance(config, dict):
         raise InvalidManifestError(f"the image config of {where} is not a JSON object")
     steps = config.get("history")
-    history = [
-        str(step.get("created_by", "")) if isinstance(step, dict) else str(step)
-        for step in (steps if isinstance(steps, list) else [])
-    ]
+    history = [_step(step) for step in (steps if isinstance(steps, list) else [])]
     entry = config.get("config")
     entry = entry if isinstance(entry, dict) else {}
     labels = entry.get("Labels")
