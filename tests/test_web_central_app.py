@@ -252,6 +252,26 @@ def test_a_body_within_the_limit_still_works_chunked(central: ServerProcess, par
     assert response.json()["project"] == "station-station-z"
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [("ftp://airflow.example.org/x", "must be an http(s) URL"),
+     ("http://[::1/x", "must be an http(s) URL"),
+     ("https://a.example.org/\x1b[2J", "must be an http(s) URL"),
+     ("https://a.example.org/" + "x" * 500, "longer than 500 characters")],
+    ids=["scheme", "bad-host", "control-characters", "too-long"],
+)  # fmt: skip
+def test_a_station_webhook_url_is_validated(
+    central: ServerProcess, parties: Any, url: str, message: str
+) -> None:
+    body = {"id": "station-w", "key": parties["station-a"].public.pem,
+            "recipient": parties["station-a"].age.recipient, "webhook_url": url}  # fmt: skip
+    with httpx.Client(trust_env=False, timeout=30) as http:
+        response = http.post(f"{central.url}/stations", json=body, headers=BEARER)
+        assert response.status_code == 400, response.text
+        assert message in response.json()["detail"]
+        assert http.get(f"{central.url}/stations/station-w").status_code == 404
+
+
 # --- the OpenAPI schema, fuzzed ----------------------------------------------------------
 
 import schemathesis  # noqa: E402
