@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -36,7 +37,7 @@ from support.authservers import (
 
 from pht_airflow.dev.localregistry import LocalRegistry
 from pht_airflow.errors import ResponseTooLargeError
-from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, RegistryClient
+from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, RegistryClient, transport
 from pht_airflow.oci.transport import (
     CENTRAL_LIMIT,
     ERROR_BODY_LIMIT,
@@ -453,3 +454,37 @@ def test_a_server_that_never_answers_fails_at_the_deadline() -> None:
         "DeadlineExceededError",
         "the API version check did not finish within its deadline (1 s)",
     )
+
+
+def test_an_expired_operation_does_not_cut_a_connection_another_one_reuses() -> None:
+    """The first operation's connection goes back to the pool; the second takes it and reads
+    a dripped answer (2 s) while the first (0.5 s, still watched) runs out of time. Only the
+    connection's current operation may cut it."""
+
+    class Server(QuietHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            body = b"x" * 20
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.path == "/small":
+                self.wfile.write(body)
+                return
+            for i in range(len(body)):
+                self.wfile.write(body[i : i + 1])
+                time.sleep(0.1)  # the slowness under test
+
+    with serve_http(Server) as server:
+        url = server_url(server)
+        session = transport.make_session()
+        first = transport.Deadline(0.5, "the first operation")
+        with first, first.active():
+            resp = session.get(url + "/small", stream=True, timeout=30)
+            assert transport.read_body(resp, 100, "small", first) == b"x" * 20
+            with transport.Deadline(30, "the second operation") as second, second.active():
+                resp = session.get(url + "/drip", stream=True, timeout=30)
+                assert transport.read_body(resp, 100, "dripped", second) == b"x" * 20
+            assert first.is_over()  # it did run out while the second one read
+        session.close()

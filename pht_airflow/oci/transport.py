@@ -160,6 +160,9 @@ class Deadline:
             _ACTIVE.reset(token)
 
     def _attach(self, conn: HTTPConnection) -> None:
+        # The connection's latest operation owns it: once back in the pool and taken by
+        # another operation, an earlier one running out of time must not cut it.
+        conn._pht_deadline = self  # type: ignore[attr-defined]
         with self._lock:
             if conn not in self._connections:
                 self._connections.append(conn)
@@ -171,7 +174,7 @@ class Deadline:
             conns, self._connections = self._connections, []
         for conn in conns:
             sock = getattr(conn, "sock", None)
-            if sock is not None:
+            if sock is not None and getattr(conn, "_pht_deadline", None) is self:
                 with contextlib.suppress(OSError):
                     # socket.socket.shutdown on the file descriptor, also under TLS: it wakes
                     # a thread blocked in recv; closing alone would not.
