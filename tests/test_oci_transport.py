@@ -488,3 +488,45 @@ def test_an_expired_operation_does_not_cut_a_connection_another_one_reuses() -> 
                 assert transport.read_body(resp, 100, "dripped", second) == b"x" * 20
             assert first.is_over()  # it did run out while the second one read
         session.close()
+
+
+def test_an_upload_the_registry_does_not_read_fails_at_the_deadline() -> None:
+    """The registry opens an upload session and then reads none of the PATCH body: once the
+    socket buffers are full the client's send blocks, until the deadline cuts it."""
+    release = threading.Event()
+
+    class Stuck(QuietHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.send_response(202)
+            self.send_header("Location", "/v2/stuck/blobs/uploads/session-1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_PATCH(self) -> None:
+            release.wait(60)
+            self.close_connection = True
+
+        def do_DELETE(self) -> None:  # the client cancels the upload: fine
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    with serve_http(Stuck) as server:
+        host = server_url(server).removeprefix("http://")
+        call = client_call(
+            host,
+            "upload_blob('stuck', iter([bytes(1024 * 1024)] * 64))",
+            deadline=1.0,
+            min_blob_rate=1024 * 1024 * 1024,
+        )
+        try:
+            result = run_isolated(call)
+        finally:
+            release.set()
+    assert_refused(
+        result,
+        "DeadlineExceededError",
+        "uploading a blob to stuck did not finish within its deadline (1 s plus 1 s per 1024 MiB",
+    )
