@@ -8,14 +8,15 @@ has no field that could carry one, and a row count is rounded down to a multiple
 station's disclosure threshold (``policy.min_cell_count``), so a count below the threshold
 shows as 0 ("fewer than the threshold").
 
-The document is signed like a hop report (:mod:`pht_airflow.hopreport`): ECDSA P-256,
-SHA-256, DER, base64, by the station's signing key, over the canonical JSON of the document
-without its ``signature`` field. The central service checks it against the station's key in
-its directory before it stores it, so nobody without that key can describe a station's data,
-and anyone can check a stored document again with the station's public key. Each document
-replaces the station's previous one (a data set the station stops publishing disappears); it
-carries the time it was made, and an older document than the stored one is refused (a replay
-cannot bring back a withdrawn description).
+The document is signed like a hop report (:mod:`pht_airflow.hopreport`): ECDSA P-256, SHA-256,
+DER, base64, by the station's signing key, over the canonical JSON of the document without its
+``signature`` field; its ``type`` (``org.pht.dataset-schema``) is part of what is signed, so
+the signature cannot be taken for one over another kind of document. The central service checks
+it against the station's key in its directory before it stores it, so nobody without that key
+can describe a station's data, and anyone can check a stored document again with the station's
+public key. Each document replaces the station's previous one (a data set the station stops
+publishing disappears); it carries the time it was made, and an older document than the stored
+one is refused (a replay cannot bring back a withdrawn description).
 
 The document is bounded (size, counts, name lengths) and its names and types may not hold
 control or format characters; :func:`check_document` is the one parser, used by the central
@@ -38,6 +39,9 @@ from .protocol import STATION_ID
 from .spec import canonical_json
 
 VERSION = 1
+# What the station's signature is over: named in the signed bytes, so a signature made for
+# this document can never pass as one over another kind of station statement (a hop report).
+TYPE = "org.pht.dataset-schema"
 CHECK = "dataset-schema"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 MAX_DOCUMENT_BYTES = 256 * 1024
@@ -53,7 +57,9 @@ MAX_THRESHOLD = 1_000_000
 # would block every later one, so it is refused.
 MAX_CLOCK_SKEW = timedelta(minutes=10)
 
-_FIELDS = ("version", "station", "time", "key_id", "min_cell_count", "datasets", "signature")
+_FIELDS = (
+    "type", "version", "station", "time", "key_id", "min_cell_count", "datasets", "signature",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ def make_document(
     unrounded can leave the station by this path. Checked as the central service will."""
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     document: dict[str, Any] = {
+        "type": TYPE,
         "version": VERSION,
         "station": station,
         "time": moment.strftime(TIME_FORMAT),
@@ -259,6 +266,8 @@ def check_document(
     if size > MAX_DOCUMENT_BYTES:
         raise _bad(f"the schema document is larger than {MAX_DOCUMENT_BYTES // 1024} KiB")
     _mapping(document, "the schema document", set(_FIELDS))
+    if document["type"] != TYPE:
+        raise _bad(f"the document's type is not {TYPE!r}")
     if document["version"] != VERSION or not _whole(document["version"]):
         raise _bad(f"schema document version {document['version']!r} is not supported")
     if not isinstance(document["station"], str) or not STATION_ID.fullmatch(document["station"]):

@@ -281,6 +281,8 @@ def test_values_cannot_ride_along_in_a_schema(served: str, parties: Any) -> None
         (lambda d: d.update(time=(datetime.now(UTC) + timedelta(days=1)).strftime(
             "%Y-%m-%dT%H:%M:%S.%fZ")), "dated in the future"),
         (lambda d: d.update(version=2), "version 2 is not supported"),
+        (lambda d: d.update(type="org.pht.failure-report"),
+         "the document's type is not 'org.pht.dataset-schema'"),
     ],
 )  # fmt: skip
 def test_a_malformed_schema_is_refused_with_its_reason(
@@ -382,6 +384,7 @@ _json_any = _json_values(st.text(st.characters(exclude_categories=()), max_size=
         optional={
             k: _json_any
             for k in (
+                "type",
                 "version",
                 "station",
                 "time",
@@ -408,8 +411,9 @@ def test_any_json_is_either_a_valid_schema_or_a_verification_error(body: Any) ->
 def test_any_signed_document_shape_is_checked_not_crashed_on(datasets: Any, threshold: int) -> None:
     """Correctly signed but arbitrary contents: a parsed document or a VerificationError."""
     key = SigningKey.generate()
-    doc = _sign({"version": 1, "station": "station-a", "time": "2026-01-01T00:00:00.000000Z",
-                 "key_id": key.key_id, "min_cell_count": threshold, "datasets": datasets},
+    doc = _sign({"type": "org.pht.dataset-schema", "version": 1, "station": "station-a",
+                 "time": "2026-01-01T00:00:00.000000Z", "key_id": key.key_id,
+                 "min_cell_count": threshold, "datasets": datasets},
                 key)  # fmt: skip
     try:
         checked = check_document(doc, key.public, station="station-a")
