@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError, ConflictError, NotSupportedError
 from ..protocol import STATION_ID
+from ..text import safe_text
 from .registry import PayloadFormat, RegistryAdmin, RobotAccount
 
 log = logging.getLogger(__name__)
@@ -266,5 +267,5 @@ def _create_robot(admin: RegistryAdmin, project: str, name: str, path: Path) -> 
                 f"{path} ({exc.strerror}). Delete the robot (or refresh its secret) in the "
                 f"registry, remove {path}, and run again"
             ) from None
-    log.info("wrote the secret of robot %s to %s", robot.name, path)
+    log.info("wrote the secret of robot %s to %s", safe_text(robot.name), path)
     return robot

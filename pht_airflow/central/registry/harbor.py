@@ -25,6 +25,7 @@ from ...errors import ConfigError, ConflictError, NotFoundError, RegistryError
 from ...oci.reference import check_digest, check_repository
 from ...protocol import TRAIN_TAG
 from ...signing import signature_tag
+from ...text import safe_text
 from .admin import (
     PAYLOAD_FORMATS,
     CopyReport,
@@ -187,7 +188,11 @@ class HarborAdmin(HarborAPI):
             raise RegistryError(f"Harbor {self.host}: {what}: the answer has no name or secret")
         self._secrets.add(secret)
         robot_id = data.get("id")
-        log.info("created Harbor robot %s (pull and push in project %s only)", full_name, project)
+        log.info(
+            "created Harbor robot %s (pull and push in project %s only)",
+            safe_text(full_name),
+            project,
+        )
         return RobotAccount(
             name=full_name, secret=secret, id=robot_id if isinstance(robot_id, int) else None
         )
