@@ -42,29 +42,64 @@ ENTRYPOINT ["python3", "/opt/train/analysis.py"]
 """
 
 _ANALYSIS = '''\
-"""Example analysis: count rows per CSV file in the data set, adding to the previous hop's counts.
+"""Example analysis: count the rows of each table at this station, adding to earlier hops.
 
-Contract (see README.md): read /pht/data (the station's data, read-only) and /pht/input (the
-previous hop's result, read-only, empty at the first hop); write everything to /pht/output.
+The data (see README.md): /pht/data holds one file per table, <table>.parquet (and
+<table>.csv where the station offers CSV), and schema.json naming the tables with their
+columns, types and row counts. Parquet is read with pyarrow where the image has it; without
+pyarrow, the CSV files are read with the standard library. /pht/input holds the previous
+hop's result (read-only, empty at the first hop); write everything to /pht/output.
 """
 
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 
 DATA, INPUT, OUTPUT = Path("/pht/data"), Path("/pht/input"), Path("/pht/output")
 
+try:  # in the image only if the Dockerfile installs it
+    import pyarrow.parquet as pq
+except ImportError:
+    pq = None
+
+
+def table_files() -> dict[str, Path]:
+    """Each table's file, by table name: Parquet where pyarrow reads it, else CSV."""
+    found = {str(p.relative_to(DATA).with_suffix("")): p for p in sorted(DATA.rglob("*.csv"))}
+    if pq is not None:
+        found.update({p.stem: p for p in sorted(DATA.glob("*.parquet"))})
+    return found
+
+
+def count_rows(path: Path) -> int:
+    if path.suffix == ".parquet":
+        return pq.read_table(path).num_rows
+    with open(path, newline="") as f:
+        return sum(1 for _ in csv.DictReader(f))
+
 
 def main() -> None:
+    schema_file = DATA / "schema.json"
+    schema = json.loads(schema_file.read_text()) if schema_file.exists() else None
+    if schema:
+        for name, table in schema["tables"].items():
+            columns = ", ".join(f"{c['name']} ({c['type']})" for c in table["columns"])
+            print(f"table {name}: {columns}")
+    files = table_files()
+    if not files and any(DATA.glob("*.parquet")):
+        sys.exit(
+            "this station offers its data as Parquet only and this image has no pyarrow: "
+            "install pyarrow in the Dockerfile, or ask the station for formats: [parquet, csv]"
+        )
     state_file = INPUT / "state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {"rows": 0, "hops": []}
-    rows = 0
-    for path in sorted(DATA.rglob("*.csv")):
-        with open(path, newline="") as f:
-            rows += sum(1 for _ in csv.DictReader(f))
+    counts = {name: count_rows(path) for name, path in files.items()}
+    rows = sum(counts.values())
     state["rows"] += rows
-    state["hops"].append({"station": os.environ.get("PHT_STATION_ID"), "rows": rows})
+    state["hops"].append({"station": os.environ.get("PHT_STATION_ID"), "rows": rows,
+                          "tables": counts})
     (OUTPUT / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\\n")
     print(f"counted {rows} rows at {os.environ.get('PHT_STATION_ID')}")
 
@@ -83,7 +118,7 @@ that visits each station on its route.
 
 | path / setting | what you get |
 |---|---|
-| `/pht/data` | the station's data set (read-only) |
+| `/pht/data` | the station's data set (read-only; see "The data" below) |
 | `/pht/input` | the previous hop's result, decrypted (read-only; empty at hop 0 / in parallel) |
 | `/pht/output` | an empty folder: everything you write here is your result |
 | environment | `PHT_TRAIN_ID`, `PHT_STATION_ID`, `PHT_HOP`, `PHT_ROUTE_LENGTH`, `PHT_DATASET` |
@@ -97,6 +132,33 @@ Rules that make a train run everywhere:
 - Keep results aggregate: the next station and the result recipients will read them.
 - A non-zero exit, running out of time or memory, or too much output fails the hop.
 - Nothing can be downloaded at run time: put every dependency in the image.
+
+## The data at `/pht/data`
+
+A station keeps its data in a database, a Parquet or CSV file, or a folder. For databases and
+files the station extracts the rows just before your train runs and gives you the same view
+whatever the source:
+
+- `<table>.parquet`: one table (a database table, a station's named query, or the file).
+- `<table>.csv`: the same table as CSV, where the station offers CSV
+  (`formats: [parquet, csv]`): a header line; an empty field is NULL and `""` an empty
+  string; database booleans are `t`/`f`.
+- `schema.json`: the tables, their columns and row counts:
+
+```json
+{"version": 1, "dataset": "cohort", "kind": "sql",
+ "tables": {"person": {"rows": 1200, "files": ["person.parquet", "person.csv"],
+                       "columns": [{"name": "person_id", "type": "int64", "identifier": true},
+                                   {"name": "year_of_birth", "type": "int32"}]}}}
+```
+
+Types are Arrow's names: `int16`/`int32`/`int64`, `float`/`double`, `decimal128(p, s)`,
+`bool`, `string`, `date32[day]`, `timestamp[us]`, `timestamp[us, tz=UTC]`; columns the station
+marks as identifiers carry `"identifier": true`. Read Parquet with `pyarrow` (add
+`RUN pip install pyarrow` to the Dockerfile; the default base image has none) or read the CSV
+files with Python's `csv` module. A station whose data set is a plain folder (`kind: folder`)
+mounts that folder as it is, without `schema.json`: ask the station for its layout. Ask the
+station which tables it offers (`pht central stations show ID` lists published schemas).
 
 ## Build and send
 
