@@ -343,6 +343,9 @@ def create_app(
 
     @app.get("/stations/{station_id}", tags=["directory"], responses=READ)
     def show_station(station_id: str) -> StationOut:
+        """A station's entry, with ``schema``: the signed description of the data sets it
+        publishes (``POST /stations/{id}/schema``; check it with the station's ``key``), or
+        null."""
         return StationOut(**call(lambda: router.station(station_id)))
 
     @app.post("/stations", tags=["directory"], dependencies=token, responses=WRITE)
