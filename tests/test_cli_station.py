@@ -203,6 +203,41 @@ def test_publish_schema_sends_the_shape_of_marked_data_sets_and_never_values(
         assert value not in shown.stdout
 
 
+def test_unmarking_a_data_set_and_publishing_again_withdraws_it(
+    tmp_path: Path, parties: Any, registry: Any, central: tuple[str, Router],
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import yaml
+
+    url, router = central
+    _seed_omop(postgres_url)
+    monkeypatch.setenv("AIRFLOW_CONN_PHT_OMOP", postgres_url)
+    station = _schema_station(tmp_path, parties, registry, url)
+    publish = ["station", "publish-schema", "--config", str(station.config_path)]
+    assert CliRunner().invoke(main, publish).exit_code == 0
+    first = router.station("station-a")["schema"]
+    assert [d["name"] for d in first["datasets"]] == ["omop", "registry"]
+
+    config = yaml.safe_load(station.config_path.read_text())
+    config["datasets"]["omop"]["publish_schema"] = False
+    station.config_path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(main, publish)
+    assert result.exit_code == 0, result.output
+    assert "(data sets: registry)" in result.stdout
+    assert [d["name"] for d in router.station("station-a")["schema"]["datasets"]] == ["registry"]
+
+    config["datasets"]["registry"]["publish_schema"] = False
+    station.config_path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(main, publish)
+    assert result.exit_code == 0, result.output
+    assert "none has publish_schema: true" in result.output
+    assert "(data sets: none)" in result.stdout
+    assert router.station("station-a")["schema"]["datasets"] == []
+    shown = CliRunner().invoke(main, ["central", "stations", "show", "station-a", "--central", url])
+    assert "0 data set(s) published" in shown.stdout
+    assert "person" not in shown.stdout
+
+
 def test_publish_schema_signed_with_a_key_the_directory_does_not_hold_is_refused(
     tmp_path: Path, parties: Any, registry: Any, central: tuple[str, Router],
     postgres_url: str, monkeypatch: pytest.MonkeyPatch,
