@@ -298,3 +298,39 @@ def test_a_sql_data_set_outside_airflow_needs_its_database(tmp_path: Path) -> No
     )["omop"]
     with pytest.raises(ConfigError, match=r"station\.yaml:7: data set 'omop': .*Postgres provider"):
         extract(ds, tmp_path)
+
+
+# --- the station's self-test reads sql data sets without reading rows -------------------------
+
+
+def _station_with(tmp_path: Path, parties: Any, url: str, entry: dict[str, Any]) -> Any:
+    import yaml
+    from support.stationkit import make_station
+
+    from pht_airflow.station.config import load_config
+
+    station = make_station(tmp_path / "s", parties["station-a"], "127.0.0.1:5000",
+                           creators=[parties["alice"].public.pem], approvers=[])  # fmt: skip
+    data = yaml.safe_load(station.config_path.read_text())
+    data["trust"]["required_approvals"] = 0
+    data["datasets"]["omop"] = {"kind": "sql", "connection": "pht_omop", **entry}
+    station.config_path.write_text(yaml.safe_dump(data))
+    return load_config(station.config_path, DatabaseUrls({"pht_omop": url}))
+
+
+@pytest.mark.docker
+def test_selftest_checks_a_sql_data_set_read_only(
+    omop: str, tmp_path: Path, parties: Any, docker_client: Any
+) -> None:
+    from pht_airflow.errors import SelfTestError
+    from pht_airflow.station.selftest import check_datasets
+
+    config = _station_with(tmp_path, parties, omop, {"tables": ["person", "measurement"]})
+    message = check_datasets(config, docker_client)
+    assert "cohort (1 files)" in message and "omop (sql, 2 table(s), read-only)" in message
+    config = _station_with(tmp_path / "2", parties, omop, {"queries": {"x": "SELECT * FROM gone"}})
+    with pytest.raises(SelfTestError) as info:
+        check_datasets(config, docker_client)
+    assert str(info.value).startswith(
+        "datasets: data set 'omop', table 'x': the database refused the query"
+    )

@@ -1,4 +1,5 @@
-"""The ``datasets`` check: the sandbox user can list and read every data set folder.
+"""The ``datasets`` check: the sandbox user can list and read every data set folder, and
+every database and file data set can be read (the database in a read-only transaction).
 
 The real test is a probe container per data set (``_DATASET_SCRIPT``); when it fails,
 :func:`scan_dataset` explains why from the mode bits on the host.
@@ -11,8 +12,10 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from ...errors import SelfTestError
+from ...errors import PhtError, SelfTestError
 from ..config import StationConfig
+from ..data import DataSet, describe
+from ..data.extract import ReadOnlySession
 from .probe import MARKER, _engine, _run_probe, selftest_image
 
 #: Files per data set the probe opens (one byte each) to check they are readable.
@@ -88,6 +91,28 @@ exit 0
 """
 
 
+def _check_source(dataset: DataSet) -> str | None:
+    """Why a ``sql`` or ``file`` data set cannot be read, or ``None``.
+
+    ``sql``: a read-only transaction opens and every table or query is described (``LIMIT
+    0``: no rows read). ``file``: the file is read as Parquet or CSV. The extracted view is
+    made readable by the sandbox user by the station itself.
+    """
+    try:
+        if dataset.kind == "sql":
+            with ReadOnlySession(dataset) as session:
+                for table in dataset.targets:
+                    session.columns(table)
+        else:
+            describe(dataset)
+    except PhtError as exc:  # its message names the data set
+        text = str(exc)
+        return (
+            text if f"data set {dataset.name!r}" in text else f"data set {dataset.name!r}: {text}"
+        )
+    return None
+
+
 def check_datasets(
     config: StationConfig, docker_client: Any = None, *, image: str | None = None
 ) -> str:
@@ -106,9 +131,15 @@ def check_datasets(
     reports: list[str] = []
     with _engine(docker_client, "datasets") as engine:
         for name, dataset in sorted(config.datasets.items()):
-            if dataset.path is None or dataset.kind != "folder":
-                reports.append(f"{name} ({dataset.kind}, extracted for each run)")
+            if not dataset.mounted_as_is:
+                found_problem = _check_source(dataset)
+                if found_problem:
+                    problems.append(found_problem)
+                else:
+                    tables = len(dataset.tables())
+                    reports.append(f"{name} ({dataset.kind}, {tables} table(s), read-only)")
                 continue
+            assert dataset.path is not None  # noqa: S101 - a folder has its path
             folder = dataset.path
             if not folder.is_dir():
                 problems.append(f"data set {name!r}: the folder {folder} does not exist")
