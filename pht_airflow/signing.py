@@ -19,6 +19,7 @@ import binascii
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 PAYLOAD_TYPE = "cosign container image signature"
 ROLES = ("creator", "approver", "station")
 MAX_PAYLOAD_BYTES = 64 * 1024
+_KEY_ID = re.compile(r"sha256:[0-9a-f]{64}")
 _PUT_ATTEMPTS = 5
 
 
@@ -111,8 +113,10 @@ def verify_payload(
     signed_by = next((k for k in keys if k.verify(signature, payload)), None)
     if signed_by is None:
         claimed = None
-        with contextlib.suppress(ValueError, AttributeError):
+        with contextlib.suppress(ValueError, AttributeError, RecursionError):
             claimed = _get_ci(json.loads(payload).get("optional"), "org.pht.key")
+        if isinstance(claimed, str) and not _KEY_ID.fullmatch(claimed):
+            claimed = None  # not a key id: nothing worth naming (and never echoed raw)
         trusted = {k.key_id for k in keys}
         if isinstance(claimed, str) and claimed in trusted:
             raise InvalidSignatureError(
@@ -129,7 +133,7 @@ def verify_payload(
         )
     try:
         body = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise MalformedSignatureError(
             "the signed payload is not JSON", digest=digest, key_id=signed_by.key_id
         ) from None

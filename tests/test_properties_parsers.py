@@ -6,11 +6,13 @@ station config, a real audit log, a signed failure report): a field replaced by 
 value, a field removed or added, bytes flipped, inserted or cut. Whatever the input, the
 parser returns a value or raises its ``PhtError``; any other exception is a bug in the parser.
 
+Cosign signature payloads are parsed before any key verifies them, so they are here too.
 Tar streams and the result config are covered with the result extraction (test_results_*).
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import math
@@ -31,8 +33,10 @@ from pht_airflow.errors import (
     AuditLogError,
     ConfigError,
     InvalidReferenceError,
+    MalformedSignatureError,
     PhtError,
     SpecError,
+    UntrustedSignatureError,
     VerificationError,
     WebhookError,
 )
@@ -44,6 +48,7 @@ from pht_airflow.oci.reference import (
     check_repository,
     check_tag,
 )
+from pht_airflow.signing import make_payload, verify_payload
 from pht_airflow.spec import TrainSpec, parse_duration, spec_from_config
 from pht_airflow.station.audit import AuditLog, audit_verify_main, verify_log
 from pht_airflow.station.config import load_config, parse_seconds, parse_size
@@ -546,3 +551,57 @@ def test_report_with_a_lone_surrogate_is_refused(
 ) -> None:
     with pytest.raises(VerificationError, match="not valid Unicode"):
         check_report({**report_seed, "message": "\ud800"}, parties["station-a"].public)
+
+
+# --- cosign signature payloads (anyone who can push may add a signature layer) -------------
+
+_DIGEST = "sha256:" + "b" * 64
+
+
+@pytest.fixture(scope="module")
+def payload_seed(parties: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    payload = make_payload(
+        "registry.example/p/t", _DIGEST, {"org.pht.key": parties["alice"].key.key_id}
+    )
+    signature = base64.b64encode(parties["alice"].key.sign(payload)).decode()
+    return json.loads(payload), signature
+
+
+@SETTINGS
+@given(data=st.data())
+def test_signature_payload_mutated(
+    payload_seed: tuple[dict[str, Any], str], parties: dict[str, Any], data: st.DataObject
+) -> None:
+    body, signature = payload_seed
+    alice = parties["alice"]
+    choice = data.draw(st.integers(0, 3))
+    if choice == 0:  # an unsigned (attacker's) payload with the real signature
+        payload = _dumps(data.draw(mutated(body)))
+    elif choice == 1:
+        payload = data.draw(byte_mutated(_dumps(body)))
+    elif choice == 2:  # signed by a trusted key, but odd: the parser still holds
+        payload = _dumps(data.draw(mutated(body)))
+        signature = base64.b64encode(alice.key.sign(payload)).decode()
+    else:
+        payload = data.draw(st.binary(max_size=200))
+        signature = data.draw(st.one_of(st.just(signature), TEXT))
+    result = only(
+        VerificationError, lambda: verify_payload(payload, signature, _DIGEST, [alice.public])
+    )
+    if isinstance(result, PhtError):
+        assert "\x1b" not in str(result)
+
+
+def test_signature_payload_nested_too_deeply(parties: dict[str, Any]) -> None:
+    payload = b"[" * 60_000
+    signature = base64.b64encode(parties["mallory"].key.sign(payload)).decode()
+    with pytest.raises(UntrustedSignatureError, match="does not verify under any trusted key"):
+        verify_payload(payload, signature, _DIGEST, [parties["alice"].public])
+    signature = base64.b64encode(parties["alice"].key.sign(payload)).decode()
+    with pytest.raises(MalformedSignatureError, match="not JSON"):
+        verify_payload(payload, signature, _DIGEST, [parties["alice"].public])
+    claim = json.dumps({"optional": {"org.pht.key": "\x1b[2Jsha256:x"}}).encode()
+    signature = base64.b64encode(parties["mallory"].key.sign(claim)).decode()
+    with pytest.raises(UntrustedSignatureError) as caught:
+        verify_payload(claim, signature, _DIGEST, [parties["alice"].public])
+    assert "names key" not in str(caught.value)  # a claim that is not a key id is not echoed
