@@ -276,3 +276,24 @@ def test_broken_layers_are_ignored_beside_a_valid_one(
     # A new signature appends and keeps every earlier layer, even the broken ones.
     sign(client, ref, parties["reviewer"].key, role="approver")
     assert len(_sig_manifest(client, ref)["layers"]) == 4
+
+
+@pytest.mark.registry
+@pytest.mark.docker
+def test_a_nested_payload_layer_does_not_hide_a_valid_one(
+    build_and_push: Any, client: Any, parties: Any
+) -> None:
+    """Anyone who can push may add a layer; a payload nested too deeply for a JSON parser
+    (signed by a key nobody trusts) is skipped, not a crash that hides the valid layer."""
+    alice = parties["alice"]
+    ref = build_and_push("proj/nested", "train")
+    sign(client, ref, alice.key, role="creator")
+    good = _sig_manifest(client, ref)["layers"][0]
+    payload = b"[" * 60_000
+    blob = client.upload_bytes(ref.repository, payload, SIMPLESIGNING)
+    signature = base64.b64encode(parties["mallory"].key.sign(payload)).decode()
+    nested = Descriptor(
+        SIMPLESIGNING, blob.digest, blob.size, annotations={SIGNATURE_ANNOTATION: signature}
+    )
+    _put_sig_layers(client, ref, [nested.to_dict(), good])
+    assert [s.layer_digest for s in verify(client, ref, [alice.public])] == [good["digest"]]
