@@ -32,6 +32,7 @@ from test_webhooks import DIST, manifest_event
 from pht_airflow.errors import (
     AuditLogError,
     ConfigError,
+    InvalidManifestError,
     InvalidReferenceError,
     MalformedSignatureError,
     PhtError,
@@ -41,6 +42,7 @@ from pht_airflow.errors import (
     WebhookError,
 )
 from pht_airflow.hopreport import check_report, make_report
+from pht_airflow.oci import Manifest
 from pht_airflow.oci.reference import (
     Reference,
     check_digest,
@@ -605,3 +607,55 @@ def test_signature_payload_nested_too_deeply(parties: dict[str, Any]) -> None:
     with pytest.raises(UntrustedSignatureError) as caught:
         verify_payload(claim, signature, _DIGEST, [parties["alice"].public])
     assert "names key" not in str(caught.value)  # a claim that is not a key id is not echoed
+
+
+# --- OCI manifests (served by the registry) ------------------------------------------------
+
+_MANIFEST_SEED = {
+    "schemaVersion": 2,
+    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {
+        "mediaType": "application/vnd.oci.image.config.v1+json",
+        "digest": "sha256:" + "c" * 64,
+        "size": 2,
+    },
+    "layers": [
+        {
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": "sha256:" + "d" * 64,
+            "size": 5,
+            "annotations": {"a": "b"},
+        }
+    ],
+    "subject": {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": "sha256:" + "e" * 64,
+        "size": 9,
+    },
+    "annotations": {"org.pht.x": "y"},
+}
+
+
+def _read_manifest(raw: bytes, media_type: str | None) -> None:
+    manifest = Manifest.from_raw(raw, media_type)
+    for name in ("config", "layers", "subject", "annotations", "manifests"):
+        if hasattr(type(manifest), name):
+            getattr(manifest, name)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_manifest_mutated(data: st.DataObject) -> None:
+    if data.draw(st.booleans()):
+        raw = _dumps(data.draw(mutated(_MANIFEST_SEED)))
+    else:
+        raw = data.draw(byte_mutated(_dumps(_MANIFEST_SEED)))
+    media_type = data.draw(st.sampled_from([None, _MANIFEST_SEED["mediaType"]]))
+    only(InvalidManifestError, lambda: _read_manifest(raw, media_type))
+
+
+def test_manifest_nested_too_deeply() -> None:
+    with pytest.raises(InvalidManifestError, match="not a JSON object"):
+        Manifest.from_raw(b"[" * 100_000)
+    with pytest.raises(InvalidManifestError, match="not valid JSON"):
+        Manifest.from_raw(b"[" * 100_000, str(_MANIFEST_SEED["mediaType"]))

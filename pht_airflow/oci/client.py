@@ -344,7 +344,7 @@ class RegistryClient:
         if media_type not in MANIFEST_TYPES:
             try:
                 declared = json.loads(raw).get("mediaType")
-            except (ValueError, AttributeError) as exc:
+            except (ValueError, AttributeError, RecursionError) as exc:
                 raise InvalidManifestError(
                     f"manifest {repository}:{reference} is not a JSON object"
                 ) from exc

@@ -149,8 +149,8 @@ class Manifest:
         if media_type is None:
             try:
                 media_type = json.loads(raw).get("mediaType")
-            except (ValueError, AttributeError) as exc:
-                raise InvalidManifestError(f"manifest is not a JSON object: {exc}") from exc
+            except (ValueError, AttributeError, RecursionError) as exc:
+                raise InvalidManifestError(f"manifest is not a JSON object: {exc}") from None
             if not isinstance(media_type, str):
                 raise InvalidManifestError("manifest has no mediaType and none was given")
         return cls(media_type=media_type, digest=sha256_digest(raw), raw=raw)
@@ -160,8 +160,8 @@ class Manifest:
         """The parsed JSON (a fresh copy on every access)."""
         try:
             data = json.loads(self.raw)
-        except ValueError as exc:
-            raise InvalidManifestError(f"manifest {self.digest} is not valid JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # also nesting too deep
+            raise InvalidManifestError(f"manifest {self.digest} is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise InvalidManifestError(f"manifest {self.digest} is not a JSON object")
         return data
