@@ -37,7 +37,7 @@ from support.authservers import (
 
 from pht_airflow.dev.localregistry import LocalRegistry
 from pht_airflow.errors import ResponseTooLargeError
-from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, RegistryClient, transport
+from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, RegistryClient, sha256_digest, transport
 from pht_airflow.oci.transport import (
     CENTRAL_LIMIT,
     ERROR_BODY_LIMIT,
@@ -530,3 +530,27 @@ def test_an_upload_the_registry_does_not_read_fails_at_the_deadline() -> None:
         "DeadlineExceededError",
         "uploading a blob to stuck did not finish within its deadline (1 s plus 1 s per 1024 MiB",
     )
+
+
+@pytest.mark.parametrize(
+    "expires_in", [b"1" + b"0" * 400, b"1e400", b"NaN", b"-Infinity", b'"soon"', b"[]"]
+)
+def test_an_odd_token_lifetime_is_no_traceback(
+    token_registry: LocalRegistry, lying_tokens: LyingProxy, repo: str, expires_in: bytes
+) -> None:
+    """A huge, infinite, NaN, negative or non-number ``expires_in``: the token is used (its
+    lifetime capped at a day or the default 60 s) and the push goes through."""
+
+    def twist(body: bytes) -> bytes:
+        answer = json.loads(body)
+        return (
+            json.dumps({"token": answer["token"]}).encode()[:-1]
+            + b', "expires_in": '
+            + (expires_in + b"}")
+        )
+
+    lying_tokens.rule = when("GET", "/token", Lie(rewrite=twist))
+    with RegistryClient(token_registry.host, username=USER, password=PASSWORD) as client:
+        client.upload_bytes(repo, b"fine")
+        assert client.blob_size(repo, sha256_digest(b"fine")) == 4
+    assert lying_tokens.served >= 1

@@ -332,7 +332,8 @@ class RegistryAuth:
                 f"the token service {realm} answered without a token", url=realm, status=200
             )
         lifetime = body.get("expires_in")
-        if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or lifetime <= 0:
+        # not lifetime > 0: also true for NaN
+        if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or not lifetime > 0:
             lifetime = _DEFAULT_TOKEN_LIFETIME
         lifetime = min(lifetime, _MAX_TOKEN_LIFETIME)  # also keeps a huge number from overflowing
         expires_at = time.monotonic() + max(float(lifetime) - _EXPIRY_MARGIN, 1.0)

@@ -321,6 +321,7 @@ class Lie:
     ``status`` (None: the upstream's); a ``Content-Length`` among ``headers`` is sent as
     given, whatever the body. ``drip`` sends the answer one byte per ``drip``
     seconds: the body only, or the status line and headers too with ``drip_headers``.
+    ``rewrite`` turns the upstream's body into another (a token answer with a twist).
     """
 
     status: int | None = None
@@ -328,6 +329,7 @@ class Lie:
     body: bytes | None = None
     drip: float | None = None
     drip_headers: bool = False
+    rewrite: Callable[[bytes], bytes] | None = None
 
 
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length"}
@@ -419,6 +421,8 @@ class LyingProxy:
         if lie is not None:
             self.served += 1
             status = lie.status or status
+            if lie.rewrite is not None:
+                body = lie.rewrite(body)
             if lie.body is not None:
                 body = lie.body
                 headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
