@@ -24,6 +24,7 @@ from pht_airflow.oci import Reference, RegistryClient
 from pht_airflow.protocol import TRAIN_LABEL
 from pht_airflow.researcher.train import push_image
 from pht_airflow.results import seal
+from pht_airflow.signing import sign
 from pht_airflow.spec import read_spec
 
 pytestmark = [pytest.mark.registry, pytest.mark.docker]
@@ -375,3 +376,32 @@ def test_approve_shows_a_hostile_commit_message_escaped_and_refuses_a_bad_config
     assert result.exit_code == 1
     assert "the image config is not JSON (nested too deeply)" in result.output
     assert _run("verify", pinned2, "--key", str(workspace["reviewer_pub"])).exit_code == 3
+
+
+def test_signer_names_are_escaped_in_tables_and_json(
+    workspace: dict[str, Path],
+    key_files: dict[str, Path],
+    registry: Any,
+    docker_client: Any,
+    parties: Any,
+    client: RegistryClient,
+) -> None:
+    """A signer's name is free text in the signature: shown escaped, and in --json the same
+    text comes back exactly, with C1, DEL and bidi characters as \\u escapes."""
+    ref, _ = signed_train(
+        docker_client, client, registry, parties, "pht-incoming", ["station-a"],
+        signers=("alice",),
+    )  # fmt: skip
+    docker_client.images.remove(str(ref))
+    pinned = ref.with_digest(client.resolve(ref.repository, "train"))
+    hostile = "rev\x1b[31m\u202e[bold]x[/bold]\x9b\x7f:smile:"
+    sign(client, pinned, parties["reviewer"].key, role="approver", signer=hostile)
+    args = ["verify", str(pinned), "--key", str(workspace["reviewer_pub"])]
+    table = CliRunner().invoke(main, args, env={"COLUMNS": "1000"}, catch_exceptions=False)
+    assert table.exit_code == 0, table.output
+    assert _raw_controls(table.output) == []
+    assert "rev\\x1b[31m\\u202e[bold]x[/bold]\\x9b\\x7f:smile:" in table.output
+    as_json = _run(*args, "--json")
+    assert _raw_controls(as_json.stdout) == []
+    assert "\\u202e" in as_json.stdout and "\\u009b" in as_json.stdout
+    assert json.loads(as_json.stdout)["signers"][0]["signer"] == hostile
