@@ -11,6 +11,7 @@ assert on the error, never on how long anything took.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -554,3 +555,36 @@ def test_an_odd_token_lifetime_is_no_traceback(
         client.upload_bytes(repo, b"fine")
         assert client.blob_size(repo, sha256_digest(b"fine")) == 4
     assert lying_tokens.served >= 1
+
+
+def test_a_blob_larger_than_its_bound_is_refused_before_a_byte_is_written(
+    registry: LocalRegistry, repo: str
+) -> None:
+    with RegistryClient(registry.host) as client:
+        blob = client.upload_bytes(repo, b"x" * 4096)
+        dest = io.BytesIO()
+        with pytest.raises(ResponseTooLargeError, match="larger than the 4095 bytes allowed"):
+            client.download_blob(repo, blob.digest, dest, max_bytes=4095)
+        assert dest.getvalue() == b""
+        with pytest.raises(ResponseTooLargeError, match="larger than the 100 bytes allowed"):
+            client.get_blob(repo, blob.digest, max_bytes=100)
+        assert client.download_blob(repo, blob.digest, dest, max_bytes=4096) == 4096
+
+
+def test_a_blob_streamed_past_its_bound_is_cut_there(
+    registry: LocalRegistry, proxy: LyingProxy, repo: str
+) -> None:
+    """No usable Content-Length (the body runs to the end of the connection): the bound holds
+    on the stream itself, and nothing past it is yielded."""
+    with RegistryClient(registry.host) as client:
+        blob = client.upload_bytes(repo, b"x" * (3 * MiB))
+    proxy.rule = when("GET", f"/v2/{repo}/blobs/", Lie(headers={"Content-Length": "unknown"}))
+    received = 0
+    with (
+        RegistryClient(proxy.host) as client,
+        pytest.raises(ResponseTooLargeError, match=f"larger than the {2 * MiB} bytes"),
+    ):
+        for block in client.open_blob(repo, blob.digest, chunk_size=MiB, max_bytes=2 * MiB):
+            received += len(block)
+    assert received == 2 * MiB
+    assert proxy.served == 1

@@ -495,11 +495,14 @@ class RegistryClient:
         *,
         chunk_size: int = CHUNK,
         progress: Progress | None = None,
+        max_bytes: int | None = None,
     ) -> Iterator[bytes]:
         """Yield a blob's bytes as they arrive; the SHA-256 is checked after the last chunk.
 
         Raises :class:`DigestMismatchError` (after the data) if the bytes do not match, so
         a consumer must treat everything it received as untrusted until the iterator ends.
+        With ``max_bytes`` (a descriptor's size, say), a blob stated or streamed larger is
+        refused with :class:`ResponseTooLargeError` before a byte past it is yielded.
         """
         check_repository(repository)
         check_digest(digest)
@@ -516,7 +519,11 @@ class RegistryClient:
                 deadline=deadline,
             )
             try:
+                if max_bytes is not None:
+                    self._check_blob_length(resp, digest, max_bytes)
                 for block in resp.raw.stream(chunk_size, decode_content=False):
+                    if max_bytes is not None and total + len(block) > max_bytes:
+                        raise self._blob_too_large(digest, max_bytes)
                     hasher.update(block)
                     total += len(block)
                     deadline.add(len(block))
@@ -539,25 +546,35 @@ class RegistryClient:
                 f"({total} bytes): it was altered in storage or in transit"
             )
 
+    def _blob_too_large(self, digest: str, max_bytes: int) -> ResponseTooLargeError:
+        return ResponseTooLargeError(
+            f"blob {digest} from registry {self.registry} is larger than the {max_bytes} "
+            "bytes allowed"
+        )
+
+    def _check_blob_length(self, resp: requests.Response, digest: str, max_bytes: int) -> None:
+        length = (resp.headers.get("Content-Length") or "").strip()
+        if _CONTENT_LENGTH.fullmatch(length) and int(length) > max_bytes:
+            resp.close()
+            raise self._blob_too_large(digest, max_bytes)
+
     def get_blob(self, repository: str, digest: str, *, max_bytes: int = 16 * 1024 * 1024) -> bytes:
         """A small blob (a config, a signature payload), digest-checked, at most ``max_bytes``."""
-        parts: list[bytes] = []
-        size = 0
-        for block in self.open_blob(repository, digest):
-            size += len(block)
-            if size > max_bytes:
-                raise ResponseTooLargeError(
-                    f"blob {digest} in {repository} is larger than the {max_bytes} bytes allowed"
-                )
-            parts.append(block)
-        return b"".join(parts)
+        return b"".join(self.open_blob(repository, digest, max_bytes=max_bytes))
 
     def download_blob(
-        self, repository: str, digest: str, dest: IO[bytes], *, progress: Progress | None = None
+        self,
+        repository: str,
+        digest: str,
+        dest: IO[bytes],
+        *,
+        progress: Progress | None = None,
+        max_bytes: int | None = None,
     ) -> int:
-        """Stream a blob into a binary file object; return the byte count (digest-checked)."""
+        """Stream a blob into a binary file object; return the byte count (digest-checked).
+        With ``max_bytes``, nothing past it is written (see :meth:`open_blob`)."""
         total = 0
-        for block in self.open_blob(repository, digest, progress=progress):
+        for block in self.open_blob(repository, digest, progress=progress, max_bytes=max_bytes):
             dest.write(block)
             total += len(block)
         return total

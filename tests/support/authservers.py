@@ -440,6 +440,9 @@ class LyingProxy:
             body = b""
         stated = {k.lower(): v for k, v in lie.headers.items()} if lie is not None else {}
         length_text = stated.get("content-length", length_text)  # a lie may state any length
+        if "content-length" in stated:  # the body ends where the connection does
+            head.append(b"Connection: close\r\n")
+            handler.close_connection = True
         head.append(f"Content-Length: {length_text}\r\n\r\n".encode("latin-1"))
         head_bytes = b"".join(head)
         try:
