@@ -28,7 +28,7 @@ from sqlalchemy import text
 
 from pht_airflow.central.db import make_engine, make_sessionmaker
 from pht_airflow.central.registry import PlainRegistryAdmin
-from pht_airflow.central.router import Router
+from pht_airflow.central.router import Router, RouterError
 from pht_airflow.central_client import CentralClient, CentralError
 from pht_airflow.cli import main
 from pht_airflow.dev.localregistry import free_port
@@ -206,6 +206,39 @@ def test_a_newer_schema_replaces_the_old_one_and_an_older_one_is_refused(
     assert "already published a schema made at" in resp.json()["detail"]
     assert "this one is not newer" in resp.json()["detail"]
     assert client.station("station-a")["schema"] == new
+
+
+def test_of_schemas_published_at_once_the_newest_stays(router: Router, parties: Any) -> None:
+    """Each publish replaces the stored schema only if it is newer, in one statement, so no
+    interleaving of concurrent publishes leaves an older document stored."""
+    key = parties["station-a"].key
+    base = datetime.now(UTC) - timedelta(hours=1)
+    router.publish_schema("station-a", make_document(
+        station="station-a", datasets=[], min_cell_count=10, key=key, now=base))  # fmt: skip
+    docs = [
+        make_document(station="station-a", datasets=[REGISTRY], min_cell_count=10, key=key,
+                      now=base + timedelta(seconds=i + 1))
+        for i in range(8)
+    ]  # fmt: skip
+    answers: list[str] = []
+    start = threading.Barrier(len(docs))
+
+    def publish(doc: dict[str, Any]) -> None:
+        start.wait()
+        try:
+            router.publish_schema("station-a", doc)
+            answers.append("stored")
+        except RouterError as exc:
+            assert exc.status == 409, exc
+            answers.append("older")
+
+    threads = [threading.Thread(target=publish, args=(d,)) for d in reversed(docs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(answers) == len(docs)
+    assert router.station("station-a")["schema"] == docs[-1]
 
 
 def test_a_schema_signed_by_another_key_is_refused(served: str, parties: Any) -> None:

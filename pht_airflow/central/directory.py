@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +22,7 @@ from ..keys import public_key_from_pem, validate_recipient
 from ..oci.reference import check_repository
 from ..protocol import STATION_ID, station_project
 from ..schemadoc import check_document
-from .db import StationRow, StationSchemaRow, TrustedKeyRow
+from .db import StationRow, StationSchemaRow, TrustedKeyRow, utcnow
 
 
 class RouterError(PhtError):
@@ -101,13 +101,14 @@ class Directory:
         """Store a station's signed schema document, replacing its previous one.
 
         The document must be signed by the station's key in the directory and newer than
-        the stored one (a replayed older document is refused with 409).
+        the stored one (a replayed older document is refused with 409). The replacement is
+        one conditional UPDATE, so of two documents published at once the newer one stays.
         """
         try:
             return self._store_schema(station_id, document)
         except IntegrityError:  # another publish for a first schema won the race
             raise RouterError(
-                f"{station_id} published another schema at the same time", 409
+                f"{station_id} published another schema at the same time; publish again", 409
             ) from None
 
     def _store_schema(self, station_id: str, document: Any) -> dict[str, Any]:
@@ -117,16 +118,21 @@ class Directory:
                 raise RouterError(f"no station {station_id!r} in the directory", 404)
             checked = check_document(document, public_key_from_pem(row.key_pem), station=station_id)
             made = checked.time.replace(tzinfo=None)
-            stored = s.get(StationSchemaRow, station_id)
-            if stored is not None and made <= stored.made:
-                raise RouterError(
-                    f"{station_id} already published a schema made at "
-                    f"{stored.made.isoformat()}Z; this one is not newer",
-                    409,
-                )
-            stored = stored or StationSchemaRow(station_id=station_id)
-            stored.document, stored.key_id, stored.made = checked.document, checked.key_id, made
-            s.add(stored)
+            fields = {"document": checked.document, "key_id": checked.key_id, "made": made}
+            replaced = s.execute(
+                update(StationSchemaRow)
+                .where(StationSchemaRow.station_id == station_id, StationSchemaRow.made < made)
+                .values(**fields, received=utcnow())
+            )
+            if not getattr(replaced, "rowcount", 0):
+                stored = s.get(StationSchemaRow, station_id)
+                if stored is not None:
+                    raise RouterError(
+                        f"{station_id} already published a schema made at "
+                        f"{stored.made.isoformat()}Z; this one is not newer",
+                        409,
+                    )
+                s.add(StationSchemaRow(station_id=station_id, **fields))
         return {
             "station": station_id,
             "time": checked.document["time"],
