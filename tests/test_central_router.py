@@ -350,6 +350,38 @@ def test_concurrent_duplicate_webhook_deliveries_act_once_and_all_get_200(
     assert [e["kind"] for e in info["events"]].count("sent") == 2
 
 
+def test_concurrent_submissions_through_two_services_register_one_train(
+    db_url: str, router: Router, docker_client: Any, client: Any, registry: Any, parties: Any,
+) -> None:  # fmt: skip
+    """Two central processes (two routers, each with its own lock) over one database submit
+    the same train at once: every call answers the train, one registers it."""
+    other = Router(make_sessionmaker(make_engine(db_url)), client, PlainRegistryAdmin(client))
+    ref, spec = _incoming_train(docker_client, client, registry, parties)
+    callers = [router, other] * 3
+    barrier = threading.Barrier(len(callers))
+    outcomes: list[Any] = []
+    lock = threading.Lock()
+
+    def submit(r: Router) -> None:
+        barrier.wait()
+        try:
+            outcome: Any = r._submit(str(ref), parties["alice"].public.pem)[1]
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome = exc
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=submit, args=(r,)) for r in callers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes, key=repr) == [False] * 5 + [True], outcomes
+    info = router.train(spec.id)
+    assert [e["kind"] for e in info["events"]].count("submitted") == 1
+    assert [h["state"] for h in info["hops"]] == ["sent", "pending"]
+
+
 # --- the route must be the directory's: every station's key and recipient -------------
 
 

@@ -182,6 +182,7 @@ class Router(Directory):
                 existing = s.get(TrainRow, spec.id)
                 if existing is None:
                     raise
+                log.info("train %s was registered by another request meanwhile", spec.id)
                 if existing.digest != digest:
                     raise RouterError(
                         f"train {spec.id} was submitted with another digest", 409
