@@ -114,20 +114,26 @@ def postgres_url(postgres_server: str) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_containers_left_behind() -> Iterator[None]:
-    """Fail the session if any test left a container in the engine (sandbox, build, probe)."""
+    """Fail the session if any test left a container in the engine (sandbox, build, probe).
+
+    Lists through the engine's list endpoint only (no per-container inspect), so a container
+    that is removed while the list is read cannot fail the check.
+    """
     try:
         import docker
 
         client = docker.from_env(timeout=30)
-        before = {c.id for c in client.containers.list(all=True)}
+        before = {c["Id"] for c in client.api.containers(all=True)}
     except Exception:  # noqa: BLE001 - no engine: the tests that need one say so
         yield
         return
     yield
-    left = [c for c in client.containers.list(all=True) if c.id not in before]
+    left = [c for c in client.api.containers(all=True) if c["Id"] not in before]
     client.close()
     if left:
-        names = ", ".join(f"{c.name} ({c.image.tags or c.image.id[:19]}, {c.status})" for c in left)
+        names = ", ".join(
+            f"{'/'.join(c.get('Names') or [])} ({c.get('Image')}, {c.get('State')})" for c in left
+        )
         pytest.fail(f"tests left containers behind: {names}", pytrace=False)
 
 
