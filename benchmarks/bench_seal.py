@@ -1,7 +1,7 @@
 """Sealed results: seal+push and fetch+open against curl and the reference implementation.
 
 Run:  .venv/bin/python benchmarks/bench_seal.py [--sizes 10,200,1024] [--repeat 3] [--skip-ref]
-      [--ref-push] [--markdown]
+      [--ref-push] [--fetch-from CHECKOUT] [--markdown]
 
 Starts its own ``docker-registry`` on 127.0.0.1 (storage under ``.pht/bench/seal-<pid>``, on
 the same disk as the work tree), pushes a tiny train (an OCI image manifest whose config
@@ -21,6 +21,9 @@ for each size, ``--repeat`` times and interleaved, it measures on the same files
        ``results.open_result`` (download the blob into a private temporary file while its
        digest is checked; only then decrypt it and extract it with the strict archive
        reader into a new folder), the same path ``pht results fetch`` takes;
+  ours fetch+open, --fetch-from code: with ``--fetch-from CHECKOUT`` only: the same fetch
+       of the same result by another checkout's code (``git worktree add`` or a clone of an
+       older commit), alternating with ours run by run: a before/after comparison;
   (b1) reference crypto core: pht-train-container-library 2.0.5's
        ``SecurityProtocol._post_run_outside_container`` (SHA-512, RSA-PSS, AES-CBC of whole
        files, RSA-OAEP key wrapping per route station and creator) on the same files;
@@ -92,6 +95,7 @@ ROWS = {
     "seal": "ours seal+push",
     "core": "ours seal core (no registry)",
     "fetch": "ours fetch+open",
+    "fetch_other": "ours fetch+open, --fetch-from code",
     "ref_crypto": "(b1) ref crypto core",
     "ref_protocol": "(b2) ref post_run_protocol",
     "ref_push": "(b2+) … + docker push",
@@ -388,11 +392,14 @@ class Bench:
         self.results: dict[int, dict[str, Runs]] = {}
         self.facts: list[str] = []
 
-    def python_child(self, mode: str, job: dict[str, Any]) -> dict[str, Any]:
+    def python_child(
+        self, mode: str, job: dict[str, Any], script: Path | None = None
+    ) -> dict[str, Any]:
         job_path = self.work / "keys" / f"job-{mode}.json"
         job_path.unlink(missing_ok=True)
         _write_secret(job_path, json.dumps(job).encode())
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--one", mode, str(job_path)]
+        script = script or Path(__file__).resolve()
+        cmd = [sys.executable, str(script), "--one", mode, str(job_path)]
         _wall, rss, _cpu_s, out = run_measured(cmd)
         data = child_json(out)
         data["rss_kib"] = rss
@@ -453,6 +460,8 @@ class Bench:
         runs = {k: Runs() for k in ROWS if not (self.args.skip_ref and k.startswith("ref"))}
         if not self.args.ref_push:
             runs.pop("ref_push", None)
+        if self.args.fetch_from is None:
+            runs.pop("fetch_other", None)
         image = f"pht-bench-ref-{os.getpid()}-{size}"
         curl_cmd = ["sh", "-c", CURL_SCRIPT, "curl-upload", self.registry.url, "bench/curl", digest]
         curl_cmd += [str(f) for f in files]
@@ -473,12 +482,19 @@ class Bench:
             out = self.python_child("core", self.job(folder, dest))
             runs["core"].add(out["seconds"], out["rss_kib"], out["cpu"])
 
-            print(", fetch", end="", flush=True)
-            os.sync()
-            out = self.python_child("fetch", self.job(folder, dest))
-            runs["fetch"].add(out["seconds"], out["rss_kib"], out["cpu"])
-            check_fetched(folder, dest)
-            shutil.rmtree(dest)
+            fetches = [("fetch", None)]
+            if self.args.fetch_from is not None:
+                # The same fetch with another checkout's code (its script imports its own
+                # pht_airflow), in alternating order so drifting load hits both alike.
+                other = ("fetch_other", self.args.fetch_from / "benchmarks" / "bench_seal.py")
+                fetches = [fetches[0], other] if r % 2 == 0 else [other, fetches[0]]
+            for key, script in fetches:
+                print(f", {key}", end="", flush=True)
+                os.sync()
+                out = self.python_child("fetch", self.job(folder, dest), script)
+                runs[key].add(out["seconds"], out["rss_kib"], out["cpu"])
+                check_fetched(folder, dest)
+                shutil.rmtree(dest)
 
             if not self.args.skip_ref:
                 print(", ref crypto", end="", flush=True)
@@ -656,6 +672,12 @@ def main() -> int:
         "--ref-push",
         action="store_true",
         help="also time docker push of the reference's image after post_run_protocol (b2+)",
+    )
+    parser.add_argument(
+        "--fetch-from",
+        type=lambda p: Path(p).resolve(),
+        metavar="CHECKOUT",
+        help="also time fetch+open with another checkout's code (a before/after row)",
     )
     parser.add_argument("--markdown", action="store_true", help="also print markdown tables")
     parser.add_argument("--one", nargs=2, metavar=("MODE", "JOB"), help=argparse.SUPPRESS)
