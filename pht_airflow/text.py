@@ -42,6 +42,35 @@ def _needs_escape(ch: str) -> bool:
     return unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp")
 
 
+class _Table(dict[int, "int | str"]):
+    """A ``str.translate`` table computed on demand: each character maps to itself or to
+    its visible escape. At most ``_CACHE`` characters are remembered (bounded memory)."""
+
+    _CACHE = 4096
+
+    def __init__(self, multiline: bool) -> None:
+        super().__init__()
+        self.multiline = multiline
+
+    def __missing__(self, code: int) -> int | str:
+        ch = chr(code)
+        value: int | str
+        if ch == "\r" or ch == "\n":
+            value = "\n" if self.multiline else "\\n"
+        elif ch == "\t":
+            value = "\t" if self.multiline else "\\t"
+        elif ch in _LINE_BREAKS or _needs_escape(ch):
+            value = _escape_char(ch)
+        else:
+            value = code
+        if len(self) < self._CACHE:
+            self[code] = value
+        return value
+
+
+_TABLES = {False: _Table(False), True: _Table(True)}
+
+
 def safe_text(value: object, *, limit: int | None = DEFAULT_LIMIT, multiline: bool = False) -> str:
     """Return ``value`` as text that shows every control or format character visibly.
 
@@ -70,7 +99,18 @@ def safe_text(value: object, *, limit: int | None = DEFAULT_LIMIT, multiline: bo
         text = value if isinstance(value, str) else str(value)
     if window is not None:
         text = text[:window]
+    if text.isprintable():  # the common case, at C speed: nothing to escape (no Cc/Cf/Cs/Z*)
+        if limit is None or len(text) <= limit:
+            return text
+        return text[: limit - len(ELLIPSIS)] + ELLIPSIS
+    shown = text.replace("\r\n", "\n").translate(_TABLES[multiline])
+    if limit is None or len(shown) <= limit:
+        return shown
+    return _bounded(text, limit, multiline)  # cut between whole escapes
 
+
+def _bounded(text: str, limit: int, multiline: bool) -> str:
+    """The shown text piece by piece, stopping with ``…`` before ``limit`` is exceeded."""
     out: list[str] = []
     length = 0
     i = 0
@@ -88,7 +128,7 @@ def safe_text(value: object, *, limit: int | None = DEFAULT_LIMIT, multiline: bo
             piece = _escape_char(ch)
         else:
             piece = ch
-        if limit is not None and length + len(piece) > limit:
+        if length + len(piece) > limit:
             return _truncate(out, length, limit)
         out.append(piece)
         length += len(piece)
