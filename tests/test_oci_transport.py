@@ -588,3 +588,35 @@ def test_a_blob_streamed_past_its_bound_is_cut_there(
             received += len(block)
     assert received == 2 * MiB
     assert proxy.served == 1
+
+
+# --- the Harbor API client (central) shares the transport ---------------------------------
+
+
+def test_gzip_bomb_from_the_harbor_api_is_refused(bomb: bytes) -> None:
+    with serve_http(_central(bomb, GZIP_JSON)) as server:
+        code = (
+            "from pht_airflow.central.registry.harbor import HarborAdmin\n"
+            f"HarborAdmin({server_url(server)!r}, 'admin', 'pw').list_repositories('p')\n"
+        )
+        result = run_isolated(code)
+    assert_refused(
+        result, "ResponseTooLargeError", "listing the repositories of project p", "4 MiB"
+    )
+
+
+def test_slow_drip_from_the_harbor_api_fails_at_the_deadline() -> None:
+    handler = _central(b"[]" + b" " * 40, {"Content-Type": "application/json"}, drip=True)
+    with serve_http(handler) as server:
+        code = (
+            "from pht_airflow.central.registry.harbor import HarborAdmin\n"
+            f"HarborAdmin({server_url(server)!r}, 'admin', 'pw', deadline=1.0)"
+            ".list_repositories('p')\n"
+        )
+        result = run_isolated(code)
+    assert_refused(
+        result,
+        "DeadlineExceededError",
+        "listing the repositories of project p at Harbor",
+        "did not finish within its deadline (1 s)",
+    )

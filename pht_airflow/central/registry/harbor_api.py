@@ -14,7 +14,9 @@ behaviour it relies on:
   (``a/b`` → ``a%252Fb``), as the swagger's ``repository_name`` parameter demands.
 
 Error messages name the operation, Harbor's ``errors[].message`` and its request id, never
-the password or a robot secret.
+the password or a robot secret. Answers are read bounded (:mod:`pht_airflow.oci.transport`):
+at most ``LIST_LIMIT`` decoded bytes, an error body ``ERROR_BODY_LIMIT``, each call within
+``deadline`` seconds in total.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from ...errors import (
     RegistryAuthError,
     RegistryError,
 )
+from ...oci import transport
 from ...oci.auth import is_loopback_host
+from ...oci.transport import ERROR_BODY_LIMIT, LIST_LIMIT, Deadline
 from .admin import _MAX_PAGES, _PAGE_SIZE
 
 
@@ -90,6 +94,7 @@ class HarborAPI:
         verify_tls: bool | str = True,
         insecure: bool = False,
         timeout: float = 60.0,
+        deadline: float = 300.0,
     ) -> None:
         url = (base_url or "").strip().rstrip("/")
         if "://" not in url:
@@ -109,10 +114,10 @@ class HarborAPI:
         self.api = f"{parts.scheme}://{parts.netloc}{path}/api/v2.0"
         self.username = username
         self.timeout = timeout
+        self.deadline = deadline
         self._secrets: set[str] = {password} if password else set()
-        self._session = requests.Session()
+        self._session = transport.make_session()  # no proxies or ~/.netrc; deadlines can cut
         self._session.cookies.set_policy(_RefuseCookies())
-        self._session.trust_env = False  # no proxies or ~/.netrc from the environment
         self._session.auth = requests.auth.HTTPBasicAuth(username, password)
         self._session.verify = verify_tls
         self._session.headers.update({"Accept": "application/json", "User-Agent": "pht-airflow"})
@@ -144,23 +149,32 @@ class HarborAPI:
         headers = {"X-Request-Id": uuid.uuid4().hex}
         if by_name:
             headers["X-Is-Resource-Name"] = "true"
-        try:
-            resp = self._session.request(
-                method,
-                self.api + path,
-                params=params,
-                json=body,
-                headers=headers,
-                timeout=self.timeout,
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            raise RegistryError(
-                f"cannot reach Harbor at {self.host} ({what}): {type(exc).__name__}",
-                url=self.api + path,
-            ) from None
-        if resp.status_code in ok or resp.status_code in allow:
-            return resp
+        with Deadline(self.deadline, f"{what} at Harbor {self.host}") as deadline:
+            try:
+                with deadline.active():
+                    resp = self._session.request(
+                        method,
+                        self.api + path,
+                        params=params,
+                        json=body,
+                        headers=headers,
+                        timeout=deadline.timeout(self.timeout),
+                        allow_redirects=False,
+                        stream=True,
+                    )
+            except transport.TRANSPORT_ERRORS as exc:
+                if deadline.is_over():
+                    raise deadline.error() from None
+                raise RegistryError(
+                    f"cannot reach Harbor at {self.host} ({what}): {type(exc).__name__}",
+                    url=self.api + path,
+                ) from None
+            if resp.status_code in ok or resp.status_code in allow:
+                return transport.ensure_loaded(
+                    resp, LIST_LIMIT, f"the answer of Harbor {self.host} to {what}", deadline
+                )
+            raw, complete = transport.read_prefix(resp, ERROR_BODY_LIMIT, deadline)
+            resp._content = raw if complete else b""  # _harbor_detail reads it
         raise self._error(resp, what, headers["X-Request-Id"])
 
     def _error(self, resp: requests.Response, what: str, request_id: str) -> RegistryError:
