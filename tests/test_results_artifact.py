@@ -6,6 +6,11 @@ Covers ``pht_airflow/results/artifact.py`` (seal, open, fetch) and, on artifacts
 Each rejection test builds the forgery an attacker with write access to a station project
 could build (copying, re-tagging, re-signing artifacts) and checks that verification names
 the hop, the station and the reason.
+
+The hostile-result tests (end of file) publish what a compromised station could sign (every
+archive of ``support/hostile_tar.py``, bad configs, lying lengths) and what a registry could
+serve (a swapped layer), and check that ``pht results fetch``'s path and a station's path
+refuse each with a clean error and nothing written, with peak memory measured in a child.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 import pytest
 from support.hostile_tar import CASES, large_pax_stream
+from support.stationkit import sandbox_containers, signed_train
 
 from pht_airflow.errors import ChainError, DigestMismatchError, PhtError, UnsafeArchiveError
 from pht_airflow.oci import OCI_MANIFEST, Reference, RegistryClient
@@ -36,6 +42,8 @@ from pht_airflow.results.chain import verify_chain
 from pht_airflow.results.crypt import decrypt_stream, encrypt_stream
 from pht_airflow.signing import signature_tag
 from pht_airflow.spec import TrainSpec
+from pht_airflow.station.audit import AuditLog
+from pht_airflow.station.hop import run_hop
 
 pytestmark = [pytest.mark.registry, pytest.mark.docker]
 
@@ -610,3 +618,32 @@ def test_large_headers_and_sparse_files_are_refused_with_bounded_memory(
     assert message in outcome["message"]
     assert os.listdir(work) == []
     assert outcome["hwm_kib"] < RSS_LIMIT_MIB * 1024, outcome
+
+
+def test_a_station_refuses_a_hostile_previous_result_before_its_container_runs(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any
+) -> None:
+    """The station's own path end to end: station-b's hop verifies the chain, opens hop 0's
+    result (signed by station-a, but holding a name twice) and fails cleanly: no container,
+    nothing left in its work folder, the failure in its audit log."""
+    b = stations["station-b"]
+    ref, spec = signed_train(docker_client, client, registry, parties, "station-b",
+                             ["station-a", "station-b"])  # fmt: skip
+    pinned = ref.with_digest(client.resolve(ref.repository, "train"))
+    train = Train(pinned, spec, client.get_manifest(ref.repository, pinned.digest))
+    build, message = CASES["duplicate-name"]
+    plaintext = build()
+    recipients = [parties["station-b"].age.recipient]
+    layer = client.upload_blob(ref.repository, encrypt_stream(io.BytesIO(plaintext), recipients),
+                               media_type=RESULT_MEDIA_TYPE)  # fmt: skip
+    _push(client, train, parties, layer, len(plaintext), recipients)
+    lines: list[str] = []
+    with pytest.raises(UnsafeArchiveError, match=message):
+        run_hop(b.config(), str(ref), logger=lines.append, docker_client=docker_client)
+    assert any(line == "decrypting the result of hop 0" for line in lines), lines
+    assert not any("exited" in line for line in lines), lines
+    assert sandbox_containers(docker_client) == []
+    assert list((b.root / "work").iterdir()) == []
+    records = list(AuditLog(b.audit_path).entries())
+    assert [r["outcome"] for r in records] == ["failure"]
+    assert "appears twice" in json.dumps(records[0]["failure"])
