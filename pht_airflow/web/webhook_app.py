@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import WebhookError
+from ..text import safe_text
 from ..webhooks import (
     MAX_BODY_BYTES,
     PushEvent,
@@ -134,10 +135,13 @@ def create_app(
                 result = await run_in_threadpool(on_push, event)
             except Exception as exc:  # noqa: BLE001 - answer 500 so the registry retries
                 logger.error(
-                    "handling push %s failed: %s: %s", event.event_id, type(exc).__name__, exc
+                    "handling push %s failed: %s: %s",
+                    event.event_id,
+                    type(exc).__name__,
+                    safe_text(exc, limit=1000),
                 )
                 return _error(500, f"could not handle {event.event_id}; deliver again later")
-            logger.info("registry push %s -> %s", event.event_id, result or "duplicate")
+            logger.info("registry push %s -> %s", event.event_id, safe_text(result or "duplicate"))
             accepted.append(
                 {
                     "event_id": event.event_id,
