@@ -4,7 +4,8 @@
 # Each step checks first and is skipped when already satisfied; each failure is one line that
 # says what to do. Steps:
 #   1. system packages (Debian, as root): docker.io, docker-registry, age, busybox-static,
-#      debootstrap, curl, openssl, postgresql (its server binaries; no service is started)
+#      debootstrap, curl, openssl, postgresql (its server binaries; no service is started),
+#      skopeo (the air-gapped bundle tests read exported OCI archives with it)
 #   2. a running Docker engine (dockerd --bridge=none --iptables=false, log under .pht/)
 #   3. the venv at .venv with the package in editable mode and all extras, from constraints.txt
 #   4. local base images for trains: pht-local/busybox and pht-local/python:3.11 (never pulled)
@@ -44,6 +45,7 @@ dpkg -s busybox-static >/dev/null 2>&1 || need_pkgs+=(busybox-static)
 command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+command -v skopeo >/dev/null 2>&1 || need_pkgs+=(skopeo)
 # PostgreSQL: the central service's production database; the router tests run on it too.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_pkgs+=(postgresql)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
