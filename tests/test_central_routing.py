@@ -67,6 +67,9 @@ class Delivery:
     held: bool
     status: int | None = None
     answer: bytes = b""
+    #: Set once the whole answer (status and body) is recorded: a delivery is appended to
+    #: the recorder when it arrives, so until then its status and answer are still coming.
+    finished: bool = False
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -142,6 +145,7 @@ class Recorder:
         if delivery.held:
             delivery.status = 200
             await _answer(send, 200, b'{"accepted": [], "ignored": 0}')
+            delivery.finished = True
             return
 
         sent_body = False
@@ -158,6 +162,8 @@ class Recorder:
                 delivery.status = message["status"]
             elif message["type"] == "http.response.body":
                 delivery.answer += message.get("body", b"")
+                if not message.get("more_body"):
+                    delivery.finished = True  # status and answer are complete
             await send(message)
 
         await app(scope, replay_body, capture)
@@ -444,9 +450,10 @@ def _is_push_of(repository: str, tag: str) -> Callable[[dict[str, Any]], bool]:
 
 
 def _announced(recorder: Recorder, repository: str, tag: str) -> Callable[[], bool]:
-    """True once the registry has delivered the push of ``repository:tag``."""
+    """True once the registry has delivered the push of ``repository:tag`` and the app's
+    answer to that delivery is recorded (not merely once the delivery arrived)."""
     match = _is_push_of(repository, tag)
-    return lambda: any(match(d.envelope) for d in recorder.snapshot())
+    return lambda: any(d.finished and match(d.envelope) for d in recorder.snapshot())
 
 
 def _flush(recorder: Recorder, client: RegistryClient) -> list[Delivery]:
