@@ -6,10 +6,12 @@ types, row counts). It is written in the station's private work folder just befo
 
 ``sql``: one read-only transaction (``SET TRANSACTION READ ONLY``, checked) per extraction.
 Each table or query is first described (``SELECT * FROM (q) LIMIT 0``: names and database
-types, mapped to Arrow types), then streamed with PostgreSQL's ``COPY (SELECT ...) TO STDOUT
-(FORMAT csv)`` into ``<table>.csv`` in chunks, and that file is converted to Parquet by
-pyarrow's streaming CSV reader with the column types fixed, buffering at most
-``memory_budget`` bytes of rows per Parquet row group. Nothing holds a whole table in memory.
+types, mapped to Arrow types; every query is checked before any row is read), then streamed
+with PostgreSQL's ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` by a producer thread into a
+pipe (and into ``<table>.csv`` when kept), while this thread parses the pipe with pyarrow's
+streaming CSV reader (column types fixed) into Parquet row groups of at most
+``memory_budget`` bytes of rows. Nothing holds a whole table in memory; the peak is about
+four times the budget plus pyarrow's reader (tests/test_station_data_extract.py measures it).
 
 ``file``: a Parquet file is rewritten batch by batch (a stable copy, whatever happens to the
 source during the run); a CSV file is copied and converted the same way (types inferred by
@@ -24,10 +26,11 @@ import io
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ...errors import PhtError
 from .model import DataSet, DataSetError
@@ -36,6 +39,8 @@ SCHEMA_FILE = "schema.json"
 SCHEMA_VERSION = 1
 #: Bytes of rows buffered before a Parquet row group is written (the extractor's budget).
 DEFAULT_MEMORY_BUDGET = 32 * 1024 * 1024
+#: Bytes buffered on each side of the pipe between the COPY and the Parquet writer.
+PIPE_BUFFER = 256 * 1024
 #: Bytes pyarrow's CSV reader parses at a time.
 CSV_BLOCK = 256 * 1024
 #: Seconds one statement may run at the database before it is cancelled.
@@ -245,6 +250,12 @@ class ReadOnlySession:
             raise self._fail(table, exc) from None
         return int(row[0])
 
+    def cancel(self) -> None:
+        """Ask the server to cancel the running statement (from another thread)."""
+        with contextlib.suppress(Exception):
+            cancel = getattr(self.conn, "cancel_safe", None) or self.conn.cancel
+            cancel()
+
     def copy_csv(self, table: str, out: Any) -> None:
         """Stream the table's rows as CSV (no header) into the binary file ``out``."""
         sql = (
@@ -253,10 +264,11 @@ class ReadOnlySession:
         )
         try:
             cur = self.conn.cursor()
-            if hasattr(cur, "copy"):  # psycopg 3
+            if hasattr(cur, "copy"):  # psycopg 3: one row per chunk, so keep the loop tight
+                write = out.write
                 with cur.copy(sql) as copy:
                     for chunk in copy:
-                        out.write(chunk)
+                        write(chunk)
             else:  # psycopg2
                 cur.copy_expert(sql, out)
             cur.close()
@@ -322,33 +334,32 @@ class _RowGroups:
 
 
 def _csv_to_parquet(
-    source: Path,
-    target: Path,
+    source: Path | BinaryIO,
+    target: Path | None,
     *,
     names: Sequence[str],
     types: dict[str, Any] | None,
     budget: int,
     what: str,
 ) -> tuple[Any, int]:
-    """Convert ``source`` (CSV with a header line) to Parquet; returns (schema, rows)."""
+    """Convert CSV with a header line to Parquet (``target`` ``None``: only parse and count);
+    returns (schema, rows). ``types`` ``None`` infers them (a hospital's CSV file)."""
     import pyarrow as pa
     import pyarrow.csv as pc
 
     read, parse, convert = _csv_options(names, types, skip_header=True)
-    header_only = types is not None and _only_header(source)
-    if header_only:
-        schema = pa.schema([(n, types[n]) for n in names]) if types is not None else None
-        writer = _RowGroups(target, schema, budget)
-        writer.close()
-        return schema, 0
     try:
         reader = pc.open_csv(
-            str(source), read_options=read, parse_options=parse, convert_options=convert
+            str(source) if isinstance(source, Path) else source,
+            read_options=read,
+            parse_options=parse,
+            convert_options=convert,
         )
     except pa.ArrowInvalid as exc:
         raise DataSetError(f"{what}: not readable as CSV: {_first_line(exc)}") from None
     schema = reader.schema
-    writer = _RowGroups(target, schema, budget)
+    writer = _RowGroups(target, schema, budget) if target is not None else None
+    rows = 0
     try:
         while True:
             try:
@@ -357,24 +368,91 @@ def _csv_to_parquet(
                 break
             except pa.ArrowInvalid as exc:
                 raise DataSetError(
-                    f"{what}: a value does not fit its column's type after row {writer.rows}: "
+                    f"{what}: a value does not fit its column's type after row {rows}: "
                     f"{_first_line(exc)}"
                     + ("" if types is not None else " (convert the file to Parquet to fix types)")
                 ) from None
-            writer.add(batch)
+            rows += batch.num_rows
+            if writer is not None:
+                writer.add(batch)
     finally:
-        writer.close()
-    return schema, writer.rows
-
-
-def _only_header(path: Path) -> bool:
-    with path.open("rb") as f:
-        f.readline()
-        return f.read(1) == b""
+        if writer is not None:
+            writer.close()
+    return schema, rows
 
 
 def _columns(schema: Any, identifiers: Sequence[str]) -> tuple[Column, ...]:
     return tuple(Column(f.name, str(f.type), f.name in identifiers) for f in schema)
+
+
+class _Tee:
+    """A binary sink writing to the pipe and, when kept, the train's CSV file."""
+
+    def __init__(self, *sinks: Any) -> None:
+        self.sinks = [s for s in sinks if s is not None]
+
+    def write(self, data: Any) -> int:
+        for sink in self.sinks:
+            sink.write(data)
+        return len(data)
+
+
+def _stream_table(
+    session: ReadOnlySession,
+    table: str,
+    names: Sequence[str],
+    types: dict[str, Any],
+    *,
+    parquet: Path | None,
+    csv_path: Path | None,
+    budget: int,
+    what: str,
+) -> tuple[Any, int]:
+    """COPY one table through a pipe into the Parquet writer, in two threads at once.
+
+    A producer thread runs the COPY and writes the header and rows into a pipe (and the
+    CSV file when kept); this thread parses the pipe into Parquet row groups as it fills.
+    The database's error wins over the parse error it causes; a parse error cancels the
+    COPY. Returns (schema, rows).
+    """
+    read_fd, write_fd = os.pipe()
+    errors: list[BaseException] = []
+    header = io.StringIO()
+    csv.writer(header, lineterminator="\n").writerow(names)
+
+    def produce() -> None:
+        pipe = os.fdopen(write_fd, "wb", buffering=PIPE_BUFFER)
+        keep = csv_path.open("wb") if csv_path is not None else None
+        try:
+            sink = _Tee(pipe, keep) if keep is not None else pipe
+            sink.write(header.getvalue().encode())
+            session.copy_csv(table, sink)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer's thread
+            errors.append(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                pipe.close()
+            if keep is not None:
+                keep.close()
+
+    producer = threading.Thread(target=produce, name="pht-extract-copy", daemon=True)
+    producer.start()
+    try:
+        with os.fdopen(read_fd, "rb", buffering=PIPE_BUFFER) as source:
+            result = _csv_to_parquet(
+                source, parquet, names=names, types=types, budget=budget, what=what
+            )
+    except BaseException:
+        if not errors:
+            session.cancel()
+        producer.join()
+        if errors and not isinstance(errors[0], BrokenPipeError):
+            raise errors[0] from None
+        raise
+    producer.join()
+    if errors:
+        raise errors[0] from None
+    return result
 
 
 def _extract_sql(dataset: DataSet, folder: Path, budget: int, log: Log | None) -> list[Table]:
@@ -382,50 +460,23 @@ def _extract_sql(dataset: DataSet, folder: Path, budget: int, log: Log | None) -
     with ReadOnlySession(dataset) as session:
         plan = {t: session.columns(t) for t in dataset.targets}  # every query checked first
         for table, cols in plan.items():
-            names = [c[0] for c in cols]
-            csv_path = folder / f"{table}.csv"
-            with csv_path.open("wb") as out:
-                text = io.StringIO()
-                csv.writer(text, lineterminator="\n").writerow(names)
-                out.write(text.getvalue().encode())
-                session.copy_csv(table, out)
-            files: list[str] = []
-            rows = 0
-            schema = None
-            if "parquet" in dataset.formats:
-                schema, rows = _csv_to_parquet(
-                    csv_path,
-                    folder / f"{table}.parquet",
-                    names=names,
-                    types=dict(cols),
-                    budget=budget,
-                    what=f"data set {dataset.name!r}, table {table!r}",
-                )
-                files.append(f"{table}.parquet")
-            if "csv" in dataset.formats:
-                files.append(f"{table}.csv")
-                if schema is None:
-                    rows = _count_csv_rows(csv_path, names, dict(cols))
-            else:
-                csv_path.unlink()
-            pa = _pa()
-            schema = schema or pa.schema(cols)
-            tables.append(
-                Table(table, _columns(schema, dataset.identifier_columns), rows, tuple(files))
+            parquet = folder / f"{table}.parquet" if "parquet" in dataset.formats else None
+            csv_path = folder / f"{table}.csv" if "csv" in dataset.formats else None
+            schema, rows = _stream_table(
+                session,
+                table,
+                [c[0] for c in cols],
+                dict(cols),
+                parquet=parquet,
+                csv_path=csv_path,
+                budget=budget,
+                what=f"data set {dataset.name!r}, table {table!r}",
             )
+            files = tuple(p.name for p in (parquet, csv_path) if p is not None)
+            tables.append(Table(table, _columns(schema, dataset.identifier_columns), rows, files))
             if log:
                 log(f"data set {dataset.name}: extracted {table} ({rows} rows)")
     return tables
-
-
-def _count_csv_rows(path: Path, names: Sequence[str], types: dict[str, Any] | None) -> int:
-    import pyarrow.csv as pc
-
-    if types is not None and _only_header(path):
-        return 0
-    read, parse, convert = _csv_options(names, types, skip_header=True)
-    reader = pc.open_csv(str(path), read_options=read, parse_options=parse, convert_options=convert)
-    return sum(b.num_rows for b in reader)
 
 
 def _extract_file(dataset: DataSet, folder: Path, budget: int, log: Log | None) -> list[Table]:
