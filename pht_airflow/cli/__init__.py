@@ -6,8 +6,8 @@ people; ``--json`` is for machines.
 
 This module holds the root group and the error handling; each command group lives in its own
 module (``keys``, ``signatures``, ``train``, ``results``, ``central``, ``station``,
-``audit``), imported only when a command of it is asked for or listed. Shared options are in
-``options``, shared printers in ``render``.
+``audit``, ``bundle``), imported only when a command of it is asked for or listed. Shared
+options are in ``options``, shared printers in ``render``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ __all__ = ["EXIT_ERROR", "EXIT_USAGE", "EXIT_VERIFICATION", "PhtGroup", "main"]
 # Command name -> "module:attribute" under this package, loaded on first use.
 COMMANDS = {
     "audit": "audit:audit",
+    "bundle": "bundle:bundle",
     "central": "central:central",
     "inspect": "signatures:inspect_cmd",
     "keys": "keys:keys",
