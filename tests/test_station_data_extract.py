@@ -168,6 +168,31 @@ def test_a_failing_query_is_named_and_leaves_nothing(omop: str, tmp_path: Path) 
     assert list(work.iterdir()) == []
 
 
+def test_a_query_failing_midway_names_the_database_error(omop: str, tmp_path: Path) -> None:
+    """The COPY fails after streaming rows: the database's error, not a truncated table."""
+    query = "SELECT g, 1 / (g - 60000) AS r FROM generate_series(1, 100000) AS g"
+    ds = sql_dataset(omop, queries={"late": query}, formats=["parquet", "csv"])
+    with pytest.raises(DataSetError, match="table 'late': the database refused the query: "
+                       "division by zero"), data_view(ds, tmp_path):  # fmt: skip
+        pytest.fail("the view must not open")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_value_arrow_cannot_hold_cancels_the_copy(omop: str, tmp_path: Path) -> None:
+    """numeric(9,1) 'NaN' has no decimal form: the parse error is named, the COPY cancelled
+    (the session's connection is closed cleanly, so the next extraction works)."""
+    query = (
+        "SELECT CASE WHEN g = 5 THEN 'NaN'::numeric(9,1) ELSE g::numeric(9,1) END AS v "
+        "FROM generate_series(1, 200000) AS g"
+    )
+    ds = sql_dataset(omop, queries={"nan": query})
+    with pytest.raises(DataSetError, match=r"table 'nan': a value does not fit its column's type"):
+        extract(ds, tmp_path)
+    again = tmp_path / "again"
+    again.mkdir()
+    assert extract(sql_dataset(omop, tables=["person"]), again).tables[0].rows == 3
+
+
 def test_a_refused_connection_is_clear_and_leaves_nothing(tmp_path: Path) -> None:
     from pht_airflow.dev.localregistry import free_port
 

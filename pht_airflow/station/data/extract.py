@@ -356,6 +356,10 @@ def _csv_to_parquet(
             convert_options=convert,
         )
     except pa.ArrowInvalid as exc:
+        if types is not None:  # the first block already failed to convert
+            raise DataSetError(
+                f"{what}: a value does not fit its column's type: {_first_line(exc)}"
+            ) from None
         raise DataSetError(f"{what}: not readable as CSV: {_first_line(exc)}") from None
     schema = reader.schema
     writer = _RowGroups(target, schema, budget) if target is not None else None
