@@ -199,3 +199,27 @@ def test_policy_task_timeout_is_loaded(tmp_path: Path, parties: Any) -> None:
     )  # fmt: skip
     assert load_config(station.config_path).policy.task_timeout == timedelta(hours=2)
     assert policy_task_timeout(station.config_path) == timedelta(hours=2)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "policy: &p {task_timeout: 2h, again: *p}\n",  # an alias inside itself
+        "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\npolicy: {task_timeout: 2h}\n",
+        "policy: {task_timeout: 2h}\n" + "x: " + "[" * 5000 + "]" * 5000 + "\n",
+        "policy: {task_timeout: 2h}\n# " + "x" * (1024 * 1024) + "\n",
+    ],
+    ids=["self-alias", "alias-bomb", "nested-too-deep", "over-1-MiB"],
+)
+def test_policy_task_timeout_reads_a_hostile_config_as_load_config_does(
+    tmp_path: Path, text: str
+) -> None:
+    """The DAG file's parse-time read of policy.task_timeout goes through the same bounded,
+    alias-refusing reader as load_config: a hostile file gives the default (the task then
+    fails on load_config's message), never a hang, a recursion or a memory blow-up."""
+    path = tmp_path / "station.yaml"
+    path.write_text(text)
+    assert policy_task_timeout(path) == DEFAULT_TASK_TIMEOUT
+    with pytest.raises(ConfigError):
+        load_config(path)

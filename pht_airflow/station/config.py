@@ -275,6 +275,22 @@ def _task_timeout(policy: Mapping[str, Any]) -> timedelta:
         raise ConfigError(f"not a duration: {value[:40]!r} (use e.g. 6h or 90m)") from None
 
 
+def _read_config(source: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """The config file's YAML, read bounded (:data:`MAX_CONFIG_BYTES`), UTF-8, no aliases."""
+    try:
+        with source.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the station config {source}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: the station config is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 (byte {exc.start})") from None
+    return _load_with_lines(text, str(source))
+
+
 def policy_task_timeout(path: Path | str | None = None) -> timedelta:
     """``policy.task_timeout`` of the config at ``path`` (or ``$PHT_STATION_CONFIG``), read at
     DAG-file parse time: only that field, and the default when the file or the field cannot
@@ -283,10 +299,10 @@ def policy_task_timeout(path: Path | str | None = None) -> timedelta:
     if not path:
         return DEFAULT_TASK_TIMEOUT
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data, _ = _read_config(Path(path))
         policy = data.get("policy") if isinstance(data, dict) else None
         return _task_timeout(policy if isinstance(policy, dict) else {})
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError):
+    except ConfigError:
         return DEFAULT_TASK_TIMEOUT
 
 
@@ -327,18 +343,7 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
             raise ConfigError(f"no station config: set {CONFIG_ENV} to the YAML file's path")
         path = env
     source = Path(path)
-    try:
-        with source.open("rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read the station config {source}: {exc.strerror}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{source}: the station config is larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{source}: not UTF-8 (byte {exc.start})") from None
-    data, lines = _load_with_lines(text, str(source))
+    data, lines = _read_config(source)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     problems: list[str] = []
