@@ -125,6 +125,7 @@ class LayoutWriter:
         self._index: list[dict[str, Any]] = []
         self._tags: set[str] = set()
         self._closed = False
+        self._broken = False
         for name in ("blobs", "blobs/sha256"):
             info = tarfile.TarInfo(name)
             info.type = tarfile.DIRTYPE
@@ -170,8 +171,11 @@ class LayoutWriter:
         info = tarfile.TarInfo(f"blobs/sha256/{digest[7:]}")
         info.size = size
         info.mode = 0o644
+        if self._broken:
+            raise LayoutError("an earlier blob failed; this archive is incomplete")
+        self._broken = True  # until this blob is complete and checked
         try:
-            self._tar.addfile(info, _ChunkFile(stream))
+            self._tar.addfile(info, io.BufferedReader(_ChunkFile(stream)))
         except OSError as exc:  # tarfile: "unexpected end of data"
             raise LayoutError(
                 f"blob {digest} ended after {count} of its stated {size} bytes"
@@ -180,6 +184,7 @@ class LayoutWriter:
             pass
         if count != size or "sha256:" + hasher.hexdigest() != digest:
             raise LayoutError(f"blob {digest} does not hash to its digest ({count} bytes)")
+        self._broken = False
         self._blobs.add(digest)
 
     def add_bytes(self, data: bytes) -> str:
@@ -211,6 +216,9 @@ class LayoutWriter:
         if self._closed:
             return
         self._closed = True
+        if self._broken:
+            self._tar.fileobj = io.BytesIO()  # drop the rest
+            raise LayoutError("an earlier blob failed; this archive is incomplete")
         index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self._index}
         self._add_file("index.json", json.dumps(index, sort_keys=True).encode())
         self._tar.close()
