@@ -31,7 +31,14 @@ from pht_airflow.errors import (
     TrainOOMError,
     TrainTimeoutError,
 )
-from pht_airflow.station.sandbox import LABEL, Limits, SandboxResult, run_train
+from pht_airflow.station.sandbox import (
+    LABEL,
+    MAX_OUTPUT_DEPTH,
+    RESOLV_CONF,
+    Limits,
+    SandboxResult,
+    run_train,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -39,6 +46,7 @@ PYTHON = "pht-local/python:3.11"
 BUSYBOX = "pht-local/busybox:latest"
 MiB = 1024 * 1024
 NOBODY = 65534
+SOCKET = "import socket; socket.socket(socket.AF_UNIX).bind('/pht/output/sock')"
 
 
 @pytest.fixture(scope="module")
@@ -158,10 +166,12 @@ def test_happy_path_reads_data_writes_output_and_logs(box: Box) -> None:
     assert result.container_name == box.name
     assert result.image == PYTHON
     assert result.output_files == 1
-    assert result.output_bytes == (box.output / "result.json").stat().st_size
+    written = (box.output / "result.json").stat()
+    assert result.output_bytes == max(written.st_size, written.st_blocks * 512)  # allocated
     assert 0 < result.duration_seconds < 30
     assert _output_names(box) == ["result.json"]
-    assert (box.output / "result.json").stat().st_uid == NOBODY
+    # The train's uid wrote it; after the run the station owns it, private to it.
+    assert (written.st_uid, written.st_mode & 0o7777) == (os.geteuid(), 0o600)
 
     out = json.loads((box.output / "result.json").read_text())
     assert out["n"] == 3 and out["mean_age"] == pytest.approx(44.0)
@@ -377,7 +387,142 @@ def test_output_over_cap_is_refused_at_the_end(box: Box) -> None:
             limits=Limits(output_bytes=5 * MiB, wall_seconds=30),
             poll_seconds=30,
         )
-    assert info.value.measured_bytes == 6 * MiB  # the link is never followed
+    # Two 3 MiB files and the folder's own block; the link is never followed.
+    assert 6 * MiB < info.value.measured_bytes <= 6 * MiB + 64 * 1024
+    assert _output_names(box) == []  # nothing of a refused output is left
+
+
+def test_space_reserved_past_the_end_of_a_file_counts_against_the_cap(box: Box) -> None:
+    """fallocate(FALLOC_FL_KEEP_SIZE) reserves 64 MiB while the file's size stays 0: the cap
+    counts allocated blocks, so the hop fails with the cap's message."""
+    with pytest.raises(OutputTooLargeError) as info:
+        box.python(
+            """
+            import ctypes, os
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+            fd = os.open("/pht/output/reserved.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+            rc = libc.fallocate(fd, 1, 0, 64 << 20)  # 1: FALLOC_FL_KEEP_SIZE
+            st = os.fstat(fd)
+            print("fallocate", rc, ctypes.get_errno(), st.st_size, st.st_blocks * 512 >= 64 << 20)
+            """,
+            limits=Limits(output_bytes=16 * MiB, memory_bytes=256 * MiB, wall_seconds=30),
+            poll_seconds=30,  # the train exits before any poll: the final check catches it
+        )
+    assert box.lines == ["fallocate 0 0 0 True"]  # reserved, with an apparent size of 0
+    assert info.value.measured_bytes >= 64 * MiB and info.value.limit_bytes == 16 * MiB
+    assert "over the station's output limit of 16.0 MiB" in str(info.value)
+    assert _output_names(box) == []
+
+
+def test_sparse_file_counts_its_apparent_size(box: Box) -> None:
+    with pytest.raises(OutputTooLargeError, match="output limit of 1.0 MiB") as info:
+        box.python(
+            "import os; os.truncate(os.open('/pht/output/s', os.O_CREAT | os.O_WRONLY), 1 << 30)",
+            limits=Limits(output_bytes=1 * MiB, memory_bytes=256 * MiB, wall_seconds=30),
+            poll_seconds=30,
+        )
+    assert info.value.measured_bytes == 1 << 30  # what sealing it would produce
+    assert _output_names(box) == []
+
+
+_LONG_PATH = """
+    import os
+    os.chdir("/pht/output")
+    for level in range({levels}):
+        os.mkdir("d%d" % level + "x" * 250)
+        os.chdir("d%d" % level + "x" * 250)
+    with open("deep.bin", "wb") as f:
+        f.write(b"1" * {size})
+    print(len(os.getcwd()) > 4096)
+"""
+
+
+def test_paths_longer_than_path_max_are_measured(box: Box) -> None:
+    """20 folders of 252-byte names: the file at the bottom is past PATH_MAX (4096) on the
+    host too, and its bytes still count (they were skipped before)."""
+    with pytest.raises(OutputTooLargeError) as info:
+        box.python(
+            _LONG_PATH.format(levels=20, size=2 * MiB),
+            limits=Limits(output_bytes=1 * MiB, memory_bytes=256 * MiB, wall_seconds=30),
+            poll_seconds=30,
+        )
+    assert box.lines == ["True"]
+    assert info.value.measured_bytes > 2 * MiB
+    assert _output_names(box) == []
+
+    result = box.python(_LONG_PATH.format(levels=20, size=10))
+    assert result.output_files == 1
+    assert result.output_bytes >= 20 * 4096 + 10  # 20 folders' blocks and the file
+
+
+def test_over_deep_output_is_refused_and_removed(box: Box) -> None:
+    """3000 nested folders: refused at the archive's depth limit, and removed although
+    shutil.rmtree could not (it recurses and holds a descriptor per level)."""
+    with pytest.raises(OutputTooLargeError) as info:
+        box.python(
+            """
+            import os
+            os.chdir("/pht/output")
+            for _ in range(3000):
+                os.mkdir("d")
+                os.chdir("d")
+            open("bottom", "w").write("x")
+            """,
+            poll_seconds=30,
+        )
+    assert f"more than {MAX_OUTPUT_DEPTH} levels deep to /pht/output" in str(info.value)
+    assert MAX_OUTPUT_DEPTH == 64
+    assert list(box.output.iterdir()) == []
+
+
+def test_modes_the_train_set_are_reset(box: Box) -> None:
+    box.sh(
+        "cd /pht/output && echo x > suid && chmod 6777 suid && echo y > plain && "
+        "chmod 0666 plain && mkdir -m 1777 sticky && echo z > sticky/f && chmod 2646 sticky/f "
+        "&& chmod 0777 /pht/output && stat -c '%a %n' suid plain sticky sticky/f"
+    )
+    assert box.lines == ["6777 suid", "666 plain", "1777 sticky", "2646 sticky/f"]
+    found = {
+        str(p.relative_to(box.output)): (p.lstat().st_mode & 0o7777, p.lstat().st_uid)
+        for p in [box.output, *box.output.rglob("*")]
+    }
+    me = os.geteuid()
+    assert found == {
+        ".": (0o700, me),
+        "suid": (0o700, me),  # executable stays executable, without setuid/setgid
+        "plain": (0o600, me),
+        "sticky": (0o700, me),
+        "sticky/f": (0o600, me),
+    }
+
+
+@pytest.mark.parametrize(
+    ("command", "kind"),
+    [
+        (["sh", "-c", "ln -s /etc/passwd /pht/output/link"], "symbolic link (link)"),
+        (["sh", "-c", "mkdir /pht/output/d && mkfifo /pht/output/d/pipe"], "FIFO (pipe)"),
+        (["python3", "-c", SOCKET], "socket (sock)"),
+    ],
+)
+def test_entries_that_are_not_files_or_folders_are_refused(
+    box: Box, command: list[str], kind: str
+) -> None:
+    with pytest.raises(SandboxError) as info:
+        box.run(PYTHON, command)
+    assert f"left a {kind} in /pht/output; a result holds only folders and regular files" in str(
+        info.value
+    )
+    assert _output_names(box) == []
+
+
+def test_the_hosts_resolver_configuration_is_not_shown(box: Box) -> None:
+    box.sh("cat /etc/resolv.conf; grep -c ' /etc/resolv.conf ' /proc/self/mountinfo")
+    assert box.lines == [RESOLV_CONF.rstrip("\n"), "1"]
+    host = Path("/etc/resolv.conf").read_text()
+    assert not {line for line in box.lines if line.startswith("nameserver")} & set(
+        host.splitlines()
+    )
 
 
 def test_nonzero_exit(box: Box) -> None:

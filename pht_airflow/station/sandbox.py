@@ -8,11 +8,13 @@
 ``/pht/output``        an empty folder, read-write, owned by the train's uid:gid
 environment            only the ``PHT_*`` variables the caller passes (no proxy variables)
 network                ``network_mode="none"``: a loopback interface only
+resolver               ``/etc/resolv.conf`` is the station's empty :data:`RESOLV_CONF`
 root file system       ``read_only=True``; ``/tmp`` a ``rw,noexec,nosuid,nodev`` tmpfs
 IPC                    ``ipc_mode="none"``: own IPC namespace, no ``/dev/shm``
 user                   ``Limits.user`` (65534:65534 by default); never uid or gid 0
 privileges             ``cap_drop=["ALL"]``, ``no-new-privileges``, not privileged, no devices
-limits                 memory (no swap), CPUs, pids, wall time, output size, core dumps off
+limits                 memory (no swap), CPUs, pids, wall time, output size and depth,
+                       core dumps off
 init                   ``init=True``: ``docker-init`` is PID 1 and reaps orphans
 logs                   json-file, at most 10 MB kept by the engine; forwarded line by line
 =====================  ==================================================================
@@ -24,12 +26,24 @@ Permissions: the train runs as ``Limits.user``, not as root, so the data set mus
 readable by that user (for example ``chmod -R o+rX`` on the data set, or a group the uid
 belongs to). :func:`run_train` never changes the data set's permissions. It chowns the
 (empty) output folder to the train's uid:gid and makes it mode 0700, so only that user and
-root on the host can read what the train writes; files the train writes belong to that uid.
+root on the host can read what the train writes. After the run every entry of the output
+is reset (:func:`normalise_output`): folders 0700, files 0600 (0700 if executable), no
+setuid, setgid or sticky bit, owned by the station when it runs as root; links, FIFOs,
+sockets and devices are refused. The output cap counts allocated blocks (and a regular
+file's apparent size, whichever is larger). A failed run's output is removed
+(:func:`clear_output`), however deep.
+
+Resolver: the engine would bind-mount a copy of the host's ``/etc/resolv.conf`` (its name
+servers and search domains, which describe the station's network) into every container,
+even with the network off. The sandbox mounts its own read-only file over it instead. The
+engine's ``/etc/hosts`` (localhost entries only with no network) and ``/etc/hostname`` (the
+container's id) show nothing of the host and are left as they are.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -39,7 +53,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +65,7 @@ from ..errors import (
     TrainOOMError,
     TrainTimeoutError,
 )
+from ..results.archive import MAX_DEPTH
 from ..text import safe_text
 
 log = logging.getLogger(__name__)
@@ -77,6 +92,10 @@ ENGINE_LOG_MAX = "10m"
 #: The IPC namespace: "none" gives a private namespace with no /dev/shm mounted, so
 #: POSIX semaphores (``multiprocessing`` locks and pools) are unavailable to trains.
 IPC_MODE = "none"
+
+#: What the train sees as ``/etc/resolv.conf``: no name server of the host's, no search
+#: domain (the network is off anyway; resolvers fall back to 127.0.0.1 and fail at once).
+RESOLV_CONF = "# The PHT sandbox has no network and no name service.\n"
 
 _MIN_MEMORY = 6 * MiB  # the Docker engine refuses smaller memory limits
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
@@ -176,39 +195,253 @@ class _Usage:
     bytes: int = 0
     files: int = 0
     entries: int = 0
+    too_deep: bool = False
+
+
+#: Folder levels below ``/pht/output`` a result may have (the archive's own limit).
+MAX_OUTPUT_DEPTH = MAX_DEPTH
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_GONE = (FileNotFoundError, NotADirectoryError)  # an entry removed or replaced mid-walk
+
+
+class _TooDeep(Exception):
+    """The tree goes deeper than :data:`MAX_OUTPUT_DEPTH` (raised out of :func:`_walk`)."""
+
+
+def _same(fd: int, st: os.stat_result) -> bool:
+    got = os.fstat(fd)
+    return (got.st_dev, got.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _walk(root: Path) -> Iterator[tuple[int, str, os.stat_result]]:
+    """Every entry under ``root`` as ``(folder fd, name, lstat)``, depth first.
+
+    Only directory file descriptors and single names are used, never a path string below
+    ``root``, so paths longer than ``PATH_MAX`` are reached like any other. No link is
+    followed. There is no recursion, and at most two descriptors per level are open, since
+    a folder deeper than :data:`MAX_OUTPUT_DEPTH` raises :class:`_TooDeep` before it is
+    listed. Entries that vanish or change type while we walk are skipped; any other error
+    (a folder the station may not read) is raised as ``OSError``.
+    """
+    first = os.open(root, _DIR_FLAGS)
+    stack: list[tuple[int, Iterator[os.DirEntry[str]], int]] = []
+    try:
+        stack.append((first, os.scandir(first), 1))
+    except OSError:
+        os.close(first)
+        raise
+    try:
+        while stack:
+            fd, entries, depth = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                entries.close()  # type: ignore[attr-defined]
+                os.close(fd)
+                continue
+            if depth > MAX_OUTPUT_DEPTH:
+                raise _TooDeep
+            try:
+                st = os.stat(entry.name, dir_fd=fd, follow_symlinks=False)
+            except _GONE:
+                continue
+            yield fd, entry.name, st
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            try:
+                child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+            except _GONE:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # replaced by a link since the stat
+                    continue
+                raise
+            try:
+                if not _same(child, st):
+                    os.close(child)
+                    continue
+                stack.append((child, os.scandir(child), depth + 1))
+            except BaseException:
+                os.close(child)
+                raise
+    finally:
+        for fd, entries, _ in stack:
+            entries.close()  # type: ignore[attr-defined]
+            os.close(fd)
 
 
 def measure_output(root: Path, stop_after_bytes: int | None = None) -> _Usage:
-    """Total size of the regular files under ``root``, never following a link.
+    """Disk space taken under ``root``: every entry, never following a link.
 
-    Links, devices, FIFOs and sockets are counted as entries but add no bytes (the sealing
-    step refuses them). Entries that vanish while we walk are skipped. Stops early once
-    ``stop_after_bytes`` or :data:`MAX_OUTPUT_ENTRIES` is exceeded.
+    Each entry counts the blocks it has allocated (``st_blocks * 512``), and a regular
+    file at least its apparent size, so neither space reserved past the end of a file
+    (``fallocate`` with ``FALLOC_FL_KEEP_SIZE``) nor a sparse file (which becomes its full
+    size when sealed) escapes the cap. Links, devices, FIFOs and sockets are counted as
+    entries with their blocks (the run refuses them afterwards). Paths longer than
+    ``PATH_MAX`` are measured (see :func:`_walk`); a tree deeper than
+    :data:`MAX_OUTPUT_DEPTH` sets ``too_deep``. Stops early once ``stop_after_bytes`` or
+    :data:`MAX_OUTPUT_ENTRIES` is exceeded. Raises :class:`SandboxError` when an entry
+    cannot be read (never skipped silently).
     """
     usage = _Usage()
-    stack = [str(root)]
-    while stack:
-        folder = stack.pop()
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    usage.entries += 1
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if stat.S_ISDIR(st.st_mode):
-                        stack.append(entry.path)
-                    elif stat.S_ISREG(st.st_mode):
-                        usage.files += 1
-                        usage.bytes += st.st_size
-                    if usage.entries > MAX_OUTPUT_ENTRIES or (
-                        stop_after_bytes is not None and usage.bytes > stop_after_bytes
-                    ):
-                        return usage
-        except OSError:
-            continue
+    try:
+        for _, _, st in _walk(root):
+            usage.entries += 1
+            allocated = st.st_blocks * 512
+            if stat.S_ISREG(st.st_mode):
+                usage.files += 1
+                usage.bytes += max(st.st_size, allocated)
+            else:
+                usage.bytes += allocated
+            if usage.entries > MAX_OUTPUT_ENTRIES or (
+                stop_after_bytes is not None and usage.bytes > stop_after_bytes
+            ):
+                break
+    except _TooDeep:
+        usage.too_deep = True
+    except OSError as exc:
+        raise SandboxError(
+            f"the station could not measure the train's output in {root}: "
+            f"{exc.strerror or type(exc).__name__}"
+        ) from None
     return usage
+
+
+def _station_owner() -> tuple[int, int] | None:
+    """Who should own the output after the run: the station itself, when it may chown."""
+    return (os.geteuid(), os.getegid()) if os.geteuid() == 0 else None
+
+
+def _reset(fd: int, mode: int, owner: tuple[int, int] | None) -> bool:
+    """Give an opened entry ``mode`` (and ``owner``); False when the station may not."""
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+    except PermissionError:
+        return False
+    return True
+
+
+_UNSAFE_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH | stat.S_IWGRP
+
+
+def normalise_output(root: Path, image: str) -> None:
+    """Reset what the train set on its output, and refuse what a result may not hold.
+
+    The output folder and every folder below it become mode 0700, regular files 0700 when
+    the train made them executable and 0600 otherwise: no setuid, setgid or sticky bit, and
+    nothing writable by group or others, whatever the train set. A station running as
+    root also takes ownership of everything (the train's uid owns nothing afterwards). A
+    station that is not root cannot change what the train's uid owns: an entry that keeps
+    one of those bits is refused instead. Links, FIFOs, sockets and device files are
+    refused, as sealing does (a result holds only folders and regular files). Raises
+    :class:`SandboxError` naming the entry.
+    """
+    owner = _station_owner()
+    root_fd = os.open(root, _DIR_FLAGS)
+    try:
+        _reset(root_fd, 0o700, owner)
+    finally:
+        os.close(root_fd)
+    try:
+        for parent, name, st in _walk(root):
+            shown = safe_text(name, limit=200)
+            if stat.S_ISDIR(st.st_mode):
+                flags, mode = _DIR_FLAGS, 0o700
+            elif stat.S_ISREG(st.st_mode):
+                flags, mode = _FILE_FLAGS, 0o700 if st.st_mode & 0o111 else 0o600
+            else:
+                kind = (
+                    "symbolic link"
+                    if stat.S_ISLNK(st.st_mode)
+                    else "FIFO"
+                    if stat.S_ISFIFO(st.st_mode)
+                    else "socket"
+                    if stat.S_ISSOCK(st.st_mode)
+                    else "device file"
+                )
+                raise SandboxError(
+                    f"train {image} left a {kind} ({shown}) in {OUTPUT_PATH}; a result holds "
+                    "only folders and regular files",
+                    image=image,
+                )
+            try:
+                fd = os.open(name, flags, dir_fd=parent)
+            except PermissionError:
+                fd = -1
+            try:
+                done = fd >= 0 and _same(fd, st) and _reset(fd, mode, owner)
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            if not done and st.st_mode & _UNSAFE_BITS:
+                raise SandboxError(
+                    f"train {image} set mode {stat.S_IMODE(st.st_mode):04o} on {shown} in "
+                    f"{OUTPUT_PATH} and the station may not reset it; run the station as "
+                    "root so it can take over the train's output",
+                    image=image,
+                )
+    except _TooDeep:
+        raise SandboxError(
+            f"train {image} wrote folders more than {MAX_OUTPUT_DEPTH} levels deep to "
+            f"{OUTPUT_PATH}, the deepest a result may be",
+            image=image,
+        ) from None
+    except OSError as exc:
+        raise SandboxError(
+            f"the station could not reset the permissions of the train's output in {root}: "
+            f"{exc.strerror or type(exc).__name__}",
+            image=image,
+        ) from None
+
+
+def clear_output(root: Path) -> None:
+    """Remove everything below ``root`` (not ``root`` itself), whatever its depth.
+
+    Goes down one folder at a time and back up through ``..`` (checked against the folder
+    it came from), holding two descriptors at most and building no path, so trees deeper
+    than ``shutil.rmtree`` can handle (recursion, one descriptor per level) or with paths
+    longer than ``PATH_MAX`` are removed too. Never follows a link.
+    """
+    fd = os.open(root, _DIR_FLAGS)
+    names: list[str] = []
+    parents: list[tuple[int, int]] = []
+    try:
+        while True:
+            child: str | None = None
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    try:
+                        st = os.stat(entry.name, dir_fd=fd, follow_symlinks=False)
+                        if stat.S_ISDIR(st.st_mode):
+                            child = entry.name
+                            break
+                        os.unlink(entry.name, dir_fd=fd)
+                    except FileNotFoundError:
+                        continue
+            if child is not None:
+                here = os.fstat(fd)
+                down = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                with contextlib.suppress(PermissionError):
+                    os.fchmod(down, 0o700)  # a folder the train made unwritable
+                parents.append((here.st_dev, here.st_ino))
+                names.append(child)
+                os.close(fd)
+                fd = down
+                continue
+            if not names:
+                return
+            up = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            got = os.fstat(up)
+            os.close(fd)
+            fd = up
+            if (got.st_dev, got.st_ino) != parents.pop():
+                raise SandboxError(f"the output folder {root} changed while it was removed")
+            os.rmdir(names.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _clean_line(raw: bytes) -> str:
@@ -375,14 +608,27 @@ def container_settings(
     env: Mapping[str, str],
     limits: Limits,
     command: Sequence[str] | None = None,
+    resolv_conf: Path | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments for ``docker_client.containers.create``: the whole sandbox."""
+    """The keyword arguments for ``docker_client.containers.create``: the whole sandbox.
+
+    ``resolv_conf`` (a file of the station's, see :data:`RESOLV_CONF`) is bind-mounted
+    read-only over ``/etc/resolv.conf``: otherwise the engine copies the host's resolver
+    configuration (its name servers and search domains) into the container.
+    """
     from docker.types import LogConfig, Ulimit
 
     labels = {LABEL: "1", "org.pht.sandbox.image": image}
     for var, label in (("PHT_TRAIN_ID", "train-id"), ("PHT_HOP", "hop")):
         if var in env:
             labels[f"org.pht.sandbox.{label}"] = env[var]
+    volumes = {
+        str(data_dir): {"bind": DATA_PATH, "mode": "ro"},
+        str(input_dir): {"bind": INPUT_PATH, "mode": "ro"},
+        str(output_dir): {"bind": OUTPUT_PATH, "mode": "rw"},
+    }
+    if resolv_conf is not None:
+        volumes[str(resolv_conf)] = {"bind": "/etc/resolv.conf", "mode": "ro"}
     return {
         "image": image,
         "command": list(command) if command is not None else None,
@@ -401,11 +647,7 @@ def container_settings(
             TMP_PATH: f"rw,noexec,nosuid,nodev,size={limits.tmp_bytes},mode=1777,"
             f"uid={limits.uid},gid={limits.gid}"
         },
-        "volumes": {
-            str(data_dir): {"bind": DATA_PATH, "mode": "ro"},
-            str(input_dir): {"bind": INPUT_PATH, "mode": "ro"},
-            str(output_dir): {"bind": OUTPUT_PATH, "mode": "rw"},
-        },
+        "volumes": volumes,
         "privileged": False,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
@@ -475,17 +717,20 @@ def run_train(
     _check_image(docker_client, image)
     forward = log if log is not None else _forward_to_logging
 
-    private_input: Path | None = None
+    private = Path(tempfile.mkdtemp(prefix="pht-sandbox-"))  # removed in `finally`
     container: Any = None
     creating = False  # from here on a container of this name is ours to remove
     pump: _LogPump | None = None
     failed = True
     try:
         _remove_leftover(docker_client, name)
+        resolv_conf = private / "resolv.conf"
+        resolv_conf.write_text(RESOLV_CONF)
+        os.chmod(resolv_conf, 0o444)  # noqa: S103 - no secret; the train's user reads it
         if input_dir is None:
-            private_input = Path(tempfile.mkdtemp(prefix="pht-sandbox-input-"))
-            os.chmod(private_input, 0o555)  # noqa: S103 - empty; the train's user lists it
-            input_dir = private_input
+            input_dir = private / "input"
+            input_dir.mkdir()
+            os.chmod(input_dir, 0o555)  # noqa: S103 - empty; the train's user lists it
         _prepare_output(output_dir, limits)
         settings = container_settings(
             image,
@@ -496,6 +741,7 @@ def run_train(
             env=env,
             limits=limits,
             command=command,
+            resolv_conf=resolv_conf,
         )
         try:
             creating = True
@@ -550,6 +796,7 @@ def run_train(
             )
         usage = measure_output(output_dir)
         _check_output(usage, limits, image, None)
+        normalise_output(output_dir, image)
         failed = False
         return SandboxResult(
             exit_code=exit_code,
@@ -574,8 +821,16 @@ def run_train(
         removed = _remove(docker_client, container, name) if creating else True
         if pump is not None:
             pump.join(timeout=5)
-        if private_input is not None:
-            shutil.rmtree(private_input, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
+        if failed and creating:
+            # Nothing of a failed run is sealed, and a hostile tree (too deep for
+            # shutil.rmtree, paths past PATH_MAX) must not outlive it.
+            try:
+                clear_output(output_dir)
+            except Exception as exc:  # noqa: BLE001 - the run's own error is the one to raise
+                logging.getLogger(__name__).error(
+                    "could not empty the output folder %s: %s", output_dir, exc
+                )
         if not removed and not failed:
             raise SandboxError(
                 f"the sandbox container {name} of train image {image} could not be removed; "
@@ -585,11 +840,17 @@ def run_train(
 
 
 def _check_output(usage: _Usage, limits: Limits, image: str, container: Any) -> None:
-    if usage.bytes <= limits.output_bytes and usage.entries <= MAX_OUTPUT_ENTRIES:
+    over = usage.bytes > limits.output_bytes or usage.entries > MAX_OUTPUT_ENTRIES
+    if not over and not usage.too_deep:
         return
     if container is not None:
         _kill(container)
-    if usage.entries > MAX_OUTPUT_ENTRIES:
+    if usage.too_deep:
+        message = (
+            f"train {image} wrote folders more than {MAX_OUTPUT_DEPTH} levels deep to "
+            f"{OUTPUT_PATH}, the deepest a result may be"
+        )
+    elif usage.entries > MAX_OUTPUT_ENTRIES:
         message = (
             f"train {image} wrote more than {MAX_OUTPUT_ENTRIES} files and folders to "
             f"{OUTPUT_PATH}, the most a result may hold"
