@@ -12,7 +12,9 @@ order between runs:
   (b) ``pht_airflow.station.data.extract`` of the same table to Parquet (the station's
       extraction: read-only transaction, COPY into the work folder, streaming conversion in
       row groups of the default 32 MiB budget);
-  (c) the same with ``formats: [parquet, csv]`` (the CSV kept for the train).
+  (c) the same with ``formats: [parquet, csv]`` (the CSV kept for the train);
+  (d) (b) through psycopg 3's own COPY (what the Postgres provider opens with SQLAlchemy 2),
+      without the psycopg2 twin the extractor uses when it can.
 
 Each runs in a fresh process under GNU ``/usr/bin/time -f "%M %U %S"`` (peak RSS and CPU of
 that process alone). Throughput is rows/s and MB/s of the table's CSV form (the bytes COPY
@@ -82,8 +84,15 @@ def _time(cmd: list[str], stdout: int | None = None) -> tuple[float, int, float,
 
 def one(url: str, out: str, formats: str) -> None:
     """Child process: extract the table, print the seconds the extraction took."""
+    import importlib
+
     from pht_airflow.station.data import extract, parse_datasets
     from pht_airflow.station.secrets import DatabaseUrls
+
+    if formats.endswith("+psycopg3"):
+        module = importlib.import_module("pht_airflow.station.data.extract")
+        module._fast_driver = lambda conn: conn  # type: ignore[attr-defined]
+        formats = formats.removesuffix("+psycopg3")
 
     dataset = parse_datasets(
         {"bench": {"kind": "sql", "connection": "db", "tables": ["measurement"],
@@ -125,11 +134,11 @@ def main() -> None:
                 for chunk in copy:
                     csv_bytes += len(chunk)
         psql = shutil.which("psql") or str(server.bindir / "psql")
-        results: dict[str, list[tuple[float, int, float]]] = {"copy": [], "parquet": [],
-                                                                "parquet+csv": []}  # fmt: skip
+        keys = ["copy", "parquet", "parquet+csv", "parquet+psycopg3"]
+        results: dict[str, list[tuple[float, int, float]]] = {k: [] for k in keys}
         parquet_bytes = 0
         for i in range(args.repeat):
-            order = ["copy", "parquet", "parquet+csv"]
+            order = list(keys)
             if i % 2:
                 order.reverse()
             for key in order:
@@ -141,7 +150,8 @@ def main() -> None:
                     continue
                 out = work / f"{key}-{i}"
                 out.mkdir()
-                formats = "parquet" if key == "parquet" else "parquet,csv"
+                formats = {"parquet": "parquet", "parquet+csv": "parquet,csv",
+                           "parquet+psycopg3": "parquet+psycopg3"}[key]  # fmt: skip
                 _, rss, cpu, text = _time([sys.executable, __file__, "--one", url, str(out),
                                            formats])  # fmt: skip
                 info = json.loads(text.strip().splitlines()[-1])
@@ -163,6 +173,7 @@ def main() -> None:
             "copy": '`psql -c "COPY (SELECT …) TO STDOUT (FORMAT csv)"` > /dev/null',
             "parquet": "`extract` → Parquet",
             "parquet+csv": "`extract` → Parquet + CSV",
+            "parquet+psycopg3": "`extract` → Parquet, psycopg 3's COPY",
         }
         best = {}
         for key, runs in results.items():

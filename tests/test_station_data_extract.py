@@ -114,6 +114,28 @@ def test_table_list_round_trips_every_value_to_parquet_and_csv(omop: str, tmp_pa
     assert [r["value_as_number"] for r in m] == [5.5, 6.25, 7.0]  # unbounded numeric: float64
 
 
+def test_psycopg3_connections_extract_the_same(
+    omop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where no psycopg2 twin can be opened, psycopg 3's own COPY gives the same files."""
+    import importlib
+
+    module = importlib.import_module("pht_airflow.station.data.extract")
+
+    ds = sql_dataset(omop, tables=["person", "measurement"], formats=["parquet", "csv"])
+    fast, slow = tmp_path / "fast", tmp_path / "slow"
+    fast.mkdir()
+    slow.mkdir()
+    extract(ds, fast)
+    monkeypatch.setattr(module, "_fast_driver", lambda conn: conn)
+    extract(ds, slow)
+    for name in ("person.parquet", "person.csv", "measurement.csv", "schema.json"):
+        assert (fast / name).read_bytes() == (slow / name).read_bytes(), name
+    assert pq.read_table(slow / "measurement.parquet").equals(
+        pq.read_table(fast / "measurement.parquet")
+    )
+
+
 def test_named_query_becomes_a_table(omop: str, tmp_path: Path) -> None:
     ds = sql_dataset(omop, queries={"cohort": (
         "SELECT p.person_id, count(m.measurement_id) AS n, avg(m.value_as_number) AS mean "

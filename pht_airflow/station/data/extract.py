@@ -4,7 +4,8 @@ The view is a folder holding, per table, ``<table>.parquet`` (and ``<table>.csv`
 data set's ``formats`` ask for it) and ``schema.json`` describing them (column names and
 types, row counts). It is written in the station's private work folder just before the run.
 
-``sql``: one read-only transaction (``SET TRANSACTION READ ONLY``, checked) per extraction.
+``sql``: one read-only transaction per extraction (``SET TRANSACTION ISOLATION LEVEL
+REPEATABLE READ, READ ONLY``, checked: every table from one snapshot, no writes).
 Each table or query is first described (``SELECT * FROM (q) LIMIT 0``: names and database
 types, mapped to Arrow types; every query is checked before any row is read), then streamed
 with PostgreSQL's ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` by a producer thread into a
@@ -24,6 +25,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import os
 import shutil
 import threading
@@ -47,6 +49,7 @@ CSV_BLOCK = 256 * 1024
 STATEMENT_TIMEOUT_S = 6 * 3600
 
 Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 # PostgreSQL type OIDs -> Arrow types (anything else is text).
 _PG_INT = {20: "int64", 21: "int16", 23: "int32", 26: "int64"}
@@ -149,6 +152,36 @@ def _first_line(exc: BaseException) -> str:
 # --- sql ------------------------------------------------------------------------------------
 
 
+def _fast_driver(conn: Any) -> Any:
+    """The same database through psycopg2 when ``conn`` is a psycopg 3 connection.
+
+    psycopg 3 hands a ``COPY ... TO STDOUT`` to Python one row at a time; psycopg2's
+    ``copy_expert`` reads it in C, about twice as fast end to end (benchmarks/bench_extract.py).
+    The Postgres provider opens psycopg 3 when SQLAlchemy 2 is installed and depends on
+    psycopg2 anyway; the hook has resolved the Connection (host, login, password or IAM token,
+    extras such as sslmode), and the twin uses exactly those parameters. Any failure keeps
+    the original connection.
+    """
+    info = getattr(conn, "info", None)
+    if info is None or not hasattr(info, "get_parameters") or not hasattr(conn, "pgconn"):
+        return conn
+    try:
+        import psycopg2
+    except ImportError:
+        return conn
+    try:
+        params = dict(info.get_parameters())
+        if info.password:
+            params["password"] = info.password
+        twin = psycopg2.connect(**params)
+    except Exception:  # noqa: BLE001 - keep the connection the hook opened
+        log.debug("could not open a psycopg2 twin; extracting with psycopg 3")
+        return conn
+    with contextlib.suppress(Exception):
+        conn.close()
+    return twin
+
+
 class ReadOnlySession:
     """A read-only transaction on a ``sql`` data set's database; closed (rolled back) on exit.
 
@@ -170,11 +203,13 @@ class ReadOnlySession:
                 f"data set {name!r}: cannot connect to the database of Airflow Connection "
                 f"{self.dataset.connection!r}: {_first_line(exc)}"
             ) from None
+        self.conn = _fast_driver(self.conn)
         try:
             if getattr(self.conn, "autocommit", False):
                 self.conn.autocommit = False
             cur = self.conn.cursor()
-            cur.execute("SET TRANSACTION READ ONLY")
+            # One snapshot for every table of the extraction, and no writes.
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
             cur.execute("SET LOCAL TimeZone = 'UTC'")
             cur.execute("SET LOCAL DateStyle = 'ISO, YMD'")
@@ -270,7 +305,7 @@ class ReadOnlySession:
                     for chunk in copy:
                         write(chunk)
             else:  # psycopg2
-                cur.copy_expert(sql, out)
+                cur.copy_expert(sql, out, size=PIPE_BUFFER)
             cur.close()
         except OSError:
             raise
@@ -447,11 +482,12 @@ def _stream_table(
                 source, parquet, names=names, types=types, budget=budget, what=what
             )
     except BaseException:
-        if not errors:
-            session.cancel()
+        early = [e for e in errors if not isinstance(e, BrokenPipeError)]
+        if early:  # the database failed first: the parse error is only its consequence
+            producer.join()
+            raise early[0] from None
+        session.cancel()  # the COPY's own error after this is the cancel's: ignored
         producer.join()
-        if errors and not isinstance(errors[0], BrokenPipeError):
-            raise errors[0] from None
         raise
     producer.join()
     if errors:
