@@ -26,6 +26,7 @@ last, so a station that watches its project sees a complete train.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import tempfile
@@ -35,14 +36,14 @@ from pathlib import Path
 
 from ..errors import PhtError, VerificationError
 from ..keys import PublicKey
-from ..oci import Manifest, Reference, RegistryClient
+from ..oci import OCI_INDEX, OCI_MANIFEST, Descriptor, Manifest, Reference, RegistryClient
 from ..oci.layout import LayoutError, LayoutReader, LayoutRegistryView, LayoutWriter
 from ..oci.media import INDEX_TYPES
 from ..oci.reference import check_repository
 from ..protocol import COSIGN_TAG, RESULT_TAG_CLAIM, TRAIN_TAG
 from ..results import AcceptedResult, find_results, verify_chain
 from ..signing import Signer, signature_tag, verify
-from ..spec import TrainSpec, read_spec
+from ..spec import MAX_CONFIG_BYTES, TrainSpec, read_spec
 from ..text import safe_text
 from .inspect import pin_reference
 
@@ -130,6 +131,44 @@ def _write_manifest(
     writer.add_manifest(manifest)
 
 
+def _wrapper(client: RegistryClient, repository: str, train: Manifest) -> Manifest:
+    """An OCI index holding only ``train`` (a Docker-typed manifest) with its platform.
+
+    skopeo and other OCI-layout readers address only OCI-typed ``index.json`` entries by
+    name; converting the train would change the digest its signatures are for, so the
+    ``train`` tag names this wrapper instead, which import unwraps and never pushes.
+    """
+    platform: dict[str, str] = {}
+    if train.config is not None and train.config.size <= MAX_CONFIG_BYTES:
+        raw = client.get_blob(repository, train.config.digest, max_bytes=MAX_CONFIG_BYTES)
+        with contextlib.suppress(ValueError, AttributeError, RecursionError):
+            config = json.loads(raw)
+            for key in ("architecture", "os"):
+                if isinstance(config.get(key), str):
+                    platform[key] = config[key]
+    child = train.descriptor().to_dict()
+    if len(platform) == 2:
+        child["platform"] = platform
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [child]}
+    return Manifest.from_raw(json.dumps(index, sort_keys=True).encode(), OCI_INDEX)
+
+
+def _unwrap(layout: LayoutReader) -> tuple[Descriptor, str | None]:
+    """The train's descriptor, and the digest of the wrapper index around it, if any."""
+    desc = layout.tags.get(TRAIN_TAG)
+    if desc is None:
+        raise _refuse(f"the bundle has no {TRAIN_TAG!r} tag")
+    if desc.media_type not in INDEX_TYPES:
+        return desc, None
+    children = layout.manifest(desc.digest, desc.media_type).manifests
+    if len(children) != 1:
+        raise _refuse(
+            f"the bundle's {TRAIN_TAG!r} tag names an index of {len(children)} manifests; "
+            "a train is one image"
+        )
+    return children[0], desc.digest
+
+
 def export_bundle(
     client: RegistryClient, text: str, out: Path, *, progress: Progress | None = None
 ) -> ExportSummary:
@@ -159,6 +198,9 @@ def export_bundle(
                 manifest = client.get_manifest(repository, digest or tag)
                 if not writer.has_blob(manifest.digest):
                     _write_manifest(client, repository, writer, manifest, progress)
+                if tag == TRAIN_TAG and manifest.media_type != OCI_MANIFEST:
+                    manifest = _wrapper(client, repository, manifest)
+                    writer.add_manifest(manifest)
                 writer.tag(tag, manifest.descriptor())
             writer.close()
             size = fh.tell()
@@ -203,7 +245,7 @@ def _verify_train(
     try:
         signers = verify(view, ref, list(keys.values()))
     except VerificationError as exc:
-        raise _refuse(f"the train's signatures: {exc}", ref.digest) from exc
+        raise _refuse(f"the train's signatures: {exc}") from exc
     creator = next(
         (s for s in signers if s.key_id in creator_ids and s.key_id == spec.creator.key), None
     )
@@ -241,7 +283,7 @@ def _verify_results(
     try:
         accepted = verify_chain(view, ref, spec, upto=upto, candidates=candidates)
     except VerificationError as exc:
-        raise _refuse(f"the result chain: {exc}", ref.digest, details=exc.details) from exc
+        raise _refuse(f"the result chain: {exc}", details=exc.details) from exc
     good = {a.digest for a in accepted}
     for c in candidates:
         if c.manifest.digest not in good:
@@ -291,9 +333,7 @@ def import_bundle(
             layout.verify()
         except LayoutError as exc:
             raise _refuse(str(exc)) from exc
-        train_desc = layout.tags.get(TRAIN_TAG)
-        if train_desc is None:
-            raise _refuse(f"the bundle has no {TRAIN_TAG!r} tag")
+        train_desc, wrapper = _unwrap(layout)
         view = LayoutRegistryView(layout, client.registry)
         probe = Reference(client.registry, f"{project}/bundle", digest=train_desc.digest)
         try:
@@ -318,7 +358,7 @@ def import_bundle(
         )
         if on_verified is not None:
             on_verified(summary)
-        _push(layout, client, repository, summary, progress)
+        _push(layout, client, repository, summary, train_desc.digest, wrapper, progress)
     return summary
 
 
@@ -327,9 +367,11 @@ def _push(
     client: RegistryClient,
     repository: str,
     summary: ImportSummary,
+    train_digest: str,
+    wrapper: str | None,
     progress: Progress | None,
 ) -> None:
-    manifests = layout.manifests_in_order()
+    manifests = [m for m in layout.manifests_in_order() if m.digest != wrapper]
     for manifest in manifests:
         for desc in layout.blobs_of(manifest):
             if client.blob_size(repository, desc.digest) is not None:
@@ -344,12 +386,12 @@ def _push(
             )
             summary.pushed_blobs += 1
     # Manifests by digest: the train before what refers to it (results name it as subject).
-    train_digest = layout.tags[TRAIN_TAG].digest
     ordered = sorted(manifests, key=lambda m: m.digest != train_digest)
     for manifest in ordered:
         client.put_manifest(repository, manifest.digest, manifest.raw, manifest.media_type)
     # Tags: signatures and attestations, then results, the train last.
     names = sorted(layout.tags, key=lambda t: (t == TRAIN_TAG, bool(RESULT_TAG_CLAIM.match(t)), t))
     for tag in names:
-        manifest = layout.manifest(layout.tags[tag].digest)
+        digest = train_digest if tag == TRAIN_TAG else layout.tags[tag].digest
+        manifest = layout.manifest(digest)
         client.put_manifest(repository, tag, manifest.raw, manifest.media_type)
