@@ -253,9 +253,17 @@ def _foreign_tag(files: dict[str, bytes], index: dict[str, Any]) -> None:
     index["manifests"].append({**train, "annotations": {REF_NAME: "latest"}})
 
 
+def _two_trains(files: dict[str, bytes], index: dict[str, Any]) -> None:
+    entry = next(m for m in index["manifests"] if m["annotations"][REF_NAME] == "train")
+    wrapper = json.loads(files[f"blobs/sha256/{entry['digest'][7:]}"])
+    wrapper["manifests"] *= 2
+    entry.update(add_blob(files, json.dumps(wrapper).encode()))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
+        (_two_trains, "'train' tag names an index of 2 manifests; a train is one image"),
         (_flip_layer, r"blob sha256:[0-9a-f]{64} in the bundle does not hash to its digest"),
         (_drop_signature, "the train's signatures: .*no signature"),
         (_foreign_tag, "tag latest is neither the train, a verified result"),
@@ -338,3 +346,32 @@ def test_a_file_that_is_not_a_bundle_is_refused(
     junk.write_bytes(b"\x1b[2J" * 300)
     with pytest.raises(PhtError, match="invalid tar header|truncated"):
         import_bundle(junk, offline, "junk", trust(parties))
+
+
+def test_the_cli_imports_with_a_station_s_trust(
+    exported: tuple[Path, Any],
+    offline: RegistryClient,
+    offline_registry: LocalRegistry,
+    parties: Any,
+    tmp_path: Path,
+) -> None:
+    path, spec = exported
+    common = {"creators": [parties["alice"].public.pem], "rows": 1}
+    trusting = make_station(tmp_path / "a", parties["station-a"], offline_registry.host,
+                            approvers=[parties["reviewer"].public.pem], **common)  # fmt: skip
+    wary = make_station(tmp_path / "b", parties["station-b"], offline_registry.host,
+                        approvers=[parties["mallory"].public.pem], **common)  # fmt: skip
+    runner = CliRunner()
+    to = ["--to", f"{offline_registry.host}/station-b"]
+    refused = runner.invoke(
+        main, ["bundle", "import", str(path), *to, "--station-config", str(wary.config_path)]
+    )
+    assert refused.exit_code == 3, refused.output
+    assert "0 approval(s) by trusted approver keys, 1 required" in refused.output
+    assert catalog(offline, "station-b") == []
+    to = ["--to", f"{offline_registry.host}/station-a"]
+    ok = runner.invoke(
+        main, ["bundle", "import", str(path), *to, "--station-config", str(trusting.config_path)]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert f"imported {offline_registry.host}/station-a/{spec.id}:train" in ok.stdout
