@@ -8,6 +8,8 @@ only manifest pushes: no blob uploads, no mounts, no pulls.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from pht_airflow.dev.localregistry import Endpoint, start_registry
+from pht_airflow.dev.localregistry import Endpoint, start_registry, write_private
+from pht_airflow.errors import ConfigError
 from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, RegistryClient
 
 pytestmark = [pytest.mark.registry]
@@ -73,10 +76,15 @@ def test_a_manifest_pushes_endpoint_hears_no_blobs_mounts_or_pulls(
             client.put_manifest("p/b", "two", raw, OCI_MANIFEST)
             client.get_manifest("p/b", "two")
             client.get_blob("p/b", config.digest)
-            deadline = time.monotonic() + 20
-            while len(seen.get("/all", [])) < 6 and time.monotonic() < deadline:
+            # A sentinel push: each endpoint is notified in order, so once both have heard
+            # of it, every earlier event has arrived (or was never going to be sent).
+            client.put_manifest("p/b", "sentinel", raw, OCI_MANIFEST)
+            last = ("push", OCI_MANIFEST, "sentinel")
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if all(last in list(seen.get(path, [])) for path in ("/all", "/pushes")):
+                    break
                 time.sleep(0.05)
-            time.sleep(0.5)  # anything late for the filtered endpoint would be here by now
     finally:
         registry.stop()
     actions = sorted({(action, media) for action, media, _ in seen["/all"]})
@@ -87,4 +95,44 @@ def test_a_manifest_pushes_endpoint_hears_no_blobs_mounts_or_pulls(
         ("push", "application/octet-stream"),
         ("push", OCI_MANIFEST),
     ]
-    assert seen["/pushes"] == [("push", OCI_MANIFEST, "one"), ("push", OCI_MANIFEST, "two")]
+    assert seen["/pushes"] == [
+        ("push", OCI_MANIFEST, "one"),
+        ("push", OCI_MANIFEST, "two"),
+        ("push", OCI_MANIFEST, "sentinel"),
+    ]
+
+
+def test_the_config_with_the_webhook_secret_is_mode_0600(tmp_path: Path) -> None:
+    """The registry's config holds the endpoints' Authorization headers: owner-only, even
+    over an existing world-readable file and under a permissive umask."""
+    root = tmp_path / "registry"
+    root.mkdir()
+    (root / "config.yml").write_text("old")
+    (root / "config.yml").chmod(0o644)
+    secret = "Bearer webhook-secret-" + os.urandom(8).hex()
+    old_umask = os.umask(0)
+    try:
+        registry = start_registry(
+            root,
+            endpoints=[
+                Endpoint.manifest_pushes("c", "http://127.0.0.1:9/", {"Authorization": [secret]})
+            ],  # fmt: skip
+        )
+    finally:
+        os.umask(old_umask)
+    try:
+        config = root / "config.yml"
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        assert secret in config.read_text()  # the file the registry was started with
+    finally:
+        registry.stop()
+
+
+def test_a_link_in_place_of_the_config_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("untouched")
+    link = tmp_path / "config.yml"
+    link.symlink_to(target)
+    with pytest.raises(ConfigError, match="a link is refused"):
+        write_private(link, "secret")
+    assert target.read_text() == "untouched"

@@ -145,6 +145,23 @@ def registry_config(
     return config
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (mode 0600, whatever the umask).
+
+    The registry's config holds each notification endpoint's headers, and so the webhook
+    secret (``Authorization``). The file is created 0600 and an existing one is made 0600
+    before a byte is written; a link at ``path`` is refused (``O_NOFOLLOW``).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror} (a link is refused)") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(fd, 0o600)
+        out.write(text)
+
+
 def start_registry(
     root: Path, *, port: int | None = None, endpoints: Sequence[Endpoint] = (), timeout: float = 20
 ) -> LocalRegistry:
@@ -160,7 +177,7 @@ def start_registry(
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     config_path = root / "config.yml"
-    config_path.write_text(yaml.safe_dump(registry_config(root, port, endpoints)))
+    write_private(config_path, yaml.safe_dump(registry_config(root, port, endpoints)))
     log_path = root / "registry.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(  # noqa: S603 - fixed binary, our own config
