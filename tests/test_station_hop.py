@@ -198,6 +198,7 @@ def test_a_failing_query_fails_the_hop_before_the_container_starts(
     assert not any("train exited" in line for line in lines)
     (record,) = AuditLog(a.audit_path).entries()
     assert record["outcome"] == "failure" and record["failure"]["error"] == "DataSetError"
+    assert record["data"] is None  # no data was extracted, so none was seen
     assert "table 'person': the database refused the query" in record["failure"]["message"]
     assert list((a.root / "work").iterdir()) == []
 
@@ -215,6 +216,10 @@ def test_a_failed_train_leaves_no_extracted_data(
     with pytest.raises(TrainExitError):
         run_hop(config, str(ref), docker_client=docker_client)
     assert list((a.root / "work").iterdir()) == []
+    # The failed train saw the data: its audit record says which.
+    (record,) = AuditLog(a.audit_path).entries()
+    assert record["outcome"] == "failure" and record["data"]["tables"] == ["person"]
+    assert record["data"]["digest"].startswith("sha256:")
 
 
 KILLED_HOP = """

@@ -13,6 +13,7 @@ attempt pushed before failing), it returns that result instead of running again.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -253,19 +254,25 @@ def execute_step(
                 "PHT_DATASET": verified.spec.dataset,
             }
             with data_view(dataset, work, log=logger) as view:
-                _say(logger, f"data set {dataset.name} ({dataset.kind}): {view.digest}")
-                outcome = run_train(
-                    engine,
-                    image,
-                    data_dir=view.path,
-                    input_dir=input_dir,
-                    output_dir=output_dir,
-                    env=env,
-                    limits=config.limits,
-                    log=logger,
-                    name=f"pht-{config.station_id}-{verified.spec.id[:8]}-{verified.hop}",
-                )
                 data = view.record()
+                _say(logger, f"data set {dataset.name} ({dataset.kind}): {view.digest}")
+                try:
+                    outcome = run_train(
+                        engine,
+                        image,
+                        data_dir=view.path,
+                        input_dir=input_dir,
+                        output_dir=output_dir,
+                        env=env,
+                        limits=config.limits,
+                        log=logger,
+                        name=f"pht-{config.station_id}-{verified.spec.id[:8]}-{verified.hop}",
+                    )
+                except BaseException as exc:
+                    # The train saw the data even if it failed: the audit record says which.
+                    with contextlib.suppress(AttributeError, TypeError):
+                        exc.pht_data = data  # type: ignore[attr-defined]
+                    raise
             _say(logger, f"train exited 0 after {outcome.duration_seconds:.1f} s")
             key = config.load_signing_key()
             sealed = seal(
@@ -345,11 +352,13 @@ def record_step(
     approved_by: str | None = None,
     run_id: str | None = None,
     logger: Log | None = None,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Append the hop to the audit log (success or failure) and return the record.
 
-    A failure is also reported to the central service when the config names one
-    (:func:`report_failure`).
+    ``data`` is what the train saw (:meth:`DataView.record`) when it failed after seeing it;
+    a successful hop's comes in ``executed``. A failure is also reported to the central
+    service when the config names one (:func:`report_failure`).
     """
     limits = config.limits
     v = verified or {}
@@ -380,7 +389,7 @@ def record_step(
         duration_seconds=x.get("duration_seconds"),
         result_digest=x.get("result_digest"),
         recipients=x.get("recipients") or [],
-        data=x.get("data"),
+        data=x.get("data") or data,
     )
     written = dict(audit_log(config).append(record))
     if written.get("outcome") != "success" and config.central_url:
@@ -460,6 +469,7 @@ def run_hop(
                 failure=failure_summary(exc),
                 approved_by=approved_by,
                 logger=logger,
+                data=getattr(exc, "pht_data", None),
             )
         except Exception:  # noqa: BLE001 - the original error matters more
             log.exception("could not record the failed hop in the audit log")
