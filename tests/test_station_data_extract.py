@@ -215,6 +215,23 @@ def test_a_value_arrow_cannot_hold_cancels_the_copy(omop: str, tmp_path: Path) -
     assert extract(sql_dataset(omop, tables=["person"]), again).tables[0].rows == 3
 
 
+def test_errors_never_quote_a_value(omop: str, tmp_path: Path) -> None:
+    """A conversion error names the column's trouble, not the value (the message goes to the
+    audit log and to the central service); a missing table is still named."""
+    ds = sql_dataset(omop, queries={"x": "SELECT note::int AS n FROM person WHERE note <> ''"})
+    with pytest.raises(DataSetError) as info:
+        extract(ds, tmp_path)
+    message = str(info.value)
+    assert "invalid input syntax for type integer: '…'" in message
+    assert "quotes" not in message and "commas" not in message
+    ds = sql_dataset(omop, queries={"nan": "SELECT 'NaN'::numeric(9,1) AS v"})
+    second = tmp_path / "second"
+    second.mkdir()
+    with pytest.raises(DataSetError) as info:
+        extract(ds, second)
+    assert "NaN" not in str(info.value) and "'…'" in str(info.value)
+
+
 def test_a_refused_connection_is_clear_and_leaves_nothing(tmp_path: Path) -> None:
     from pht_airflow.dev.localregistry import free_port
 

@@ -149,6 +149,22 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:300]
 
 
+def _without_values(text: str) -> str:
+    """``text`` cut at its first quote, with ``'…'`` in place of the rest: a conversion error
+    quotes the value that failed (which may itself hold quotes), and the message goes to the
+    audit log and the central service."""
+    cut = min((i for i in (text.find("'"), text.find('"')) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut] + "'…'"
+
+
+def _db_error(exc: BaseException) -> str:
+    """A database error's first line; for data errors (SQLSTATE classes 22 and 23, which
+    quote the offending value) without the quoted parts. Names of tables stay."""
+    code = str(getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or "")
+    text = _first_line(exc)
+    return _without_values(text) if code[:2] in ("22", "23") else text
+
+
 # --- sql ------------------------------------------------------------------------------------
 
 
@@ -246,7 +262,7 @@ class ReadOnlySession:
     def _fail(self, table: str, exc: BaseException) -> DataSetError:
         return DataSetError(
             f"data set {self.dataset.name!r}, table {table!r}: the database refused the query: "
-            f"{_first_line(exc)}"
+            f"{_db_error(exc)}"
         )
 
     def columns(self, table: str) -> list[tuple[str, Any]]:
@@ -393,9 +409,12 @@ def _csv_to_parquet(
     except pa.ArrowInvalid as exc:
         if types is not None:  # the first block already failed to convert
             raise DataSetError(
-                f"{what}: a value does not fit its column's type: {_first_line(exc)}"
+                f"{what}: a value does not fit its column's type: "
+                f"{_without_values(_first_line(exc))}"
             ) from None
-        raise DataSetError(f"{what}: not readable as CSV: {_first_line(exc)}") from None
+        raise DataSetError(
+            f"{what}: not readable as CSV: {_without_values(_first_line(exc))}"
+        ) from None
     schema = reader.schema
     writer = _RowGroups(target, schema, budget) if target is not None else None
     rows = 0
@@ -408,7 +427,7 @@ def _csv_to_parquet(
             except pa.ArrowInvalid as exc:
                 raise DataSetError(
                     f"{what}: a value does not fit its column's type after row {rows}: "
-                    f"{_first_line(exc)}"
+                    f"{_without_values(_first_line(exc))}"
                     + ("" if types is not None else " (convert the file to Parquet to fix types)")
                 ) from None
             rows += batch.num_rows
