@@ -260,9 +260,15 @@ def _two_trains(files: dict[str, bytes], index: dict[str, Any]) -> None:
     entry.update(add_blob(files, json.dumps(wrapper).encode()))
 
 
+def _foreign_attestation(files: dict[str, bytes], index: dict[str, Any]) -> None:
+    sig = next(m for m in index["manifests"] if m["annotations"][REF_NAME].endswith(".sig"))
+    index["manifests"].append({**sig, "annotations": {REF_NAME: f"sha256-{'0' * 64}.att"}})
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
+        (_foreign_attestation, f"tag sha256-{'0' * 64}.att is neither the train"),
         (_two_trains, "'train' tag names an index of 2 manifests; a train is one image"),
         (_flip_layer, r"blob sha256:[0-9a-f]{64} in the bundle does not hash to its digest"),
         (_drop_signature, "the train's signatures: .*no signature"),
@@ -375,3 +381,36 @@ def test_the_cli_imports_with_a_station_s_trust(
     )
     assert ok.exit_code == 0, ok.output
     assert f"imported {offline_registry.host}/station-a/{spec.id}:train" in ok.stdout
+
+
+def test_attestations_travel_with_the_train(
+    docker_client: Any,
+    client: RegistryClient,
+    registry: Any,
+    offline: RegistryClient,
+    parties: Any,
+    tmp_path: Path,
+) -> None:
+    """A ``.att`` tag attached to the train (cosign's attestation tag) is exported and
+    imported with it; it is carried, not verified (see the README)."""
+    ref, spec = signed_train(docker_client, client, registry, parties, "pht-incoming",
+                             ["station-a"])  # fmt: skip
+    docker_client.images.remove(str(ref), force=True)
+    digest = client.resolve(ref.repository, "train")
+    att = signature_tag(digest)[: -len(".sig")] + ".att"
+    statement = client.upload_bytes(ref.repository, b'{"predicateType":"x"}', "application/json")
+    empty = client.upload_bytes(ref.repository, b"{}", "application/vnd.oci.empty.v1+json")
+    raw = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": empty.to_dict(),
+            "layers": [statement.to_dict()],
+        }
+    ).encode()
+    att_digest = client.put_manifest(ref.repository, att, raw, OCI_MANIFEST)
+    out = tmp_path / "att.tar"
+    assert att in export_bundle(client, str(ref), out).tags
+    imported = import_bundle(out, offline, "attested", trust(parties))
+    assert att in imported.tags
+    assert offline.resolve(f"attested/{spec.id}", att) == att_digest

@@ -237,7 +237,7 @@ def _refuse(
 
 
 def _verify_train(
-    view: LayoutRegistryView, ref: Reference, spec: TrainSpec, trust: BundleTrust
+    view: RegistryClient, ref: Reference, spec: TrainSpec, trust: BundleTrust
 ) -> tuple[Signer, list[Signer]]:
     """The creator and approver rules of a station's Verify step, on the bundle."""
     keys = {k.key_id: k for k in [*trust.creators, *trust.approvers]}
@@ -270,9 +270,7 @@ def _verify_train(
     return creator, list(approvals.values())
 
 
-def _verify_results(
-    view: LayoutRegistryView, ref: Reference, spec: TrainSpec
-) -> list[AcceptedResult]:
+def _verify_results(view: RegistryClient, ref: Reference, spec: TrainSpec) -> list[AcceptedResult]:
     candidates = find_results(view, ref)
     if not candidates:
         return []
@@ -328,13 +326,12 @@ def import_bundle(
     naming what failed; in that case nothing was pushed.
     """
     check_repository(project)
-    with LayoutReader(path) as layout:
+    with LayoutReader(path) as layout, LayoutRegistryView(layout, client.registry) as view:
         try:
             layout.verify()
         except LayoutError as exc:
             raise _refuse(str(exc)) from exc
         train_desc, wrapper = _unwrap(layout)
-        view = LayoutRegistryView(layout, client.registry)
         probe = Reference(client.registry, f"{project}/bundle", digest=train_desc.digest)
         try:
             spec, _ = read_spec(view, probe, check_expiry=False)
