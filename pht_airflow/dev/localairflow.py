@@ -210,7 +210,9 @@ def airflow_environment(home: Path, port: int, extra: Mapping[str, str]) -> dict
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # LocalExecutor, but task lines (a train's output among them) go to the task
+            # log only, not also to the scheduler's log (see pht_airflow.airflow.executor).
+            "AIRFLOW__CORE__EXECUTOR": "pht_airflow.airflow.executor.TaskLogOnlyLocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "4",
             "AIRFLOW__CORE__AUTH_MANAGER": (
                 "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
