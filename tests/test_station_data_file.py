@@ -15,7 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pht_airflow.station.data import DataSet, DataSetError, data_view, describe, parse_datasets
+from pht_airflow.station.data import (
+    DataSet,
+    DataSetError,
+    data_view,
+    describe,
+    extract,
+    parse_datasets,
+)
 
 
 def dataset(entry: dict[str, Any]) -> DataSet:
@@ -96,6 +103,23 @@ def test_a_csv_whose_types_change_midway_is_refused_with_a_hint(tmp_path: Path) 
     assert "data set 'registry' (bad.csv): a value does not fit its column's type" in message
     assert "convert the file to Parquet" in message
     assert list(work.iterdir()) == []
+
+
+def test_a_ragged_csv_is_refused_without_echoing_its_row(tmp_path: Path) -> None:
+    source = tmp_path / "ragged.csv"
+    source.write_text("a,b,c\n1,2,3\n4,secret-value\n")
+    ds = dataset({"kind": "file", "path": str(source)})
+    only_csv = dataset({"kind": "file", "path": str(source), "formats": ["csv"]})
+    for attempt in (
+        lambda: describe(ds),
+        lambda: extract(ds, tmp_path / "view"),
+        lambda: extract(only_csv, tmp_path / "view"),
+    ):
+        (tmp_path / "view").mkdir(exist_ok=True)
+        with pytest.raises(DataSetError) as info:
+            attempt()
+        assert "Expected 3 columns, got 2" in str(info.value)
+        assert "secret-value" not in str(info.value)
 
 
 def test_a_corrupt_parquet_file_is_refused(tmp_path: Path) -> None:

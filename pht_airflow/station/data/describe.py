@@ -13,7 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .extract import Column, ReadOnlySession, Table, _csv_options, _first_line, schema_document
+from .extract import (
+    Column,
+    ReadOnlySession,
+    Table,
+    _csv_options,
+    _first_line,
+    _without_values,
+    schema_document,
+)
 from .model import DataSet, DataSetError
 
 #: The default disclosure threshold: row counts are published as multiples of this.
@@ -42,7 +50,9 @@ def _file_table(path: Path, name: str, identifiers: tuple[str, ...], what: str) 
             reader = pc.open_csv(str(path), *_csv_options((), None, False))
             schema, rows = reader.schema, sum(b.num_rows for b in reader)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataSetError(f"{what}: cannot read {path.name}: {_first_line(exc)}") from None
+        raise DataSetError(
+            f"{what}: cannot read {path.name}: {_without_values(_first_line(exc))}"
+        ) from None
     columns = tuple(Column(f.name, str(f.type), f.name in identifiers) for f in schema)
     return Table(name, columns, int(rows))
 

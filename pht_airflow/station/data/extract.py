@@ -27,6 +27,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -153,8 +154,12 @@ def _without_values(text: str) -> str:
     """``text`` cut at its first quote, with ``'…'`` in place of the rest: a conversion error
     quotes the value that failed (which may itself hold quotes), and the message goes to the
     audit log and the central service."""
+    text = _ROW_ECHO.sub(r"\1", text)  # a CSV parse error echoes the row
     cut = min((i for i in (text.find("'"), text.find('"')) if i >= 0), default=-1)
     return text if cut < 0 else text[:cut] + "'…'"
+
+
+_ROW_ECHO = re.compile(r"(Expected \d+ columns?, got \d+).*", re.DOTALL)
 
 
 def _db_error(exc: BaseException) -> str:
@@ -559,9 +564,10 @@ def _extract_file(dataset: DataSet, folder: Path, budget: int, log: Log | None) 
                 files.append(parquet_path.name)
             if "csv" in dataset.formats:
                 files.append(csv_path.name)
-                if schema is None:
-                    reader = pc.open_csv(str(csv_path), *_csv_options((), None, False))
-                    schema, rows = reader.schema, sum(b.num_rows for b in reader)
+                if schema is None:  # CSV only: parse it all the same (types, row count)
+                    schema, rows = _csv_to_parquet(
+                        csv_path, None, names=(), types=None, budget=budget, what=what
+                    )
             else:
                 csv_path.unlink()
         else:
