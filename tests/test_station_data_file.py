@@ -146,3 +146,19 @@ def test_a_folder_is_mounted_as_it_is_and_described_by_its_files(
         "person_id", "age", "stage", "note",
     ]  # fmt: skip
     assert "a, b" not in json.dumps(shape)
+
+
+def test_a_parquet_file_damaged_past_its_footer_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "damaged.parquet"
+    pq.write_table(pa.table({"a": list(range(300_000))}), source, row_group_size=50_000)
+    data = bytearray(source.read_bytes())
+    for i in range(2_000, 400_000, 7):  # the column chunks; the footer stays readable
+        data[i] = (data[i] + 1) % 256
+    source.write_bytes(bytes(data))
+    work = tmp_path / "hop"
+    work.mkdir()
+    refused = r"data set 'registry' \(damaged.parquet\): cannot"
+    ds = dataset({"kind": "file", "path": str(source)})
+    with pytest.raises(DataSetError, match=refused), data_view(ds, work):
+        pytest.fail("the view must not open")
+    assert list(work.iterdir()) == []

@@ -596,6 +596,8 @@ def _extract_file(dataset: DataSet, folder: Path, budget: int, log: Log | None) 
                 if csv_writer:
                     csv_writer.close()
             files = [n for n, w in ((parquet_path.name, writer), (csv_path.name, csv_writer)) if w]
+    except pa.ArrowException as exc:  # a Parquet file damaged past its footer
+        raise DataSetError(f"{what}: cannot read it: {_without_values(_first_line(exc))}") from None
     except OSError as exc:
         raise DataSetError(f"{what}: cannot read or copy it: {exc.strerror or exc}") from None
     assert schema is not None  # noqa: S101
