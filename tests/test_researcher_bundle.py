@@ -34,7 +34,13 @@ from pht_airflow.protocol import (
     RESULT_MEDIA_TYPE,
     STATION_ANNOTATION,
 )
-from pht_airflow.researcher.bundle import BundleError, BundleTrust, export_bundle, import_bundle
+from pht_airflow.researcher.bundle import (
+    BundleError,
+    BundleTrust,
+    export_bundle,
+    import_bundle,
+    parse_target,
+)
 from pht_airflow.researcher.collect import collect_results
 from pht_airflow.signing import signature_tag
 from pht_airflow.station.hop import run_hop
@@ -414,3 +420,14 @@ def test_attestations_travel_with_the_train(
     imported = import_bundle(out, offline, "attested", trust(parties))
     assert att in imported.tags
     assert offline.resolve(f"attested/{spec.id}", att) == att_digest
+
+
+def test_the_import_target_is_registry_slash_project() -> None:
+    assert parse_target("127.0.0.1:5000/station-a") == ("127.0.0.1:5000", "station-a")
+    assert parse_target("harbor.site/team/station-a") == ("harbor.site", "team/station-a")
+    with pytest.raises(PhtError, match=r"REGISTRY/PROJECT, not \\x1b\[2Jnoslash"):
+        parse_target("\x1b[2Jnoslash")
+    with pytest.raises(PhtError, match="invalid image reference"):
+        parse_target("127.0.0.1:5000/Station-A")
+    with pytest.raises(PhtError, match="invalid image reference"):
+        parse_target("bad host/station-a")

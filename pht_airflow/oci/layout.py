@@ -340,7 +340,7 @@ class LayoutReader:
         name = name.rstrip("/") if info.type == tarfile.DIRTYPE else name
         shown = _shown(raw_name)
         if info.type == tarfile.DIRTYPE:
-            if name not in _FOLDERS and name != ".":
+            if name not in _FOLDERS and name not in ("", "."):
                 raise LayoutError(f"bundle member {shown} is not part of an OCI image layout")
             return
         if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):

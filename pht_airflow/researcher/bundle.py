@@ -39,7 +39,7 @@ from ..keys import PublicKey
 from ..oci import OCI_INDEX, OCI_MANIFEST, Descriptor, Manifest, Reference, RegistryClient
 from ..oci.layout import LayoutError, LayoutReader, LayoutRegistryView, LayoutWriter
 from ..oci.media import INDEX_TYPES
-from ..oci.reference import check_repository
+from ..oci.reference import check_registry, check_repository
 from ..protocol import COSIGN_TAG, RESULT_TAG_CLAIM, TRAIN_TAG
 from ..results import AcceptedResult, find_results, verify_chain
 from ..signing import Signer, signature_tag, verify
@@ -221,8 +221,7 @@ def parse_target(text: str) -> tuple[str, str]:
     if not m:
         raise PhtError(f"--to must be REGISTRY/PROJECT, not {safe_text(text, limit=100)}")
     registry, project = m.groups()
-    Reference.parse(f"{registry}/{project}/x")  # validates the host and the path
-    return registry, check_repository(project)
+    return check_registry(registry, text), check_repository(project, text)
 
 
 def _refuse(
