@@ -141,6 +141,25 @@ def test_skopeo_reads_a_written_layout(tmp_path: Path) -> None:
     assert digest_of(proc.stdout) == manifest.digest
 
 
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo: run scripts/bootstrap.sh")
+def test_the_reader_reads_an_archive_skopeo_wrote(tmp_path: Path) -> None:
+    write_sample(tmp_path / "ours.tar")
+    theirs = tmp_path / "theirs.tar"
+    subprocess.run(
+        ["skopeo", "copy", "-q", f"oci-archive:{tmp_path / 'ours.tar'}:train",
+         f"oci-archive:{theirs}:copied"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    with LayoutReader(theirs) as reader:
+        reader.verify()
+        assert list(reader.tags) == ["copied"]
+        (manifest,) = reader.manifests_in_order()
+        config = manifest.config
+        assert config is not None
+        assert json.loads(reader.read_blob(config.digest, 4096))["os"] == "linux"
+
+
 def _tampered(tmp_path: Path, change: object) -> Path:
     src = tmp_path / "ok.tar"
     write_sample(src)
