@@ -691,10 +691,13 @@ def run_train(
     overrides the image's command (for probes and tests). ``name`` names the container; a
     leftover sandbox container of that name (from a crash) is removed first.
 
-    Raises :class:`TrainTimeoutError` (wall time), :class:`OutputTooLargeError` (output cap,
-    checked every ``poll_seconds`` and at the end), :class:`TrainOOMError` (memory),
-    :class:`TrainExitError` (non-zero exit) and :class:`SandboxError` for anything else
-    (missing image, bad folders, engine errors). The container is removed in every case.
+    Raises :class:`TrainTimeoutError` (wall time), :class:`OutputTooLargeError` (output cap
+    in allocated bytes, entries or depth, checked every ``poll_seconds`` and at the end),
+    :class:`TrainOOMError` (memory), :class:`TrainExitError` (non-zero exit) and
+    :class:`SandboxError` for anything else (missing image, bad folders, engine errors, a
+    link or special file in the output). The container is removed in every case. After a
+    successful run the output's modes and owner are reset (:func:`normalise_output`); once
+    the train has started, a failed run leaves ``output_dir`` empty (:func:`clear_output`).
     """
     import docker.errors
     import requests
