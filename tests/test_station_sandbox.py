@@ -448,7 +448,7 @@ def test_paths_longer_than_path_max_are_measured(box: Box) -> None:
             poll_seconds=30,
         )
     assert box.lines == ["True"]
-    assert info.value.measured_bytes > 2 * MiB
+    assert info.value.measured_bytes >= 2 * MiB  # the file at the bottom counts
     assert _output_names(box) == []
 
     result = box.python(_LONG_PATH.format(levels=20, size=10))
