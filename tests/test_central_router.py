@@ -126,7 +126,11 @@ def test_sequential_route_end_to_end(
         router.submit(str(ref), parties["mallory"].public.pem)
     info = router.submit(str(ref), parties["alice"].public.pem)
     assert info["status"] == "routing"
-    assert [h["state"] for h in info["hops"]] == ["sent", "pending"]
+    assert [h["state"] for h in info["hops"]] == ["sent", "pending"], (
+        info["status"],
+        info.get("reason"),
+        info["events"],
+    )
     assert "train" in client.list_tags(f"station-a/{spec.id}")
     # Submitting again changes nothing.
     assert router.submit(str(ref), parties["alice"].public.pem)["hops"] == info["hops"]
@@ -289,7 +293,11 @@ def test_api_and_cli(
     assert "routing" in result.output
     result = runner.invoke(main, ["train", "status", built["id"], "--central", served, "--json"])
     info = json.loads(result.stdout)
-    assert [h["state"] for h in info["hops"]] == ["sent", "pending"]
+    assert [h["state"] for h in info["hops"]] == ["sent", "pending"], (
+        info["status"],
+        info.get("reason"),
+        info["events"],
+    )
     # The same by reference, as a table with the timeline.
     result = runner.invoke(main, ["train", "status", built["reference"], "--central", served])
     assert result.exit_code == 0, result.output
@@ -336,7 +344,11 @@ def test_concurrent_duplicate_webhook_deliveries_act_once_and_all_get_200(
     results = _deliver_concurrently(url, _push_body(registry, ref.repository, "train", digest), 6)
     assert results.count("submitted") == 1 and results.count(None) == 5, results
     info = router.train(spec.id)
-    assert [h["state"] for h in info["hops"]] == ["sent", "pending"]
+    assert [h["state"] for h in info["hops"]] == ["sent", "pending"], (
+        info["status"],
+        info.get("reason"),
+        info["events"],
+    )
     assert router.incoming_pushes() == {"waiting": [], "refused": []}
 
     a = run_hop(stations["station-a"].config(), f"{registry.host}/station-a/{spec.id}:train",
@@ -379,7 +391,11 @@ def test_concurrent_submissions_through_two_services_register_one_train(
     assert sorted(outcomes, key=repr) == [False] * 5 + [True], outcomes
     info = router.train(spec.id)
     assert [e["kind"] for e in info["events"]].count("submitted") == 1
-    assert [h["state"] for h in info["hops"]] == ["sent", "pending"]
+    assert [h["state"] for h in info["hops"]] == ["sent", "pending"], (
+        info["status"],
+        info.get("reason"),
+        info["events"],
+    )
 
 
 # --- the route must be the directory's: every station's key and recipient -------------

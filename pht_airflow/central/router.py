@@ -171,6 +171,11 @@ class Router(Directory):
                 self._event(
                     s, train, "submitted", f"verified creator signature by {creator.key_id}"
                 )
+                # Insert before any copy: the train's primary key decides, in the database,
+                # which of several concurrent submissions (other processes too) registers it,
+                # and only that one copies (two copies of one train at once can collide in
+                # the registry). The losers wait here and get the IntegrityError below.
+                s.flush()
                 first = [0] if spec.mode == "sequential" else list(range(len(spec.route)))
                 for hop in first:
                     self._send(s, train, hop, ref.repository)
