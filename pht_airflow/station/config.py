@@ -43,6 +43,10 @@ CONFIG_ENV = "PHT_STATION_CONFIG"
 CONFIG_DIR_ENV = "PHT_STATION_CONFIG_DIR"
 DEFAULT_TASK_TIMEOUT = timedelta(hours=6)
 """Default ``policy.task_timeout``: the longest any one task of a hop may run."""
+INTAKES = ("webhook", "poll", "both")
+DEFAULT_POLL_INTERVAL = timedelta(seconds=60)
+"""Default ``poll_interval``: how often a polling station asks the registry for trains."""
+MIN_POLL_INTERVAL = timedelta(seconds=1)
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?", re.IGNORECASE)
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
@@ -95,6 +99,9 @@ class RegistrySettings:
     password: SecretRef | None = None
     insecure: bool = False
     lookups: Lookups = field(default=NO_LOOKUPS, compare=False, repr=False)
+    #: Harbor's base URL: polling lists the project's repositories through Harbor's API
+    #: (a robot account may not read ``/v2/_catalog``); None: the registry's catalog.
+    harbor_url: str | None = None
 
     def credentials(self) -> tuple[str | None, str | None]:
         """(username, password) from the Airflow Connection or the file's references."""
@@ -152,6 +159,10 @@ class StationConfig:
     webhook_secret: SecretRef | None = None
     central_url: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: How trains reach the station: ``webhook`` (the registry calls the station),
+    #: ``poll`` (the station asks the registry every ``poll_interval``), or ``both``.
+    intake: str = "webhook"
+    poll_interval: timedelta = DEFAULT_POLL_INTERVAL
 
     def load_signing_key(self) -> SigningKey:
         """The station's private signing key (read now; never cached on disk or logged)."""
@@ -238,6 +249,7 @@ _SCHEMA: dict[str, Any] = {
         "username": None,
         "password": None,
         "insecure": None,
+        "harbor_url": None,
     },
     "trust": {"trusted_creators": None, "trusted_approvers": None, "required_approvals": None},
     "datasets": "*",
@@ -260,6 +272,8 @@ _SCHEMA: dict[str, Any] = {
     "work_dir": None,
     "webhook": {"secret": None},
     "central": {"url": None},
+    "intake": None,
+    "poll_interval": None,
 }
 
 
@@ -273,6 +287,49 @@ def _task_timeout(policy: Mapping[str, Any]) -> timedelta:
         return parse_duration(value)
     except (ValueError, OverflowError):
         raise ConfigError(f"not a duration: {value[:40]!r} (use e.g. 6h or 90m)") from None
+
+
+def _harbor_url(value: Any, problem: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/?#]+(?:/[^\s?#]*)?", value):
+        problem(("registry", "harbor_url"), "must be a URL like https://harbor.example.org")
+        return None
+    return value.rstrip("/")
+
+
+def _intake(data: Mapping[str, Any], problem: Any) -> tuple[str, timedelta]:
+    """``intake`` and ``poll_interval`` (see config/station.example.yaml)."""
+    intake = data.get("intake", "webhook")
+    if intake not in INTAKES:
+        problem(("intake",), f"must be one of {', '.join(INTAKES)}")
+        intake = "webhook"
+    interval = DEFAULT_POLL_INTERVAL
+    raw = data.get("poll_interval")
+    if raw is not None:
+        try:
+            interval = timedelta(seconds=parse_seconds(raw))
+        except ValueError as exc:
+            problem(("poll_interval",), str(exc))
+        else:
+            if interval < MIN_POLL_INTERVAL:
+                problem(("poll_interval",), "must be at least 1s")
+                interval = DEFAULT_POLL_INTERVAL
+    return str(intake), interval
+
+
+def station_intake(path: Path | str | None = None) -> tuple[str, timedelta]:
+    """``intake`` and ``poll_interval`` of the config at ``path`` (or ``$PHT_STATION_CONFIG``),
+    read at DAG-file parse time (the polling DAG's schedule): only these fields; the defaults
+    when the file cannot be read or a field is wrong (:func:`load_config` reports it)."""
+    path = path or os.environ.get(CONFIG_ENV)
+    if not path:
+        return "webhook", DEFAULT_POLL_INTERVAL
+    try:
+        data, _ = _read_config(Path(path))
+    except ConfigError:
+        return "webhook", DEFAULT_POLL_INTERVAL
+    return _intake(data if isinstance(data, dict) else {}, lambda *_: None)
 
 
 def _read_config(source: Path) -> tuple[Any, dict[tuple[str, ...], int]]:
@@ -458,6 +515,7 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
         password=secret(reg.get("password"), ("registry", "password"), False),
         insecure=bool(insecure),
         lookups=lookups,
+        harbor_url=_harbor_url(reg.get("harbor_url"), problem),
     )
 
     trust = section("trust")
@@ -562,6 +620,8 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
             problem(("central", "url"), str(exc))
             central_url = None
 
+    intake, poll_interval = _intake(data, problem)
+
     if problems:
         head = f"invalid station config {source} ({len(problems)} problem(s)):"
         raise ConfigError("\n".join([head, *(f"  - {p}" for p in problems)]))
@@ -583,4 +643,6 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
         work_dir=work_dir,
         webhook_secret=webhook_secret,
         central_url=central_url,
+        intake=intake,
+        poll_interval=poll_interval,
     )
