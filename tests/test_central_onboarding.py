@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from support.harbor_standin import ADMIN_PASSWORD, HarborStandIn
 
-from pht_airflow.central.onboarding import ProvisionReport, provision_station
+from pht_airflow.central.onboarding import ProvisionReport, provision_station, revoke_station
 from pht_airflow.central.registry import HarborAdmin, PlainRegistryAdmin
 from pht_airflow.dev.localregistry import LocalRegistry
-from pht_airflow.errors import ConfigError, ConflictError, RegistryError
+from pht_airflow.errors import ConfigError, ConflictError, RegistryAuthError, RegistryError
 from pht_airflow.oci import RegistryClient
 
 pytestmark = pytest.mark.registry
@@ -61,9 +61,9 @@ def test_harbor_provisioning_creates_project_robot_and_webhook_and_keeps_the_sec
     )
 
     assert [(s.name, s.status) for s in report.steps] == [
-        ("project", "ensured"),
+        ("project", "created"),
         ("robot", "created"),
-        ("webhook", "ensured"),
+        ("webhook", "created"),
     ]
     assert standin.projects[project].metadata["public"] == "false"
     robot = standin.robots[f"robot${project}+{sid}"]
@@ -97,7 +97,7 @@ def test_secret_file_is_0600_whatever_the_umask(
     assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o600
 
 
-def test_running_again_is_safe_and_keeps_the_secret_file(
+def test_running_again_says_already_there_and_keeps_the_robot_and_its_secret_file(
     harbor: tuple[HarborStandIn, str], admin: HarborAdmin, hook_secret: str, tmp_path: Path
 ) -> None:
     standin, _ = harbor
@@ -106,7 +106,7 @@ def test_running_again_is_safe_and_keeps_the_secret_file(
     provision_station(
         admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret
     )
-    written = secret_file.read_bytes()
+    written, mtime = secret_file.read_bytes(), secret_file.stat().st_mtime_ns
     robots, start = dict(standin.robots), len(standin.requests)
 
     again = provision_station(
@@ -114,18 +114,83 @@ def test_running_again_is_safe_and_keeps_the_secret_file(
     )
 
     assert [(s.name, s.status) for s in again.steps] == [
-        ("project", "ensured"),
+        ("project", "already there"),
         ("robot", "already there"),
-        ("webhook", "ensured"),
+        ("webhook", "already there"),
     ]
     assert str(secret_file) in again.step("robot").detail
+    assert f"robot${project}+{sid}" in again.step("robot").detail
     assert again.robot is None and again.secret_file == secret_file
-    assert secret_file.read_bytes() == written
+    assert secret_file.read_bytes() == written and secret_file.stat().st_mtime_ns == mtime
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
     assert standin.robots == robots and len(standin.policies[project]) == 1
-    # Nothing was created or changed: project and webhook policy were only looked at.
+    # Nothing was created or changed: project, robot and webhook policy were only looked at
+    # (the robot through ListRobot with Harbor's project query).
     assert {r.method for r in standin.requests[start:]} <= {"HEAD", "GET"}
+    [listed] = [r for r in standin.requests[start:] if r.path == "/api/v2.0/robots"]
+    project_id = standin.projects[project].id
+    assert listed.params["q"] == f"Level=project,ProjectID={project_id}"
     assert_no_secret(again, written.decode().strip(), hook_secret)
+
+    # What changed is put right and said: a project made public, a rotated webhook secret.
+    standin.projects[project].metadata["public"] = "true"
+    rotated = provision_station(
+        admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret + "-2"
+    )
+    assert [(s.name, s.status) for s in rotated.steps] == [
+        ("project", "updated"),
+        ("robot", "already there"),
+        ("webhook", "updated"),
+    ]
+    assert standin.projects[project].metadata["public"] == "false"
+    assert standin.policies[project][0]["targets"][0]["auth_header"] == hook_secret + "-2"
+    assert secret_file.read_bytes() == written and standin.robots == robots
+
+
+def test_removing_revokes_the_robot_and_a_stale_secret_file_is_refused(
+    harbor: tuple[HarborStandIn, str], admin: HarborAdmin, hook_secret: str, tmp_path: Path
+) -> None:
+    standin, url = harbor
+    sid, project = station()
+    secret_file = tmp_path / "robot.secret"
+    provision_station(
+        admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret
+    )
+    robot = standin.robots[f"robot${project}+{sid}"]
+    with HarborAdmin(url, robot.name, secret_file.read_text().strip()) as as_robot:
+        assert as_robot.list_repositories(project) == []  # the credentials work
+    start = len(standin.requests)
+
+    report = revoke_station(admin, sid, project)
+
+    assert [(s.name, s.status) for s in report.steps] == [("robot", "deleted")]
+    assert report.robot == robot.name and robot.name in report.step("robot").detail
+    assert robot.name not in standin.robots
+    assert [(r.method, r.path, r.status) for r in standin.requests[start:]][-1] == (
+        "DELETE", f"/api/v2.0/robots/{robot.id}", 200
+    )  # fmt: skip
+    revoked_secret = secret_file.read_text().strip()
+    with (
+        HarborAdmin(url, robot.name, revoked_secret) as as_robot,
+        pytest.raises(RegistryAuthError) as refused,
+    ):
+        as_robot.list_repositories(project)
+    assert refused.value.status == 401 and robot.secret not in str(refused.value)
+    assert_no_secret(report, robot.secret, hook_secret)
+
+    again = revoke_station(admin, sid, project)  # safe to run again
+    assert [(s.name, s.status) for s in again.steps] == [("robot", "not there")]
+
+    # Provisioning again with the revoked robot's secret file: refused, the file untouched.
+    written = secret_file.read_bytes()
+    with pytest.raises(ConflictError) as stale:
+        provision_station(
+            admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret
+        )
+    message = str(stale.value)
+    assert "has no robot" in message and str(secret_file) in message
+    assert "Move" in message and robot.secret not in message
+    assert secret_file.read_bytes() == written and f"robot${project}+{sid}" not in standin.robots
 
 
 def test_rerun_after_a_failed_webhook_finishes_the_job_without_leaking_secrets(
@@ -151,8 +216,12 @@ def test_rerun_after_a_failed_webhook_finishes_the_job_without_leaking_secrets(
     report = provision_station(
         admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret
     )
-    assert report.step("robot").status == "already there"
-    assert report.step("webhook").status == "ensured" and len(standin.policies[project]) == 1
+    assert [(s.name, s.status) for s in report.steps] == [
+        ("project", "already there"),
+        ("robot", "already there"),
+        ("webhook", "created"),
+    ]
+    assert len(standin.policies[project]) == 1
     assert_no_secret(report, robot_secret, hook_secret)
 
 
@@ -223,7 +292,7 @@ def test_plain_registry_reports_what_it_cannot_do(
 
     for r in (report, again):
         assert [(s.name, s.status) for s in r.steps] == [
-            ("project", "ensured"),
+            ("project", "not needed"),
             ("robot", "not supported"),
             ("webhook", "not supported"),
         ]
@@ -233,3 +302,10 @@ def test_plain_registry_reports_what_it_cannot_do(
         assert r.robot is None and r.secret_file is None
         assert_no_secret(r, hook_secret)
     assert not secret_file.exists()  # no robot, so no secret and no empty file
+
+    with RegistryClient(registry.host) as client:
+        revoked = revoke_station(PlainRegistryAdmin(client), sid, project)
+    [step] = revoked.steps
+    assert (step.name, step.status) == ("robot", "not supported")
+    assert "nothing was revoked" in step.detail and "htpasswd" in step.detail
+    assert f"{project!r}/*" in step.detail

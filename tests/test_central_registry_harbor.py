@@ -62,7 +62,7 @@ def test_standin_behaves_like_harbor_with_cookies(harbor: tuple[HarborStandIn, s
 
 def test_ensure_project_creates_once(harbor: tuple[HarborStandIn, str], admin: HarborAdmin) -> None:
     standin, _ = harbor
-    admin.ensure_project("station-a")
+    assert admin.ensure_project("station-a") == "created"
     assert _calls(standin, 0) == [("HEAD", "/projects"), ("POST", "/projects")]
     assert standin.requests[0].params == {"project_name": "station-a"}
     assert standin.requests[1].json() == {
@@ -72,7 +72,7 @@ def test_ensure_project_creates_once(harbor: tuple[HarborStandIn, str], admin: H
     assert standin.projects["station-a"].metadata["public"] == "false"
 
     start = len(standin.requests)
-    admin.ensure_project("station-a")  # exists: looked at, not created
+    assert admin.ensure_project("station-a") == "already there"  # looked at, not created
     assert _calls(standin, start) == [("HEAD", "/projects"), ("GET", "/projects/station-a")]
     assert standin.requests[-1].headers["x-is-resource-name"] == "true"
 
@@ -82,7 +82,7 @@ def test_ensure_project_creates_once(harbor: tuple[HarborStandIn, str], admin: H
     assert [r.status for r in standin.requests[start:]] == [404, 409, 200]
 
     standin.projects["station-a"].metadata["public"] = "true"
-    admin.ensure_project("station-a")  # made private again
+    assert admin.ensure_project("station-a") == "updated"  # made private again
     assert standin.projects["station-a"].metadata["public"] == "false"
     for r in standin.requests:
         assert "cookie" not in r.headers
@@ -145,7 +145,7 @@ def test_ensure_webhook_creates_then_updates(
     secret_header = "Bearer webhook-s3cret-value"
 
     start = len(standin.requests)
-    admin.ensure_webhook("station-a", hook, secret_header)
+    assert admin.ensure_webhook("station-a", hook, secret_header) == "created"
     assert _calls(standin, start) == [
         ("GET", "/projects/station-a/webhook/policies"),
         ("POST", "/projects/station-a/webhook/policies"),
@@ -164,11 +164,14 @@ def test_ensure_webhook_creates_then_updates(
     ]
 
     start = len(standin.requests)
-    admin.ensure_webhook("station-a", hook, secret_header)  # up to date: read only
+    assert admin.ensure_webhook("station-a", hook, secret_header) == "already there"
     assert _calls(standin, start) == [("GET", "/projects/station-a/webhook/policies")]
 
     start = len(standin.requests)
-    admin.ensure_webhook("station-a", hook, secret_header, payload_format="CloudEvents")
+    assert (
+        admin.ensure_webhook("station-a", hook, secret_header, payload_format="CloudEvents")
+        == "updated"
+    )
     policy_id = standin.policies["station-a"][0]["id"]
     assert _calls(standin, start) == [
         ("GET", "/projects/station-a/webhook/policies"),
@@ -311,3 +314,57 @@ def test_harbor_admin_url_rules() -> None:
         HarborAdmin("h.example", "a", "pw").copy_train(
             "noproject", "station-a/x", "sha256:" + "2" * 64
         )
+
+
+def test_standin_projects_and_robots_answer_as_harbors_swagger_says(
+    harbor: tuple[HarborStandIn, str],
+) -> None:
+    """The stand-in's own answers, raw (goharbor/harbor api/v2.0/swagger.yaml and the robot
+    and project handlers): what HarborAdmin relies on is what Harbor does."""
+    standin, url = harbor
+    api, auth = f"{url}/api/v2.0", ("admin", ADMIN_PASSWORD)
+    name = f"station-{new_id()}"
+
+    def call(method: str, path: str, **kw: object) -> requests.Response:
+        return requests.request(method, api + path, auth=auth, timeout=10, **kw)  # type: ignore[arg-type]
+
+    created = call("POST", "/projects", json={"project_name": name})
+    assert created.status_code == 201
+    assert created.headers["Location"] == f"/api/v2.0/projects/{standin.projects[name].id}"
+    duplicate = call("POST", "/projects", json={"project_name": name})
+    assert duplicate.status_code == 409
+    assert duplicate.json()["errors"][0]["code"] == "CONFLICT"
+    assert call("HEAD", "/projects", params={"project_name": name}).status_code == 200
+    assert call("HEAD", "/projects", params={"project_name": name + "-x"}).status_code == 404
+
+    access = [{"resource": "repository", "action": "pull"}]
+    body = {"name": "r1", "level": "project", "duration": -1,
+            "permissions": [{"kind": "project", "namespace": name, "access": access}]}  # fmt: skip
+    robot = call("POST", "/robots", json=body)
+    assert robot.status_code == 201
+    assert set(robot.json()) == {"id", "name", "secret", "creation_time", "expires_at"}
+    robot_id, secret = robot.json()["id"], robot.json()["secret"]
+    assert robot.headers["Location"] == f"/api/v2.0/robots/{robot_id}"
+    assert robot.json()["name"] == f"robot${name}+r1"
+    assert call("POST", "/robots", json=body).status_code == 409
+    no_access = {**body, "name": "r2", "permissions": [{**body["permissions"][0], "access": []}]}  # type: ignore[index, dict-item]
+    assert call("POST", "/robots", json=no_access).status_code == 400
+
+    without_project = call("GET", "/robots", params={"q": "Level=project"})
+    assert without_project.status_code == 400
+    assert "project ID" in without_project.json()["errors"][0]["message"]
+    pid = standin.projects[name].id
+    listed = call("GET", "/robots", params={"q": f"Level=project,ProjectID={pid}"})
+    assert listed.status_code == 200 and listed.headers["X-Total-Count"] == "1"
+    [item] = listed.json()
+    assert item["id"] == robot_id and item["level"] == "project" and "secret" not in item
+    assert item["permissions"][0]["namespace"] == name
+    assert call("GET", f"/robots/{robot_id}").json()["name"] == f"robot${name}+r1"
+
+    as_robot = (f"robot${name}+r1", secret)
+    assert requests.get(f"{api}/projects/{name}/repositories", auth=as_robot,
+                        timeout=10).status_code == 200  # fmt: skip
+    assert call("DELETE", f"/robots/{robot_id}").status_code == 200
+    assert call("DELETE", f"/robots/{robot_id}").status_code == 404
+    assert requests.get(f"{api}/projects/{name}/repositories", auth=as_robot,
+                        timeout=10).status_code == 401  # fmt: skip

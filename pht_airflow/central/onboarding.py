@@ -11,10 +11,20 @@ directory entry is the router's). It asks a :class:`~.registry.RegistryAdmin`, i
 3. the webhook policy that posts every push in the project to the station's endpoint
    (``ensure_webhook``).
 
-Running it again is safe. The project and webhook calls are idempotent, and a secret file
-that already holds something is the mark of an earlier run: it is never overwritten, and no
-second robot is made. A plain distribution registry has no accounts and no webhook API; those
-steps come back as "not supported", with what to put in the registry's own config instead.
+Running it again is safe, and each step says what it did: ``created``, ``updated`` (a public
+project made private, a webhook policy pointed at the new endpoint or secret) or ``already
+there``. The robot is never rotated silently: when the secret file already holds a secret and
+the registry still has the robot, the robot and the file are both kept as they are ("already
+there"; the secret is not shown or written again). A secret file whose robot is gone (revoked
+by :func:`revoke_station`, or deleted by hand), or a robot whose secret file is missing, is
+refused with what to do: the registry shows a robot's secret only once, so a new secret means
+a new robot (or Harbor's "refresh secret"), and that is the operator's decision.
+
+:func:`revoke_station` is the registry half of ``pht central stations remove``: it deletes
+the station's robot (its credentials stop working at once). The project and its trains stay
+(they are the record of what ran). A plain distribution registry has no accounts and no
+webhook API; those steps come back as "not supported", with what to put in (or take out of)
+the registry's own config instead.
 """
 
 from __future__ import annotations
@@ -33,10 +43,13 @@ from .registry import PayloadFormat, RegistryAdmin, RobotAccount
 
 log = logging.getLogger(__name__)
 
-#: ``created``: made by this run; ``ensured``: there now (the registry's idempotent call does
-#: not say whether it had to create or update it); ``already there``: left as an earlier run
-#: made it; ``not supported``: the registry cannot do it, ``detail`` says what to do instead.
-StepStatus = Literal["created", "ensured", "already there", "not supported"]
+#: ``created``: made by this run; ``updated``: there, changed to match; ``already there``:
+#: left as it was; ``not needed``: nothing to make (a plain registry's project is a
+#: repository prefix); ``deleted`` / ``not there``: what :func:`revoke_station` found;
+#: ``not supported``: the registry cannot do it, ``detail`` says what to do instead.
+StepStatus = Literal[
+    "created", "updated", "already there", "not needed", "deleted", "not there", "not supported"
+]
 
 _SECRET_MODE = 0o600
 
@@ -126,13 +139,15 @@ def provision_station(
     secret_file = Path(secret_file)
     earlier_secret = _holds_earlier_secret(secret_file)
 
-    admin.ensure_project(project)
-    project_step = ProvisionStep(
-        "project",
-        "ensured",
-        f"project {project} is there and private (on a plain registry a project is only a "
-        "repository prefix, and access is the registry's own auth)",
-    )
+    project_status = admin.ensure_project(project)
+    project_detail = {
+        "created": f"project {project} was created, private",
+        "updated": f"project {project} was public and is private now",
+        "already there": f"project {project} is there and private",
+        "not needed": f"on a plain registry project {project} is only a repository prefix "
+        "(access is the registry's own auth): nothing to create",
+    }[project_status]
+    project_step = ProvisionStep("project", project_status, project_detail)
     robot_step, robot_name = _robot_step(admin, project, station_id, secret_file, earlier_secret)
     webhook_step = _webhook_step(admin, project, webhook_url, webhook_secret, payload_format)
 
@@ -152,10 +167,20 @@ def _robot_step(
 ) -> tuple[ProvisionStep, str | None]:
     """The robot step, and the robot's full name if this run created it."""
     if earlier_secret:
+        try:
+            robot = admin.find_robot(project, name)
+        except NotSupportedError as exc:
+            return ProvisionStep("robot", "not supported", str(exc)), None
+        if robot is None:
+            raise ConflictError(
+                f"{secret_file} holds a secret, but the registry has no robot {name!r} in "
+                f"project {project} (revoked by `pht central stations remove`, or deleted): "
+                f"that secret no longer works. Move {secret_file} away and run again to "
+                "create a new robot with a new secret"
+            )
         detail = (
-            f"{secret_file} already holds a secret, so no robot was created and the file "
-            "was left as it is (a robot's secret is shown only once); if it is not the "
-            f"secret of this station's robot in {project}, move the file away and run again"
+            f"robot {safe_text(robot.name)} is there and its secret is in {secret_file}: both "
+            "kept as they are (no second robot, the secret is not rotated or shown again)"
         )
         return ProvisionStep("robot", "already there", detail), None
     try:
@@ -177,7 +202,7 @@ def _webhook_step(
     payload_format: PayloadFormat,
 ) -> ProvisionStep:
     try:
-        admin.ensure_webhook(project, webhook_url, webhook_secret or "", payload_format)
+        status = admin.ensure_webhook(project, webhook_url, webhook_secret or "", payload_format)
     except NotSupportedError as exc:
         header = "the webhook secret" if webhook_secret else "none"
         detail = (
@@ -191,7 +216,45 @@ def _webhook_step(
             project,
         )
     detail = f"pushes in {project} are posted to {webhook_url} ({payload_format} payload)"
-    return ProvisionStep("webhook", "ensured", detail)
+    if status == "updated":
+        detail += " (the policy pointed elsewhere or had another secret: updated)"
+    return ProvisionStep("webhook", status, detail)
+
+
+def revoke_station(admin: RegistryAdmin, station_id: str, project: str) -> ProvisionReport:
+    """Revoke station ``station_id``'s robot in ``project``: the registry half of removing a
+    station. The project, its trains and its webhook stay (they are the record of what ran,
+    and the directory refuses new trains for the station).
+
+    The report's one step, ``robot``, is ``deleted`` (its credentials no longer work),
+    ``not there`` (nothing to revoke, e.g. a second run) or ``not supported`` (a plain
+    registry: ``detail`` says what to remove from its auth config by hand). Registry errors
+    pass through.
+    """
+    if not STATION_ID.fullmatch(station_id or ""):
+        raise ConfigError(
+            f"station id {station_id!r} must be lowercase letters, digits and inner '-' "
+            "(at most 63 characters)"
+        )
+    try:
+        deleted = admin.delete_robot(project, station_id)
+    except NotSupportedError as exc:
+        step = ProvisionStep("robot", "not supported", str(exc))
+        deleted = None
+    else:
+        if deleted is None:
+            step = ProvisionStep(
+                "robot", "not there", f"no robot {station_id!r} in project {project}: nothing "
+                "to revoke"
+            )  # fmt: skip
+        else:
+            step = ProvisionStep(
+                "robot", "deleted", f"robot {safe_text(deleted)} was deleted: its secret no "
+                "longer works (delete the station's secret file too)"
+            )  # fmt: skip
+    report = ProvisionReport(station_id, project, deleted, None, (step,))
+    log.info("revoked station %s on the registry: robot %s", station_id, step.status)
+    return report
 
 
 def _holds_earlier_secret(path: Path) -> bool:

@@ -1,7 +1,9 @@
 """A stand-in for Harbor's REST API, for tests (Harbor itself cannot run here).
 
 Follows goharbor/harbor ``api/v2.0/swagger.yaml`` (``swagger: '2.0'``, ``info.version:
-'2.0'``, ``basePath: /api/v2.0``), and only these paths, with the status codes, bodies and
+'2.0'``, ``basePath: /api/v2.0``; checked against the file at goharbor/harbor commit
+c50c7ddd6e, main after v2.9, and its handlers in ``src/server/v2.0/handler``), and only these
+paths, with the status codes, bodies and
 headers that file documents (``Errors`` = ``{"errors": [{"code", "message"}]}``; every
 response carries ``X-Request-Id``; ``201`` carries ``Location``; lists are paged with
 ``page``/``page_size`` and answer ``X-Total-Count`` and ``Link``):
@@ -9,13 +11,19 @@ response carries ``X-Request-Id``; ``201`` carries ``Location``; lists are paged
 - ``HEAD /projects?project_name=`` (headProject: 200/404), ``POST /projects``
   (createProject: 201 + Location, 409 when it exists);
 - ``GET``/``PUT /projects/{project_name_or_id}`` (getProject, updateProject);
-- ``POST /robots`` (CreateRobot: 201 + Location, ``RobotCreated`` body; 409 for a name in
-  use, which Harbor answers though the swagger does not list it);
+- ``POST /robots`` (CreateRobot: 201 + Location ``/api/v2.0/robots/{id}``, ``RobotCreated``
+  body; 409 for a name in use, which Harbor answers though the swagger does not list it:
+  ``robot account <project id>:<name> already exists`` from ``src/pkg/robot/dao``);
+  ``GET /robots`` (ListRobot: a project's robots with ``q=Level=project,ProjectID=<id>``,
+  400 without the ProjectID, ``Robot`` bodies without the secret, paged);
+  ``GET``/``DELETE /robots/{robot_id}`` (GetRobotByID, DeleteRobot: 200, 404); a deleted
+  robot's credentials are refused at once (401);
 - ``GET``/``POST /projects/{project_name_or_id}/webhook/policies`` and ``GET``/``PUT
   …/webhook/policies/{webhook_policy_id}`` (ListWebhookPoliciesOfProject,
   CreateWebhookPolicyOfProject, GetWebhookPolicyOfProject, UpdateWebhookPolicyOfProject;
-  targets also take ``payload_format`` ``Default``/``CloudEvents``, which Harbor 2.8+
-  accepts but the swagger revision read for this file does not list yet);
+  targets take ``payload_format`` ``Default``/``CloudEvents`` (``PayloadFormatType``,
+  Harbor 2.8+); a second policy of the same name is 409, as Harbor's
+  ``notification policy named <name> already exists``);
 - ``GET /projects/{project_name}/repositories`` (listRepositories), ``DELETE
   …/repositories/{repository_name}`` (deleteRepository);
 - ``GET``/``POST …/repositories/{repository_name}/artifacts`` (listArtifacts, CopyArtifact
@@ -163,6 +171,7 @@ class Robot:
     secret: str
     project: str
     body: dict[str, Any]
+    created: str = field(default_factory=_now)
 
 
 @dataclass
@@ -582,6 +591,16 @@ class HarborStandIn:
             perm = perms[0]
             if not isinstance(perm, dict) or perm.get("kind") != "project":
                 raise HarborError(400, "BAD_REQUEST", "permission kind must be project")
+            access = perm.get("access")
+            if not isinstance(access, list) or not access:
+                raise HarborError(400, "BAD_REQUEST", "bad request empty access")
+            for acc in access:
+                if (
+                    not isinstance(acc, dict)
+                    or acc.get("resource") != "repository"
+                    or (acc.get("action") not in ("pull", "push", "delete", "list", "read"))
+                ):
+                    raise HarborError(400, "BAD_REQUEST", f"bad request permission: {acc!r}")
             namespace = perm.get("namespace")
             project = project_by_name(str(namespace))
             duration = body.get("duration")
@@ -589,7 +608,9 @@ class HarborStandIn:
                 raise HarborError(400, "BAD_REQUEST", "duration must be -1 or a positive number")
             full = f"robot${project.name}+{name}"
             if full in state.robots:
-                raise HarborError(409, "CONFLICT", f"robot account {full} already exists")
+                raise HarborError(
+                    409, "CONFLICT", f"robot account {project.id}:{name} already exists"
+                )
             robot = Robot(next(state._ids), full, secrets.token_hex(16), project.name, body)
             state.robots[full] = robot
             return JSONResponse(
@@ -603,6 +624,75 @@ class HarborStandIn:
                 status_code=201,
                 headers={"Location": f"{API}/robots/{robot.id}"},
             )
+
+        def robot_json(robot: Robot) -> dict[str, Any]:
+            body = robot.body
+            return {
+                "id": robot.id,
+                "name": robot.name,
+                "description": body.get("description", ""),
+                "level": "project",
+                "duration": body.get("duration"),
+                "editable": True,
+                "disable": bool(body.get("disable", False)),
+                "expires_at": -1,
+                "permissions": body.get("permissions"),
+                "creator_type": "local",
+                "creator_ref": 1,
+                "creation_time": robot.created,
+                "update_time": robot.created,
+            }
+
+        def parse_q(value: str) -> dict[str, str]:
+            """Harbor's ``q``: ``k=v`` terms split by ``,`` (exact match only here)."""
+            terms: dict[str, str] = {}
+            for term in filter(None, value.split(",")):
+                key, sep, val = term.partition("=")
+                if not sep or not key or val.startswith("~"):
+                    raise HarborError(400, "BAD_REQUEST", f"invalid query {term!r}")
+                terms[key] = val.strip("'\"")
+            return terms
+
+        @app.get(f"{API}/robots")
+        async def list_robots(request: Request) -> Response:
+            admin(request)
+            terms = parse_q(request.query_params.get("q", ""))
+            if terms.get("Level", "system") != "project":
+                items: list[dict[str, Any]] = []  # system robots: none made here
+            else:
+                pid = terms.get("ProjectID")
+                if pid is None:
+                    raise HarborError(
+                        400, "BAD_REQUEST", "must with project ID when to query project robots"
+                    )
+                if not pid.isdigit() or int(pid) <= 0:
+                    raise HarborError(400, "BAD_REQUEST", "ProjectID must be a positive integer")
+                names = {p.name for p in state.projects.values() if p.id == int(pid)}
+                items = [
+                    robot_json(r)
+                    for r in sorted(state.robots.values(), key=lambda r: r.id)
+                    if r.project in names
+                ]
+            page, headers = page_of(request, items, request.url.path)
+            return JSONResponse(page, headers=headers)
+
+        def robot_by_id(robot_id: int) -> Robot:
+            for robot in state.robots.values():
+                if robot.id == robot_id:
+                    return robot
+            raise HarborError(404, "NOT_FOUND", f"robot {robot_id} not found")
+
+        @app.get(f"{API}/robots/{{robot_id}}")
+        async def get_robot(request: Request, robot_id: int) -> Response:
+            admin(request)
+            return JSONResponse(robot_json(robot_by_id(robot_id)))
+
+        @app.delete(f"{API}/robots/{{robot_id}}")
+        async def delete_robot(request: Request, robot_id: int) -> Response:
+            admin(request)
+            robot = robot_by_id(robot_id)
+            del state.robots[robot.name]
+            return Response(status_code=200)
 
         # --- webhook policies ---
 

@@ -23,7 +23,14 @@ The modules:
   request conventions: auth without cookies, request ids, errors, paging).
 """
 
-from .admin import PAYLOAD_FORMATS, CopyReport, PayloadFormat, RegistryAdmin, RobotAccount
+from .admin import (
+    PAYLOAD_FORMATS,
+    CopyReport,
+    Ensured,
+    PayloadFormat,
+    RegistryAdmin,
+    RobotAccount,
+)
 from .harbor import HARBOR_PUSH_EVENT, HarborAdmin
 from .plain import PlainRegistryAdmin
 
@@ -31,6 +38,7 @@ __all__ = [
     "HARBOR_PUSH_EVENT",
     "PAYLOAD_FORMATS",
     "CopyReport",
+    "Ensured",
     "HarborAdmin",
     "PayloadFormat",
     "PlainRegistryAdmin",

@@ -17,6 +17,11 @@ from ...protocol import RESULT_TAG_CLAIM
 PayloadFormat = Literal["Default", "CloudEvents"]
 PAYLOAD_FORMATS: tuple[str, ...] = ("Default", "CloudEvents")
 
+#: What an ``ensure_*`` call did: ``created`` it, ``updated`` what was there to match, found
+#: it ``already there`` as asked, or found it ``not needed`` (a plain registry's project,
+#: which is only a repository prefix).
+Ensured = Literal["created", "updated", "already there", "not needed"]
+
 # Limits for paged list endpoints (distribution's catalog, Harbor's lists).
 _PAGE_SIZE = 100
 _MAX_PAGES = 1000
@@ -26,7 +31,8 @@ _MAX_PAGES = 1000
 class RobotAccount:
     """A robot account: its full name (Harbor: ``robot$<project>+<name>``) and its secret.
 
-    The secret is shown once by Harbor; it is kept out of ``repr`` and ``str``.
+    The secret is shown once by Harbor; it is kept out of ``repr`` and ``str``. A robot
+    that was looked up rather than created has an empty secret (Harbor never shows it again).
     """
 
     name: str
@@ -69,12 +75,21 @@ class CopyReport:
 class RegistryAdmin(Protocol):
     """What the central service needs from the registry that carries the trains."""
 
-    def ensure_project(self, name: str) -> None:
-        """Make sure a private project ``name`` exists (idempotent)."""
+    def ensure_project(self, name: str) -> Ensured:
+        """Make sure a private project ``name`` exists (idempotent); say what it did."""
         ...
 
     def create_robot(self, project: str, name: str) -> RobotAccount:
         """A new robot account that can pull and push in ``project`` and nowhere else."""
+        ...
+
+    def find_robot(self, project: str, name: str) -> RobotAccount | None:
+        """The robot ``name`` of ``project`` (its secret empty), or None if there is none."""
+        ...
+
+    def delete_robot(self, project: str, name: str) -> str | None:
+        """Delete the robot ``name`` of ``project``; its full name, or None if there was none
+        (its credentials stop working at once)."""
         ...
 
     def ensure_webhook(
@@ -83,9 +98,9 @@ class RegistryAdmin(Protocol):
         endpoint_url: str,
         auth_header: str,
         payload_format: PayloadFormat = "Default",
-    ) -> None:
+    ) -> Ensured:
         """Make the registry POST every artifact push in ``project`` to ``endpoint_url``,
-        with ``Authorization: <auth_header>`` (idempotent: create or update)."""
+        with ``Authorization: <auth_header>`` (idempotent: create or update; say which)."""
         ...
 
     def copy_train(self, src_repository: str, dst_repository: str, train_digest: str) -> CopyReport:

@@ -29,6 +29,7 @@ from ...text import safe_text
 from .admin import (
     PAYLOAD_FORMATS,
     CopyReport,
+    Ensured,
     PayloadFormat,
     RobotAccount,
     _result_tags,
@@ -110,8 +111,11 @@ class HarborAdmin(HarborAPI):
 
     # --- projects -------------------------------------------------------------------
 
-    def ensure_project(self, name: str) -> None:
-        """Create the private project ``name`` unless it exists; make an existing one private."""
+    def ensure_project(self, name: str) -> Ensured:
+        """Create the private project ``name`` unless it exists; make an existing one private.
+
+        Returns ``created``, ``updated`` (it was public) or ``already there``.
+        """
         _check_name("project", name)
         what = f"checking project {name}"
         resp = self._request(
@@ -128,12 +132,10 @@ class HarborAdmin(HarborAPI):
             )
             if created.status_code == 201:
                 log.info("created private Harbor project %s", name)
-                return
+                return "created"
             log.info("Harbor project %s was created meanwhile", name)
-        project = self._json(
-            self._request("GET", f"/projects/{_q(name)}", what=what, by_name=True), what
-        )
-        metadata = project.get("metadata") if isinstance(project, dict) else None
+        project = self._project(name, what)
+        metadata = project.get("metadata")
         if isinstance(metadata, dict) and str(metadata.get("public", "false")).lower() == "true":
             self._request(
                 "PUT",
@@ -143,6 +145,17 @@ class HarborAdmin(HarborAPI):
                 body={"metadata": {"public": "false"}},
             )
             log.warning("Harbor project %s was public; it is private now", name)
+            return "updated"
+        return "already there"
+
+    def _project(self, name: str, what: str) -> dict[str, Any]:
+        """The project ``name`` (getProject)."""
+        project = self._json(
+            self._request("GET", f"/projects/{_q(name)}", what=what, by_name=True), what
+        )
+        if not isinstance(project, dict):
+            raise RegistryError(f"Harbor {self.host}: {what}: the project is not a JSON object")
+        return project
 
     # --- robots ---------------------------------------------------------------------
 
@@ -197,6 +210,47 @@ class HarborAdmin(HarborAPI):
             name=full_name, secret=secret, id=robot_id if isinstance(robot_id, int) else None
         )
 
+    def find_robot(self, project: str, name: str) -> RobotAccount | None:
+        """The project robot ``name`` of ``project`` (ListRobot with
+        ``q=Level=project,ProjectID=<id>``), its secret empty; None if there is none or the
+        project is gone."""
+        _check_name("project", project)
+        _check_name("robot", name)
+        what = f"looking up robot account {name} of project {project}"
+        try:
+            project_id = self._project(project, what).get("project_id")
+        except NotFoundError:
+            return None
+        if not isinstance(project_id, int):
+            raise RegistryError(f"Harbor {self.host}: {what}: the project has no id")
+        suffix = f"{project}+{name}"  # Harbor's robot prefix (robot$ by default) is settable
+        for robot in self._pages(
+            "/robots", what=what, params={"q": f"Level=project,ProjectID={project_id}"}
+        ):
+            full, robot_id = robot.get("name"), robot.get("id")
+            if isinstance(full, str) and full.endswith("$" + suffix):
+                return RobotAccount(
+                    name=full, secret="", id=robot_id if isinstance(robot_id, int) else None
+                )
+        return None
+
+    def delete_robot(self, project: str, name: str) -> str | None:
+        """Delete the robot ``name`` of ``project`` (DeleteRobot); its full name, or None if
+        there was none. Its credentials stop working at once."""
+        robot = self.find_robot(project, name)
+        if robot is None:
+            return None
+        if robot.id is None:
+            raise RegistryError(f"Harbor {self.host}: robot {safe_text(robot.name)} has no id")
+        resp = self._request(
+            "DELETE",
+            f"/robots/{robot.id}",
+            what=f"deleting robot account {robot.name}",
+            allow=(404,),  # deleted meanwhile
+        )
+        log.info("deleted Harbor robot %s (project %s)", safe_text(robot.name), project)
+        return robot.name if resp.status_code == 200 else None
+
     # --- webhooks -------------------------------------------------------------------
 
     def ensure_webhook(
@@ -208,8 +262,9 @@ class HarborAdmin(HarborAPI):
         *,
         name: str = "pht-airflow",
         event_types: Iterable[str] = (HARBOR_PUSH_EVENT,),
-    ) -> None:
+    ) -> Ensured:
         """Create or update the webhook policy ``name`` of ``project``; no-op if it matches.
+        Returns ``created``, ``updated`` or ``already there``.
 
         ``auth_header`` is sent by Harbor as the ``Authorization`` header of each delivery
         (a shared secret: it is never logged).
@@ -255,11 +310,11 @@ class HarborAdmin(HarborAPI):
                     continue  # created meanwhile: compare and update it
                 log.info("created webhook %s in project %s -> %s (%s payload)", name, project,
                          endpoint_url, payload_format)  # fmt: skip
-                return
+                return "created"
             policy = existing[0]
             if _same_policy(policy, desired):
                 log.debug("webhook %s in project %s is up to date", name, project)
-                return
+                return "already there"
             policy_id = policy.get("id")
             if not isinstance(policy_id, int):
                 raise RegistryError(f"Harbor {self.host}: webhook policy {name} has no id")
@@ -272,7 +327,7 @@ class HarborAdmin(HarborAPI):
             )
             log.info("updated webhook %s in project %s -> %s (%s payload)", name, project,
                      endpoint_url, payload_format)  # fmt: skip
-            return
+            return "updated"
         raise ConflictError(
             f"Harbor {self.host}: webhook policy {name} in project {project} keeps "
             "conflicting; check the project's webhooks"

@@ -26,7 +26,15 @@ from ...oci.media import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Manifest
 from ...oci.reference import check_digest, check_repository
 from ...protocol import SIGNATURE_TAG, TRAIN_TAG
 from ...signing import signature_tag
-from .admin import _MAX_PAGES, _PAGE_SIZE, CopyReport, PayloadFormat, RobotAccount, _result_tags
+from .admin import (
+    _MAX_PAGES,
+    _PAGE_SIZE,
+    CopyReport,
+    Ensured,
+    PayloadFormat,
+    RobotAccount,
+    _result_tags,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +57,13 @@ class PlainRegistryAdmin:
 
     # --- projects, accounts, webhooks -----------------------------------------------
 
-    def ensure_project(self, name: str) -> None:
+    def ensure_project(self, name: str) -> Ensured:
         """Nothing to create: on a plain registry a project is only a repository prefix."""
         check_repository(name)
         log.debug(
             "plain registry %s: project %s is a repository prefix", self.client.registry, name
         )
+        return "not needed"
 
     def create_robot(self, project: str, name: str) -> RobotAccount:
         raise NotSupportedError(
@@ -64,13 +73,28 @@ class PlainRegistryAdmin:
             "service whose access rules limit it to its project)."
         )
 
+    def find_robot(self, project: str, name: str) -> RobotAccount | None:
+        raise NotSupportedError(
+            f"registry {self.client.registry} is a plain distribution registry: it has no "
+            f"accounts, so there is no robot {name!r} for project {project!r} to look up."
+        )
+
+    def delete_robot(self, project: str, name: str) -> str | None:
+        raise NotSupportedError(
+            f"registry {self.client.registry} is a plain distribution registry: it has no "
+            "robot API, so nothing was revoked there. Remove the station's credentials from "
+            "the registry's own auth yourself: its line in the htpasswd file (`auth: "
+            "htpasswd: path:`), or its entries in the token service's access rules for "
+            f"{project!r}/*, and restart or reload the registry or token service."
+        )
+
     def ensure_webhook(
         self,
         project: str,
         endpoint_url: str,
         auth_header: str,
         payload_format: PayloadFormat = "Default",
-    ) -> None:
+    ) -> Ensured:
         raise NotSupportedError(
             f"registry {self.client.registry} is a plain distribution registry: webhooks are "
             "not managed through its API. Add the endpoint to the `notifications: endpoints:` "
