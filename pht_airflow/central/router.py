@@ -56,8 +56,10 @@ from ..protocol import (
     INCOMING_PROJECT,
     OUTBOX_PROJECT,
     RESULT_TAG,
+    RETRY_TAG,
     TRAIN_TAG,
     result_tag,
+    retry_tag,
 )
 from ..results import accept_hop, find_results
 from ..signing import signature_tag, verify
@@ -239,8 +241,29 @@ class Router(Directory):
             train.status, train.reason = "routing", None
             self._event(s, train, "retry", f"hop {hop} sent again on request")
             self._send(s, train, hop, source)
+            if train.status == "routing":
+                self._announce_retry(s, train, hop)
             s.flush()
             return train.to_dict()
+
+    def _announce_retry(self, s: Session, train: TrainRow, hop: int) -> None:
+        """Tag the train ``retry-<hop>-<n>`` in the station's project (the next free ``n``).
+
+        The copy of a train already in the project writes nothing, so neither the registry's
+        webhook nor a polling station would see anything new; the retry tag is a push they
+        both see, and the station runs the hop once per retry tag (PROTOCOL.md "Retry").
+        """
+        target = f"{self._project(s, train.hops[hop].station)}/{train.id}"
+        try:
+            used = [RETRY_TAG.match(t) for t in self.client.list_tags(target)]
+            n = 1 + max((int(m.group(2)) for m in used if m and int(m.group(1)) == hop), default=0)
+            manifest = self.client.get_manifest(target, train.digest)
+            tag = retry_tag(hop, n)
+            self.client.put_manifest(target, tag, manifest.raw, manifest.media_type)
+        except PhtError as exc:
+            self._fail(s, train, f"tagging the retry of hop {hop} in {target} failed: {exc}")
+            return
+        self._event(s, train, "retry", f"hop {hop} announced as {target}:{tag}")
 
     def station_failure(self, train_id: str, report: dict[str, Any]) -> dict[str, Any]:
         """A station's signed report that its hop failed (see :mod:`pht_airflow.hopreport`).
