@@ -50,6 +50,18 @@ def result_tag(hop: int) -> str:
     return f"result-{hop}"
 
 
+#: The tag the central service puts on a train in a station's project when hop ``k`` is
+#: retried on request (``pht train retry ID --hop K``), the ``n``-th time: ``retry-<k>-<n>``,
+#: pointing at the train's digest. A station starts one run per retry tag (webhook or
+#: polling), and that run may repeat a hop the station completed before, once.
+RETRY_TAG = re.compile(r"^retry-(\d{1,6})-(\d{1,6})$")
+
+
+def retry_tag(hop: int, n: int) -> str:
+    """The tag of the ``n``-th retry (from 1) of hop ``hop``."""
+    return f"retry-{hop}-{n}"
+
+
 # --- media types, labels and annotations ----------------------------------------------------
 
 #: A sealed result: its encrypted layer, its config and its manifest's artifact type.

@@ -2,10 +2,13 @@
 
 ``POST /pht/registry-events`` takes Harbor (default or CloudEvents) and distribution
 notifications, checks the shared secret (``webhook.secret`` in the station config), keeps
-only pushes of a train (tag ``train``) in this station's own project, and creates one
-``pht_run_train`` run per train digest. The run id is derived from the digest, so a
+only pushes of a train (tag ``train``, or a ``retry-<k>-<n>`` the central service tags when
+a hop is retried) in this station's own project, and creates one ``pht_run_train`` run per
+train digest (and one per retry tag). The run id is derived from the digest, so a
 duplicated delivery finds the run already there and starts nothing; concurrent duplicates
 that race to insert it are answered the same way (the run id is unique in the database).
+The polling DAG (:mod:`.polling`) uses the same run ids, so the two paths never both run a
+train.
 
 A deployment hosting several stations (``$PHT_STATION_CONFIG_DIR``, see
 :mod:`pht_airflow.airflow.dags`) gets one receiver per station at
@@ -21,8 +24,9 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
-from ..protocol import TRAIN_TAG
 from ..station.config import StationConfig, hosted_station_configs, load_config
+from ..station.inbox import Arrival, is_intake_tag
+from ..station.inbox import run_id_for as run_id_for  # the run id, for callers of this module
 from ..web.webhook_app import create_app
 from ..webhooks import PushEvent
 from .lookups import AIRFLOW_LOOKUPS
@@ -31,11 +35,6 @@ from .names import RUN_TRAIN, dag_id_for
 log = logging.getLogger(__name__)
 
 DAG_ID = RUN_TRAIN
-
-
-def run_id_for(digest: str) -> str:
-    """The DAG run id for a train digest: one run per digest, whatever the deliveries."""
-    return "pht__" + digest.replace(":", "_")
 
 
 def _config(path: Path | None = None) -> StationConfig:
@@ -67,15 +66,16 @@ def trigger_for_push(
     from airflow.utils.types import DagRunTriggeredByType
     from sqlalchemy.exc import IntegrityError
 
-    if event.tag != TRAIN_TAG:
+    if event.tag is None or not is_intake_tag(event.tag):
         return None
     config = _config(config_path)
-    run_id = run_id_for(event.digest)
+    arrival = Arrival(event.repository, event.tag, event.digest)
+    run_id = arrival.run_id
     if DagRun.find(dag_id=dag_id, run_id=run_id):
         log.info("run %s of %s already exists; duplicate delivery ignored", run_id, dag_id)
         return None
     # The registry host comes from our own config, never from the (sender-controlled) body.
-    reference = f"{config.registry.host}/{event.repository}@{event.digest}"
+    reference = arrival.reference(config.registry.host)
     try:
         trigger_dag(
             dag_id,

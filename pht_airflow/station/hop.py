@@ -29,6 +29,7 @@ from ..central_client import CentralClient
 from ..errors import PhtError, PolicyError, RegistryError, VerificationError
 from ..hopreport import make_report
 from ..oci import Reference, RegistryClient
+from ..protocol import RETRY_TAG
 from ..results import accept_hop, find_results, open_result, seal
 from ..text import safe_text
 from .audit import AuditLog, hop_record
@@ -89,8 +90,15 @@ def _verify(
     *,
     rerun: bool,
     logger: Log | None,
+    retry: tuple[str, int] | None = None,
 ) -> VerifiedTrain:
     audit = audit_log(config)
+
+    def done(digest: str) -> bool:
+        if retry is None:
+            return audit.completed(digest, config.station_id)
+        return _retried(audit, digest, config.station_id, retry[0])
+
     trust = Trust(
         creators=config.trust.creators,
         approvers=config.trust.approvers,
@@ -102,19 +110,62 @@ def _verify(
         station_id=config.station_id,
         station_key=config.public_key,
         trust=trust,
-        already_done=lambda digest: audit.completed(digest, config.station_id),
+        already_done=done,
         rerun=rerun,
+        retry=retry,
         on_check=lambda check: _say(logger, f"check passed: {check}"),
     )
+
+
+def _retried(audit: AuditLog, digest: str, station: str, tag: str) -> bool:
+    """True if a hop of ``digest`` at ``station`` was recorded for the retry tag ``tag``."""
+    return any(
+        rec.get("event") == "hop"
+        and rec.get("train_digest") == digest
+        and rec.get("station") == station
+        and _retry_of(str(rec.get("reference") or "")) == tag
+        for rec in audit.entries()
+    )
+
+
+def _retry_of(reference: str) -> str | None:
+    """The ``retry-<k>-<n>`` tag a train reference names (``…:retry-1-2@sha256:…``), if any."""
+    try:
+        tag = Reference.parse(reference.strip()).tag
+    except PhtError:
+        return None
+    return tag if tag is not None and RETRY_TAG.match(tag) else None
+
+
+def _explicit_retry(client: RegistryClient, ref: Reference) -> tuple[str, int] | None:
+    """An explicit retry (PROTOCOL.md "Retry"): the reference names a ``retry-<k>-<n>`` tag,
+    which must point at the train (the pinned digest, when the reference has one)."""
+    tag = ref.tag
+    m = RETRY_TAG.match(tag) if tag else None
+    if tag is None or m is None:
+        return None
+    tagged = client.resolve(ref.repository, tag)
+    if ref.digest is not None and tagged != ref.digest:
+        raise VerificationError(
+            f"{tag} points at {tagged}, not at the train {ref.digest}",
+            digest=ref.digest,
+            check="resolve",
+        )
+    return tag, int(m.group(1))
 
 
 def verify_step(
     config: StationConfig, reference: str, *, rerun: bool = False, logger: Log | None = None
 ) -> dict[str, Any]:
-    """The Verify step. Returns the verified train's summary; raises a VerificationError."""
+    """The Verify step. Returns the verified train's summary; raises a VerificationError.
+
+    A reference with a ``retry-<k>-<n>`` tag is an explicit retry: it may repeat a hop this
+    station completed or refused before, once per retry tag (the audit log remembers).
+    """
     ref = parse_train_reference(config, reference)
     with registry_client(config) as client:
-        verified = _verify(config, client, ref, rerun=rerun, logger=logger)
+        retry = _explicit_retry(client, ref)
+        verified = _verify(config, client, ref, rerun=rerun, logger=logger, retry=retry)
     if verified.spec.dataset not in config.datasets:
         raise PolicyError(
             f"the train asks for data set {verified.spec.dataset!r}, which this station does "

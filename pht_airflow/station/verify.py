@@ -103,13 +103,16 @@ def verify_train(
     trust: Trust,
     already_done: Callable[[str], bool] | None = None,
     rerun: bool = False,
+    retry: tuple[str, int] | None = None,
     now: datetime | None = None,
     on_check: Callable[[str], None] | None = None,
 ) -> VerifiedTrain:
     """Run every check of the Verify step on ``reference``; return the pinned, verified train.
 
     ``already_done(digest)`` says whether this station completed the digest before (from its
-    audit log); ``rerun`` lets staff run it again on purpose.
+    audit log); ``rerun`` lets staff run it again on purpose. ``retry`` is an explicit retry
+    the central service announced (its ``retry-<k>-<n>`` tag and ``k``): the hop must be hop
+    ``k``, and ``already_done`` then says whether this retry tag ran before (each runs once).
     """
     passed: list[str] = []
 
@@ -198,7 +201,19 @@ def verify_train(
             f"the train expired at {format_time(spec.expires)}", digest=digest, key_id=None
         )
     ok("expired")
-    if already_done is not None and not rerun and already_done(digest):
+    if retry is not None:
+        tag, retry_hop = retry
+        if retry_hop != hop:
+            raise AlreadyDoneError(
+                f"{tag} retries hop {retry_hop}, but station {station_id} is hop {hop}",
+                digest=digest,
+            )
+        if already_done is not None and already_done(digest):
+            raise AlreadyDoneError(
+                f"station {station_id} already ran {tag} of this train (each retry runs once)",
+                digest=digest,
+            )
+    elif already_done is not None and not rerun and already_done(digest):
         raise AlreadyDoneError(
             f"station {station_id} already completed this train (rerun it on purpose to repeat)",
             digest=digest,
