@@ -125,6 +125,10 @@ class CentralClient:
     def add_station(self, **fields: Any) -> dict[str, Any]:
         return dict(self._call("POST", "/stations", fields, write=True))
 
+    def remove_station(self, station_id: str) -> dict[str, Any]:
+        """Mark a station removed: it takes no new trains (its entry stays)."""
+        return dict(self._call("DELETE", f"/stations/{quote(station_id, safe='')}", write=True))
+
     def trusted_keys(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/keys"))
 

@@ -10,17 +10,29 @@ import json
 import logging
 import os
 import stat
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
+import uvicorn
+from click.testing import CliRunner
 from support.harbor_standin import ADMIN_PASSWORD, HarborStandIn
+from support.stationkit import build_train, make_station, make_train_spec, sign_train
 
+from pht_airflow.central.db import make_engine, make_sessionmaker
 from pht_airflow.central.onboarding import ProvisionReport, provision_station, revoke_station
 from pht_airflow.central.registry import HarborAdmin, PlainRegistryAdmin
-from pht_airflow.dev.localregistry import LocalRegistry
+from pht_airflow.central.router import Router
+from pht_airflow.cli import main
+from pht_airflow.dev.localregistry import LocalRegistry, free_port
 from pht_airflow.errors import ConfigError, ConflictError, RegistryAuthError, RegistryError
-from pht_airflow.oci import RegistryClient
+from pht_airflow.oci import Reference, RegistryClient
+from pht_airflow.station.hop import run_hop
+from pht_airflow.web.central_app import create_app
 
 pytestmark = pytest.mark.registry
 
@@ -309,3 +321,177 @@ def test_plain_registry_reports_what_it_cannot_do(
     assert (step.name, step.status) == ("robot", "not supported")
     assert "nothing was revoked" in step.detail and "htpasswd" in step.detail
     assert f"{project!r}/*" in step.detail
+
+
+# --- onboarding and removal through the CLI and the central service's REST API --------------
+
+TOKEN = "onboarding-test-token"  # noqa: S105 - the test central service's API token
+
+
+@pytest.fixture()
+def central(
+    tmp_path: Path, registry: LocalRegistry, parties: Any
+) -> Iterator[tuple[Router, str, Path]]:
+    """A central service (SQLite file) copying on the plain registry, served on 127.0.0.1;
+    station-a is registered. Yields the router, its URL and the database file."""
+    db = tmp_path / "central.db"
+    client = RegistryClient(registry.host)
+    router = Router(make_sessionmaker(make_engine(f"sqlite:///{db}")), client,
+                    PlainRegistryAdmin(client))  # fmt: skip
+    router.add_station("station-a", parties["station-a"].public.pem,
+                       parties["station-a"].age.recipient, project="station-a")  # fmt: skip
+    app = create_app(router, api_token=lambda: TOKEN, webhook_secret=lambda: "unused",
+                     reconcile_seconds=0)  # fmt: skip
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the central service did not start"
+        thread.join(0.02)
+    try:
+        yield router, f"http://127.0.0.1:{port}", db
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        client.close()
+
+
+def _signed_train(docker_client: Any, registry: LocalRegistry, parties: Any,
+                  route: list[str]) -> tuple[Reference, Any]:  # fmt: skip
+    spec = make_train_spec(parties, route)
+    ref = Reference(registry.host, f"pht-incoming/{spec.id}", tag="train")
+    digest = build_train(docker_client, ref, spec)
+    with RegistryClient(registry.host) as client:
+        sign_train(client, ref.with_digest(digest), parties, "alice", "reviewer")
+    return ref, spec
+
+
+@pytest.mark.docker
+def test_onboard_then_remove_a_station_through_the_cli_and_the_rest_api(
+    central: tuple[Router, str, Path],
+    harbor: tuple[HarborStandIn, str],
+    registry: LocalRegistry,
+    docker_client: Any,
+    parties: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """station-c is onboarded in one command (a second run says "already there" for each
+    item and leaves the secret file alone), then removed: its robot's credentials stop
+    working, a train in flight at it and one whose next hop is it fail saying why, a new train
+    naming it is refused over the REST API with 422 naming it. The robot's secret is in no
+    CLI output, no log line and not in the central database."""
+    router, url, db = central
+    standin, harbor_url = harbor
+    caplog.set_level(logging.DEBUG)
+    hook_secret = "hook-" + uuid.uuid4().hex
+    monkeypatch.setenv("PHT_CENTRAL_TOKEN", TOKEN)
+    monkeypatch.setenv("PHT_REGISTRY_PASSWORD", ADMIN_PASSWORD)
+    monkeypatch.setenv("PHT_WEBHOOK_SECRET", hook_secret)
+    keys = tmp_path / "keys-c"
+    keys.mkdir()
+    (keys / "c.pub").write_text(parties["station-c"].public.pem)
+    (keys / "c.age.pub").write_text(parties["station-c"].age.recipient + "\n")
+    secret_file = tmp_path / "robots" / "station-c.secret"
+    add = ["central", "stations", "add", "--central", url, "--id", "station-c",
+           "--key", str(keys / "c.pub"), "--recipient-file", str(keys / "c.age.pub"),
+           "--provision", "--harbor-url", harbor_url, "--username", "admin",
+           "--webhook-url", HOOK, "--robot-secret-file", str(secret_file)]  # fmt: skip
+    outputs = []
+
+    def cli(args: list[str], code: int = 0, stdin: str | None = None) -> str:
+        result = CliRunner().invoke(main, args, input=stdin)
+        assert result.exit_code == code, result.output
+        outputs.append(result.output)
+        return result.output
+
+    first = cli(add)
+    for item in ("project", "robot", "webhook"):
+        assert f"{item}: created" in first
+    written, mtime = secret_file.read_bytes(), secret_file.stat().st_mtime_ns
+    second = cli(add)
+    for item in ("project", "robot", "webhook"):
+        assert f"{item}: already there" in second
+    assert secret_file.read_bytes() == written and secret_file.stat().st_mtime_ns == mtime
+    robot = standin.robots["robot$station-station-c+station-c"]
+    assert written.decode() == robot.secret + "\n"
+    with HarborAdmin(harbor_url, robot.name, robot.secret) as as_robot:
+        assert as_robot.list_repositories("station-station-c") == []
+
+    # Two trains before the removal: one in flight at station-c, one whose next hop is it.
+    at_c, spec_at_c = _signed_train(docker_client, registry, parties, ["station-c", "station-a"])
+    to_c, spec_to_c = _signed_train(docker_client, registry, parties, ["station-a", "station-c"])
+    creator = parties["alice"].public.pem
+    assert [h["state"] for h in router.submit(str(at_c), creator)["hops"]] == ["sent", "pending"]
+    assert [h["state"] for h in router.submit(str(to_c), creator)["hops"]] == ["sent", "pending"]
+
+    # remove asks first; "no" changes nothing.
+    remove = ["central", "stations", "remove", "station-c", "--central", url,
+              "--harbor-url", harbor_url, "--username", "admin"]  # fmt: skip
+    declined = cli(remove, code=1, stdin="n\n")
+    assert "Remove station station-c" in declined and "not removed" in declined
+    assert robot.name in standin.robots and router.station("station-c")["removed"] is None
+
+    removed = cli([*remove, "--yes"])
+    assert "station station-c: removed from the directory" in removed
+    assert f"robot: deleted: robot {robot.name} was deleted" in removed
+    assert robot.name not in standin.robots
+    with (
+        HarborAdmin(harbor_url, robot.name, robot.secret) as as_robot,
+        pytest.raises(RegistryAuthError) as refused,
+    ):
+        as_robot.list_repositories("station-station-c")
+    assert refused.value.status == 401
+    entry = requests.get(f"{url}/stations/station-c", timeout=10).json()
+    assert entry["removed"] and entry["project"] == "station-station-c"  # the entry stays
+    assert "robot: not there" in cli([*remove, "--yes"])  # safe to run again
+
+    # In flight at station-c: failed at once, saying why.
+    info = router.train(spec_at_c.id)
+    assert info["status"] == "failed"
+    assert [h["state"] for h in info["hops"]] == ["failed", "pending"]
+    assert info["reason"].startswith("hop 0 (station-c): the station was removed from the "
+                                     "directory at ")  # fmt: skip
+    assert info["reason"].endswith("and takes no new trains")
+
+    # Next hop is station-c: station-a delivers, and the train fails instead of going on.
+    reviewer = parties["reviewer"].public.pem
+    station_a = make_station(tmp_path / "station-a", parties["station-a"], registry.host,
+                             creators=[creator], approvers=[reviewer])  # fmt: skip
+    record = run_hop(station_a.config(), f"{registry.host}/station-a/{spec_to_c.id}:train",
+                     docker_client=docker_client)  # fmt: skip
+    assert record["outcome"] == "success", record
+    with RegistryClient(registry.host) as client:
+        router.reconcile()
+        assert "train" not in client.list_tags(f"station-station-c/{spec_to_c.id}")
+    info = router.train(spec_to_c.id)
+    assert info["status"] == "failed", (info["reason"], info["events"])
+    assert [h["state"] for h in info["hops"]] == ["done", "failed"]
+    assert info["reason"].startswith("hop 1 (station-c): the station was removed")
+
+    # A new train naming station-c: refused over the REST API, naming it.
+    new, _ = _signed_train(docker_client, registry, parties, ["station-a", "station-c"])
+    answer = requests.post(f"{url}/trains", json={"reference": str(new), "creator_key": creator},
+                           headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)  # fmt: skip
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"] == (
+        "route station(s) removed from the directory, taking no new trains: station-c; "
+        "rebuild the train without them"
+    )
+    assert requests.delete(f"{url}/stations/station-c", timeout=10).status_code == 401
+    nobody = requests.delete(f"{url}/stations/station-x", timeout=10,
+                             headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+    assert nobody.status_code == 404 and "station-x" in nobody.json()["detail"]
+
+    # The secrets are nowhere but in the secret file (and Harbor).
+    stored = db.read_bytes() + b"".join(
+        p.read_bytes()
+        for p in tmp_path.glob("central.db-*")  # a WAL or journal, if any
+    )
+    for secret in (robot.secret, hook_secret, ADMIN_PASSWORD):
+        assert secret.encode() not in stored
+        assert secret not in caplog.text
+        for output in outputs:
+            assert secret not in output

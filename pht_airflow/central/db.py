@@ -10,7 +10,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine
+from sqlalchemy import (
+    JSON,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    inspect,
+    text,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
@@ -24,7 +34,11 @@ class Base(DeclarativeBase):
 
 
 class StationRow(Base):
-    """A station in the directory: what a researcher needs to put it on a route."""
+    """A station in the directory: what a researcher needs to put it on a route.
+
+    ``removed`` is when ``pht central stations remove`` took it off (None: active). A removed
+    station's row stays, as its trains' hops name it; it takes no new trains.
+    """
 
     __tablename__ = "stations"
 
@@ -35,6 +49,7 @@ class StationRow(Base):
     project: Mapped[str] = mapped_column(String(255))
     webhook_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    removed: Mapped[datetime | None] = mapped_column(nullable=True, default=None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +59,7 @@ class StationRow(Base):
             "recipient": self.recipient,
             "project": self.project,
             "webhook_url": self.webhook_url,
+            "removed": self.removed.isoformat() + "Z" if self.removed else None,
         }
 
 
@@ -198,7 +214,18 @@ def make_engine(url: str) -> Engine:
         args["connect_args"] = {"check_same_thread": False, "timeout": 30}
     engine = create_engine(url, future=True, **args)
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added since a database was made (create_all adds tables, not columns):
+    ``stations.removed``. Nullable, so old rows read as before (an active station)."""
+    columns = {c["name"] for c in inspect(engine).get_columns("stations")}
+    if "removed" not in columns:
+        kind = StationRow.__table__.c.removed.type.compile(dialect=engine.dialect)
+        with engine.begin() as conn:
+            conn.execute(text(f"ALTER TABLE stations ADD COLUMN removed {kind} NULL"))
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:

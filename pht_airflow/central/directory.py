@@ -63,7 +63,9 @@ class Directory:
         project: str | None = None,
         webhook_url: str | None = None,
     ) -> dict[str, Any]:
-        """Register or update a station (validating its key, recipient and project)."""
+        """Register or update a station (validating its key, recipient and project).
+
+        Adding a removed station again puts it back (``removed`` cleared)."""
         if not STATION_ID.fullmatch(station_id or ""):
             raise RouterError(f"station id {station_id!r} must be lowercase letters, digits, '-'")
         key = public_key_from_pem(key_pem, f"station {station_id} key")
@@ -81,8 +83,24 @@ class Directory:
                     s.delete(old)
             row.key_pem, row.key_id, row.recipient = key.pem, key.key_id, recipient.strip()
             row.project, row.webhook_url = project, webhook_url
+            row.removed = None
             s.add(row)
             return row.to_dict()
+
+    def remove_station(self, station_id: str) -> dict[str, Any]:
+        """Mark a station removed: it takes no new trains. Its row stays (trains' hops name
+        it); removing it again changes nothing. Returns its entry."""
+        with self.sessions.begin() as s:
+            return self._mark_removed(s, station_id).to_dict()
+
+    @staticmethod
+    def _mark_removed(s: Session, station_id: str) -> StationRow:
+        row = s.get(StationRow, station_id) if isinstance(station_id, str) else None
+        if row is None:
+            raise RouterError(f"no station {station_id!r} in the directory", 404)
+        if row.removed is None:
+            row.removed = utcnow()
+        return row
 
     def stations(self) -> list[dict[str, Any]]:
         with self.sessions() as s:

@@ -265,6 +265,22 @@ class Router(Directory):
             return
         self._event(s, train, "retry", f"hop {hop} announced as {target}:{tag}")
 
+    def remove_station(self, station_id: str) -> dict[str, Any]:
+        """Mark a station removed (:meth:`Directory.remove_station`) and fail its hops in
+        flight: its robot is revoked, so it could not deliver them. A sequential train fails;
+        a parallel one goes on without it."""
+        with self._lock, self.sessions.begin() as s:
+            station = self._mark_removed(s, station_id)
+            routing = s.scalars(select(TrainRow).where(TrainRow.status == "routing")).all()
+            for train in routing:
+                for row in train.hops:
+                    if row.station == station.id and row.state == "sent":
+                        row.state = "failed"
+                        self._hop_failed(s, train, row.hop, _removed_reason(row.hop, station))
+                        break
+            s.flush()
+            return station.to_dict()
+
     def station_failure(self, train_id: str, report: dict[str, Any]) -> dict[str, Any]:
         """A station's signed report that its hop failed (see :mod:`pht_airflow.hopreport`).
 
@@ -598,6 +614,11 @@ class Router(Directory):
 
     def _send(self, s: Session, train: TrainRow, hop: int, source: str) -> None:
         row = train.hops[hop]
+        station = s.get(StationRow, row.station)
+        if station is not None and station.removed is not None:
+            row.state = "failed"
+            self._hop_failed(s, train, hop, _removed_reason(hop, station))
+            return
         target = f"{self._project(s, row.station)}/{train.id}"
         try:
             report = self.copier.copy_train(source, target, train.digest)
@@ -646,6 +667,14 @@ class Router(Directory):
         s.add(EventRow(train=train, kind=kind, message=message))
 
 
+def _removed_reason(hop: int, station: StationRow) -> str:
+    when = station.removed.isoformat(timespec="seconds") + "Z" if station.removed else "?"
+    return (
+        f"hop {hop} ({station.id}): the station was removed from the directory at {when} "
+        "and takes no new trains"
+    )
+
+
 def _check_route(spec: TrainSpec, stations: dict[str, StationRow]) -> None:
     """Every route entry must be the directory's entry for its station: the same signing key
     and the same age recipient. A route that lists a station with another recipient would
@@ -654,6 +683,13 @@ def _check_route(spec: TrainSpec, stations: dict[str, StationRow]) -> None:
     missing = [e.station for e in spec.route if e.station not in stations]
     if missing:
         raise RouterError(f"route station(s) not in the directory: {', '.join(missing)}", 422)
+    removed = [e.station for e in spec.route if stations[e.station].removed is not None]
+    if removed:
+        raise RouterError(
+            f"route station(s) removed from the directory, taking no new trains: "
+            f"{', '.join(removed)}; rebuild the train without them",
+            422,
+        )
     for i, entry in enumerate(spec.route):
         known = stations[entry.station]
         where = f"route[{i}] ({entry.station})"

@@ -124,9 +124,10 @@ def central_stations() -> None:
     "--provision",
     is_flag=True,
     help="First give the station its registry project, a robot account limited to it "
-    "(pull+push) and the push webhook (Harbor); safe to re-run. The robot's secret goes to "
-    "--robot-secret-file (mode 0600), never to the terminal. The webhook secret comes from "
-    "$PHT_WEBHOOK_SECRET.",
+    "(pull+push) and the push webhook (Harbor); safe to re-run: each item says 'created', "
+    "'updated' or 'already there', and an existing robot and its secret file are kept (never "
+    "rotated). The robot's secret goes to --robot-secret-file (mode 0600), never to the "
+    "terminal. The webhook secret comes from $PHT_WEBHOOK_SECRET.",
 )
 @click.option("--registry", "registry_host", help="With --provision: a plain registry host[:port].")
 @click.option("--harbor-url", help="With --provision: Harbor's base URL (its API v2.0).")
@@ -200,6 +201,69 @@ def central_stations_add(
     )
 
 
+@central_stations.command("remove")
+@central_url_option
+@click.argument("station_id")
+@click.option("--registry", "registry_host", help="A plain registry host[:port] (no robot API).")
+@click.option("--harbor-url", help="Harbor's base URL (its API v2.0): delete the robot there.")
+@click.option("--yes", is_flag=True, help="Remove without asking.")
+@registry_options
+def central_stations_remove(
+    url: str,
+    station_id: str,
+    registry_host: str | None,
+    harbor_url: str | None,
+    yes: bool,
+    username: str | None,
+    insecure: bool,
+) -> None:
+    """Remove a station: the directory takes it off every new route (a submission naming it
+    is refused; a train whose next hop is it, or that is at it now, fails saying so), then
+    its registry robot is deleted (Harbor) or you are told what to remove from the
+    registry's auth config (plain registry). Its entry and its trains' history stay; running
+    it again is safe.
+
+    Registry admin credentials: --username and $PHT_REGISTRY_PASSWORD.
+    """
+    import sys
+
+    from ..central.onboarding import revoke_station
+    from ..central.service import admin_for
+    from ..central_client import CentralClient
+    from ..errors import ConfigError
+    from .render import EXIT_ERROR
+
+    if not harbor_url and not registry_host:
+        raise ConfigError(
+            "remove needs --harbor-url (Harbor: its robot is deleted) or --registry HOST (a "
+            "plain registry: you are told what to remove)"
+        )
+    client = CentralClient(url)
+    entry = client.station(station_id)
+    question = (
+        f"Remove station {plain(entry['id'])} (project {plain(entry['project'])}): no new "
+        "trains, its trains in flight fail, its robot is revoked?"
+    )
+    if not yes and not click.confirm(question, default=False):
+        err.print("not removed")
+        sys.exit(EXIT_ERROR)
+    row = client.remove_station(station_id)
+    out.print(
+        f"station {plain(row['id'])}: removed from the directory at {plain(row['removed'])} "
+        "(takes no new trains)",
+        markup=False,
+    )
+    with admin_for(
+        registry_host=registry_host,
+        harbor_url=harbor_url,
+        username=username,
+        password=registry_password(username),
+        insecure=insecure,
+    ) as admin:
+        report = revoke_station(admin, row["id"], row["project"])
+    out.print(plain(report, limit=None, multiline=True), markup=False)
+
+
 @central_stations.command("list")
 @central_url_option
 @json_option
@@ -209,7 +273,7 @@ def central_stations_list(url: str, as_json: bool) -> None:
 
     print_rows(CentralClient(url).stations(), "stations",
                {"id": "id", "project": "project", "key id": "key_id",
-                "recipient": "recipient"}, as_json)  # fmt: skip
+                "recipient": "recipient", "removed": "removed"}, as_json)  # fmt: skip
 
 
 @central_stations.command("show")
@@ -240,7 +304,8 @@ def _print_station(row: dict[str, Any], schema: SchemaDocument | None) -> None:
 
     out.print(f"station {safe_text(row.get('id'))}", markup=False)
     for label, field in (("project", "project"), ("key id", "key_id"),
-                         ("recipient", "recipient"), ("webhook", "webhook_url")):  # fmt: skip
+                         ("recipient", "recipient"), ("webhook", "webhook_url"),
+                         ("removed", "removed")):  # fmt: skip
         out.print(f"  {label:<10} {safe_text(row.get(field) or '-')}", markup=False)
     if schema is None:
         out.print("no data sets published (the station runs `pht station publish-schema`)")

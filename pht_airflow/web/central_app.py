@@ -126,6 +126,10 @@ class StationOut(BaseModel):
     recipient: str
     project: str
     webhook_url: str | None
+    removed: str | None = Field(
+        None,
+        description="when the station was removed (UTC; it takes no new trains), or null",
+    )
 
 
 class TrustedKeyIn(BaseModel):
@@ -362,6 +366,19 @@ def create_app(
                 )
             )
         )
+
+    @app.delete(
+        "/stations/{station_id}", tags=["directory"], dependencies=token,
+        responses=_errors(401, 404),
+    )  # fmt: skip
+    def remove_station(station_id: str) -> StationOut:
+        """Remove a station: it takes no new trains (a submission whose route names it is
+        refused with 422 naming it, and a train whose next hop is it fails, saying so), and
+        its hops in flight fail. Its entry stays, marked ``removed``, as its trains' history
+        names it; removing it again changes nothing, adding it again (``POST /stations``)
+        puts it back. Revoking its registry robot is ``pht central stations remove``'s other
+        half."""
+        return StationOut(**call(lambda: router.remove_station(station_id)))
 
     @app.post(
         "/stations/{station_id}/schema", tags=["directory"], responses=_errors(404, 409, 413, 422)
