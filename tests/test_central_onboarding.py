@@ -358,8 +358,8 @@ def central(
 
 
 def _signed_train(docker_client: Any, registry: LocalRegistry, parties: Any,
-                  route: list[str]) -> tuple[Reference, Any]:  # fmt: skip
-    spec = make_train_spec(parties, route)
+                  route: list[str], mode: str = "sequential") -> tuple[Reference, Any]:  # fmt: skip
+    spec = make_train_spec(parties, route, mode=mode)
     ref = Reference(registry.host, f"pht-incoming/{spec.id}", tag="train")
     digest = build_train(docker_client, ref, spec)
     with RegistryClient(registry.host) as client:
@@ -495,3 +495,50 @@ def test_onboard_then_remove_a_station_through_the_cli_and_the_rest_api(
         assert secret not in caplog.text
         for output in outputs:
             assert secret not in output
+
+
+@pytest.mark.docker
+def test_removal_refusals_and_a_parallel_train_going_on_without_the_station(
+    central: tuple[Router, str, Path],
+    harbor: tuple[HarborStandIn, str],
+    registry: LocalRegistry,
+    docker_client: Any,
+    parties: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    router, url, _ = central
+    standin, harbor_url = harbor
+    monkeypatch.setenv("PHT_CENTRAL_TOKEN", TOKEN)
+    monkeypatch.setenv("PHT_REGISTRY_PASSWORD", ADMIN_PASSWORD)
+    c = parties["station-c"]
+    router.add_station("station-c", c.public.pem, c.age.recipient, project="station-c")
+
+    def remove(*args: str) -> Any:
+        return CliRunner().invoke(main, ["central", "stations", "remove", "--central", url,
+                                         "--yes", *args])  # fmt: skip
+
+    no_registry = remove("station-c")
+    assert no_registry.exit_code == 1
+    assert "remove needs --harbor-url (Harbor: its robot is deleted) or --registry HOST" in (
+        no_registry.output
+    )
+    unknown = remove("station-x", "--harbor-url", harbor_url, "--username", "admin")
+    assert unknown.exit_code == 1 and "404" in unknown.output and "station-x" in unknown.output
+    assert router.station("station-c")["removed"] is None
+    assert not [r for r in standin.requests if r.method == "DELETE"]  # nothing revoked
+
+    ref, spec = _signed_train(
+        docker_client, registry, parties, ["station-a", "station-c"], mode="parallel"
+    )
+    info = router.submit(str(ref), parties["alice"].public.pem)
+    assert [h["state"] for h in info["hops"]] == ["sent", "sent"]
+
+    plain = remove("station-c", "--registry", registry.host)  # no robot API there
+    assert plain.exit_code == 0, plain.output
+    assert "robot: not supported" in plain.output and "htpasswd" in plain.output
+
+    info = router.train(spec.id)
+    assert info["status"] == "routing"  # station-a's hop goes on
+    assert [h["state"] for h in info["hops"]] == ["sent", "failed"]
+    assert info["reason"].startswith("hop 1 (station-c): the station was removed")
+    assert [e["kind"] for e in info["events"]][-1] == "hop-failed"
