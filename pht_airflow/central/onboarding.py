@@ -68,8 +68,9 @@ class ProvisionStep:
 class ProvisionReport:
     """What :func:`provision_station` did, safe to print, log or return as JSON.
 
-    ``robot`` is the robot's full name when this run created it; ``secret_file`` is where its
-    secret is (``None`` when the registry has no robot accounts). Holds no secret.
+    ``robot`` is the robot's full name when this run created it (:func:`revoke_station`:
+    deleted it); ``secret_file`` is where its secret is (``None`` when the registry has no
+    robot accounts, and after a revocation). Holds no secret.
     """
 
     station_id: str

@@ -16,7 +16,9 @@ repository + tag + digest, each action checks the state it expects first, and
 webhook stalled and to fail hops that took too long. A station whose hop fails reports it
 at once, signed with its key (:meth:`Router.station_failure`). A failed hop fails a
 sequential train; a parallel train goes on, and its delivered results reach the outbox once
-every station has delivered or failed.
+every station has delivered or failed. A station removed from the directory
+(:meth:`Router.remove_station`) takes no new trains: a route naming it is refused, and a hop
+about to be sent to it or in flight at it fails, saying so.
 
 Our stations push a result by digest, sign it, and tag it ``result-<k>`` last, so the
 announcement of the tag finds the signature in place. A result from a producer that tags

@@ -354,7 +354,7 @@ def create_app(
 
     @app.post("/stations", tags=["directory"], dependencies=token, responses=WRITE)
     def add_station(body: StationIn) -> StationOut:
-        """Register a station, or update it."""
+        """Register a station, or update it (a removed station is put back)."""
         return StationOut(
             **call(
                 lambda: router.add_station(

@@ -223,12 +223,14 @@ class HarborAdmin(HarborAPI):
             return None
         if not isinstance(project_id, int):
             raise RegistryError(f"Harbor {self.host}: {what}: the project has no id")
-        suffix = f"{project}+{name}"  # Harbor's robot prefix (robot$ by default) is settable
+        # <prefix><project>+<name>: the prefix (robot$ by default) is a Harbor setting, and
+        # a robot name has no '+', so the ending names this robot of this project.
+        suffix = f"{project}+{name}"
         for robot in self._pages(
             "/robots", what=what, params={"q": f"Level=project,ProjectID={project_id}"}
         ):
             full, robot_id = robot.get("name"), robot.get("id")
-            if isinstance(full, str) and full.endswith("$" + suffix):
+            if isinstance(full, str) and full.endswith(suffix):
                 return RobotAccount(
                     name=full, secret="", id=robot_id if isinstance(robot_id, int) else None
                 )
