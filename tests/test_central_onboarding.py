@@ -6,6 +6,7 @@ Harbor runs as :mod:`support.harbor_standin` (its REST API v2.0, backed by the s
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -157,6 +158,47 @@ def test_running_again_says_already_there_and_keeps_the_robot_and_its_secret_fil
     assert standin.projects[project].metadata["public"] == "false"
     assert standin.policies[project][0]["targets"][0]["auth_header"] == hook_secret + "-2"
     assert secret_file.read_bytes() == written and standin.robots == robots
+
+
+def test_a_secret_file_that_is_not_the_robots_current_secret_is_refused(
+    harbor: tuple[HarborStandIn, str],
+    admin: HarborAdmin,
+    hook_secret: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ "already there" is checked: the robot signs in with the file's secret (one HEAD as the
+    robot); a secret refreshed elsewhere is refused, the file left alone."""
+    standin, _ = harbor
+    caplog.set_level(logging.DEBUG)
+    sid, project = station()
+    secret_file = tmp_path / "robot.secret"
+    provision_station(
+        admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret
+    )
+    robot = standin.robots[f"robot${project}+{sid}"]
+    start = len(standin.requests)
+    provision_station(
+        admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret
+    )
+    as_robot = [
+        r for r in standin.requests[start:]
+        if base64.b64decode(r.headers["authorization"][6:]).decode().startswith(robot.name + ":")
+    ]  # fmt: skip
+    assert [(r.method, r.path, r.status) for r in as_robot] == [("HEAD", "/api/v2.0/projects", 200)]
+
+    robot.secret = "refreshed-" + uuid.uuid4().hex  # Harbor's "refresh secret", elsewhere
+    old = secret_file.read_bytes()
+    with pytest.raises(ConflictError) as refused:
+        provision_station(
+            admin, sid, project, HOOK, secret_file=secret_file, webhook_secret=hook_secret
+        )
+    message = str(refused.value)
+    assert "does not hold the current secret" in message and str(secret_file) in message
+    assert robot.secret not in message and old.decode().strip() not in message
+    assert secret_file.read_bytes() == old
+    for secret in (robot.secret, old.decode().strip(), hook_secret):
+        assert secret not in caplog.text
 
 
 def test_removing_revokes_the_robot_and_a_stale_secret_file_is_refused(

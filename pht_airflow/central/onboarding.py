@@ -14,10 +14,11 @@ directory entry is the router's). It asks a :class:`~.registry.RegistryAdmin`, i
 Running it again is safe, and each step says what it did: ``created``, ``updated`` (a public
 project made private, a webhook policy pointed at the new endpoint or secret) or ``already
 there``. The robot is never rotated silently: when the secret file already holds a secret and
-the registry still has the robot, the robot and the file are both kept as they are ("already
-there"; the secret is not shown or written again). A secret file whose robot is gone (revoked
-by :func:`revoke_station`, or deleted by hand), or a robot whose secret file is missing, is
-refused with what to do: the registry shows a robot's secret only once, so a new secret means
+the registry still has the robot and accepts that secret for it (one sign-in as the robot),
+the robot and the file are both kept as they are ("already there"; the secret is not shown or
+written again). A secret file whose robot is gone (revoked by :func:`revoke_station`, or
+deleted by hand), one the registry no longer accepts, or a robot whose secret file is missing,
+is refused with what to do: the registry shows a robot's secret only once, so a new secret means
 a new robot (or Harbor's "refresh secret"), and that is the operator's decision.
 
 :func:`revoke_station` is the registry half of ``pht central stations remove``: it deletes
@@ -179,8 +180,15 @@ def _robot_step(
                 f"that secret no longer works. Move {secret_file} away and run again to "
                 "create a new robot with a new secret"
             )
+        if not admin.robot_secret_works(project, robot.name, _read_secret(secret_file)):
+            raise ConflictError(
+                f"{secret_file} does not hold the current secret of robot "
+                f"{safe_text(robot.name)}: the registry refused it (was the secret refreshed "
+                "elsewhere?). Write the robot's current secret there (mode 0600), or refresh "
+                "it in the registry and write the new one there, and run again"
+            )
         detail = (
-            f"robot {safe_text(robot.name)} is there and its secret is in {secret_file}: both "
+            f"robot {safe_text(robot.name)} is there and its secret in {secret_file} works: both "
             "kept as they are (no second robot, the secret is not rotated or shown again)"
         )
         return ProvisionStep("robot", "already there", detail), None
@@ -256,6 +264,17 @@ def revoke_station(admin: RegistryAdmin, station_id: str, project: str) -> Provi
     report = ProvisionReport(station_id, project, deleted, None, (step,))
     log.info("revoked station %s on the registry: robot %s", station_id, step.status)
     return report
+
+
+def _read_secret(path: Path) -> str:
+    """The secret an earlier run wrote to ``path`` (a link is refused; at most 4 KiB read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(f"cannot read secret file {path} ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(4096)
+    return raw.decode("utf-8", "replace").strip()
 
 
 def _holds_earlier_secret(path: Path) -> bool:

@@ -87,6 +87,10 @@ class RegistryAdmin(Protocol):
         """The robot ``name`` of ``project`` (its secret empty), or None if there is none."""
         ...
 
+    def robot_secret_works(self, project: str, robot_name: str, secret: str) -> bool:
+        """True if the registry accepts ``secret`` for robot ``robot_name`` (its full name)."""
+        ...
+
     def delete_robot(self, project: str, name: str) -> str | None:
         """Delete the robot ``name`` of ``project``; its full name, or None if there was none
         (its credentials stop working at once)."""

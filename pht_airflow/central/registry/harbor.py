@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from ...errors import ConfigError, ConflictError, NotFoundError, RegistryError
+from ...errors import ConfigError, ConflictError, NotFoundError, RegistryAuthError, RegistryError
 from ...oci.reference import check_digest, check_repository
 from ...protocol import TRAIN_TAG
 from ...signing import signature_tag
@@ -235,6 +235,28 @@ class HarborAdmin(HarborAPI):
                     name=full, secret="", id=robot_id if isinstance(robot_id, int) else None
                 )
         return None
+
+    def robot_secret_works(self, project: str, robot_name: str, secret: str) -> bool:
+        """True if Harbor accepts ``secret`` for ``robot_name`` (one ``HEAD /projects`` as the
+        robot: 200 or 404 mean signed in, 401 means not). The secret is never logged."""
+        _check_name("project", project)
+        self._secrets.add(secret)
+        as_robot = HarborAPI(
+            self.api, robot_name, secret, verify_tls=self.verify_tls, insecure=True,
+            timeout=self.timeout, deadline=self.deadline,
+        )  # fmt: skip
+        try:
+            as_robot._request(
+                "HEAD", "/projects", what=f"signing in as robot {safe_text(robot_name)}",
+                params={"project_name": project}, allow=(404,),
+            )  # fmt: skip
+        except RegistryAuthError as exc:
+            if exc.status == 401:
+                return False
+            raise
+        finally:
+            as_robot.close()
+        return True
 
     def delete_robot(self, project: str, name: str) -> str | None:
         """Delete the robot ``name`` of ``project`` (DeleteRobot); its full name, or None if

@@ -113,6 +113,7 @@ class HarborAPI:
         self.host = parts.netloc
         self.api = f"{parts.scheme}://{parts.netloc}{path}/api/v2.0"
         self.username = username
+        self.verify_tls = verify_tls
         self.timeout = timeout
         self.deadline = deadline
         self._secrets: set[str] = {password} if password else set()

@@ -79,6 +79,12 @@ class PlainRegistryAdmin:
             f"accounts, so there is no robot {name!r} for project {project!r} to look up."
         )
 
+    def robot_secret_works(self, project: str, robot_name: str, secret: str) -> bool:
+        raise NotSupportedError(
+            f"registry {self.client.registry} is a plain distribution registry: it has no "
+            "robot accounts to check a secret against."
+        )
+
     def delete_robot(self, project: str, name: str) -> str | None:
         raise NotSupportedError(
             f"registry {self.client.registry} is a plain distribution registry: it has no "
