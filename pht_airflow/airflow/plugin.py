@@ -8,7 +8,7 @@ train digest (and one per retry tag). The run id is derived from the digest, so 
 duplicated delivery finds the run already there and starts nothing; concurrent duplicates
 that race to insert it are answered the same way (the run id is unique in the database).
 The polling DAG (:mod:`.polling`) uses the same run ids, so the two paths never both run a
-train.
+train. A station whose config says ``intake: poll`` has its receiver off (503).
 
 A deployment hosting several stations (``$PHT_STATION_CONFIG_DIR``, see
 :mod:`pht_airflow.airflow.dags`) gets one receiver per station at
@@ -43,6 +43,9 @@ def _config(path: Path | None = None) -> StationConfig:
 
 def _secret(path: Path | None = None) -> str:
     config = _config(path)
+    if config.intake == "poll":
+        log.info("station %s polls (intake: poll); its webhook receiver is off", config.station_id)
+        return ""  # the app answers 503
     if config.webhook_secret is None:
         return ""  # the app answers 503: the receiver is not configured
     try:
