@@ -15,6 +15,7 @@ it, and a retried hop that runs once.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import yaml
 from click.testing import CliRunner
 from support.stationkit import Station, build_train, make_station, make_train_spec, sign_train
 
-from pht_airflow.airflow.polling import POLL_INBOX
+from pht_airflow.airflow.polling import POLL_INBOX, state_variable
 from pht_airflow.central.db import make_engine, make_sessionmaker
 from pht_airflow.central.registry import PlainRegistryAdmin
 from pht_airflow.central.router import Router
@@ -228,6 +229,19 @@ def _hops(world: World, station: str, digest: str) -> list[dict[str, Any]]:
     ]
 
 
+def _wait_known(world: World, station: str, repository: str) -> None:
+    """Wait until the station's poller has recorded ``repository`` as seen."""
+
+    def known() -> bool | None:
+        with world.airflow.client() as http:
+            resp = http.get(f"/api/v2/variables/{state_variable(station)}")
+        if resp.status_code != 200:
+            return None
+        return True if repository in json.loads(resp.json()["value"]) else None
+
+    world.airflow.wait(f"{station}'s poller to know {repository}", known, TRAIN_TIMEOUT)
+
+
 def _wait_runs_finished(world: World, station: str, train_id: str, count: int) -> None:
     def finished() -> bool | None:
         runs = _runs(world, station, train_id)
@@ -267,6 +281,12 @@ def test_webhook_and_polling_together_run_each_hop_once(
         runs = _runs(world, name, spec.id)
         assert [r["dag_run_id"] for r in runs] == ["pht__" + digest.replace(":", "_")], runs
         assert [r["outcome"] for r in _hops(world, name, digest)] == ["success"]
+        # Both paths saw the hop: the poller knows the train too (its run was there or made).
+        _wait_known(world, name, f"{name}/{spec.id}")
+        assert len(_runs(world, name, spec.id)) == 1
+    # At least one hop was started by the webhook receiver (the poller's runs say operator).
+    starters = {r["triggered_by"] for n in STATIONS for r in _runs(world, n, spec.id)}
+    assert "rest_api" in starters, starters
 
 
 def test_a_retried_hop_after_a_station_side_rejection_runs_once(

@@ -13,8 +13,12 @@ A scheduled DAG, one per station whose config says ``intake: poll`` or ``both``,
   creates the ``pht_run_train`` run under the deterministic run id the webhook receiver
   uses, and an existing run (the webhook was first) is "already exists", skipped, not an
   error; so a train digest runs once whichever path sees it first;
-- ``remember`` adds the triggered arrivals to the Variable; it runs only when something was
-  triggered and nothing failed, so a failed trigger is tried again at the next poll.
+- ``remember`` adds the arrivals to the Variable once each has its run (created now, or
+  already there: the webhook was first); it runs only when nothing failed, so a failed
+  trigger is tried again at the next poll.
+
+``scan`` short-circuits: a poll that finds nothing new skips the rest, so an idle poll is one
+task.
 
 Why a scheduled DAG rather than a deferrable sensor or an asset watcher: each poll is a
 short, visible run in the UI with its own log and state, it needs no triggerer-resident
@@ -101,7 +105,7 @@ def poll_inbox_dag(dag_id: str, config_path: str | None, run_dag_id: str) -> DAG
         default_args={"retries": 0, "execution_timeout": max(interval * 5, timedelta(minutes=2))},
     ) as dag:
 
-        @task(task_id="scan")
+        @task.short_circuit(task_id="scan")
         def scan_task(ti: Any = None) -> list[dict[str, Any]]:
             config = load_config(config_path, AIRFLOW_LOOKUPS)
             known = _known(config.station_id)
@@ -115,7 +119,7 @@ def poll_inbox_dag(dag_id: str, config_path: str | None, run_dag_id: str) -> DAG
                 print(f"new: {a.repository}:{a.tag} {a.digest} -> run {a.run_id}")
             return [a.trigger(config.registry.host) for a in arrivals]
 
-        @task(task_id="remember", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        @task(task_id="remember", trigger_rule=TriggerRule.NONE_FAILED)
         def remember_task(ti: Any = None) -> None:
             config = load_config(config_path, AIRFLOW_LOOKUPS)
             seen = ti.xcom_pull(task_ids="scan", key="seen") or {}
