@@ -16,6 +16,7 @@ it, and a retried hop that runs once.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -320,3 +321,47 @@ def test_a_retried_hop_after_a_station_side_rejection_runs_once(
         _wait_runs_finished(world, name, spec.id, 1)
         assert len(_runs(world, name, spec.id)) == 1
         assert [r["outcome"] for r in _hops(world, name, digest)] == ["success"]
+
+
+# --- the Harbor path: a robot lists its project through Harbor's API ------------------------
+
+
+def test_polling_lists_a_harbor_project_through_its_api(
+    tmp_path: Path, harbor: Any, admin: Any, registry: Any, parties: Any, build_and_push: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from pht_airflow.airflow.polling import _repositories
+    from pht_airflow.station.inbox import scan
+
+    _, url = harbor
+    project = "station-h" + os.urandom(3).hex()
+    admin.ensure_project(project)
+    robot = admin.create_robot(project, "station")
+    pushed = {build_and_push(f"{project}/t{n}", "train") for n in range(2)}
+    build_and_push(f"{project}x/t9", "train")  # another project: not listed
+    monkeypatch.setenv("PHT_TEST_ROBOT_SECRET", robot.secret)
+    station = make_station(
+        tmp_path / "station-h",
+        parties["station-a"],
+        registry.host,
+        creators=[parties["alice"].public.pem],
+        approvers=[parties["reviewer"].public.pem],
+        overrides={
+            "registry": {
+                "project": project,
+                "harbor_url": url,
+                "username": robot.name,
+                "password": {"env": "PHT_TEST_ROBOT_SECRET"},
+            },
+            "intake": "poll",
+        },
+    )
+    config = station.config()
+    assert config.registry.harbor_url == url.rstrip("/")
+    with RegistryClient(registry.host) as client:
+        listing = _repositories(config, client)
+        assert sorted(listing()) == [f"{project}/t0", f"{project}/t1"]
+        arrivals, _ = scan(client, listing, {})
+    assert {(f"{registry.host}/{a.repository}", a.digest) for a in arrivals} == {
+        (f"{ref.registry}/{ref.repository}", ref.digest) for ref in pushed
+    }
