@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +88,19 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(
-    tmp_path_factory: pytest.TempPathFactory, parties: Any, docker_client: Any
-) -> Iterator[World]:
+    tmp_path_factory: pytest.TempPathFactory, parties: Any, docker_client: Any,
+    postgres_server: str,
+) -> Iterator[World]:  # fmt: skip
     root = tmp_path_factory.mktemp("polling")
+    # Three stations polling every few seconds write a DAG run each time: Airflow's metadata
+    # lives in PostgreSQL here (SQLite's single writer made the API server answer "database
+    # is locked" under that load).
+    import psycopg
+
+    database = f"airflow_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+    metadata = f"{postgres_server}/{database}".replace("postgresql://", "postgresql+psycopg://", 1)
     dispatcher = Dispatcher()
     central_port = free_port()
     server = uvicorn.Server(
@@ -131,7 +142,11 @@ def world(
             },
         )
         (hosted / f"{name}.yaml").symlink_to(stations[name].config_path)
-    env = {"PHT_STATION_CONFIG_DIR": str(hosted), "PHT_WEBHOOK_SECRET": STATION_SECRET}
+    env = {
+        "PHT_STATION_CONFIG_DIR": str(hosted),
+        "PHT_WEBHOOK_SECRET": STATION_SECRET,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,
+    }
     airflow = None
     try:
         airflow = start_airflow(root / "airflow-home", env=env, port=airflow_port, log_dir=root)

@@ -99,7 +99,6 @@ def poll_inbox_dag(dag_id: str, config_path: str | None, run_dag_id: str) -> DAG
         schedule=interval,
         catchup=False,
         max_active_runs=1,
-        is_paused_upon_creation=False,
         tags=["pht"],
         doc_md=__doc__,
         default_args={"retries": 0, "execution_timeout": max(interval * 5, timedelta(minutes=2))},
