@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -380,3 +382,56 @@ def test_polling_lists_a_harbor_project_through_its_api(
     assert {(f"{registry.host}/{a.repository}", a.digest) for a in arrivals} == {
         (f"{ref.registry}/{ref.repository}", ref.digest) for ref in pushed
     }
+
+
+# --- the DAG file and the config fields -----------------------------------------------------
+
+
+def test_only_polling_stations_get_a_poll_dag(
+    airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.timetables.trigger import DeltaTriggerTimetable
+    from conftest import REPO
+
+    folder = tmp_path / "stations"
+    folder.mkdir()
+    for name, extra in (("s-hook", ""), ("s-poll", "intake: poll\npoll_interval: 90s\n"),
+                        ("s-both", "intake: both\n")):  # fmt: skip
+        (folder / f"{name}.yaml").write_text(f"station: {{id: {name}}}\n{extra}")
+    monkeypatch.setenv("PHT_STATION_CONFIG_DIR", str(folder))
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    polling = {d for d in bag.dag_ids if d.startswith(POLL_INBOX)}
+    assert polling == {f"{POLL_INBOX}__s-poll", f"{POLL_INBOX}__s-both"}
+    dag = bag.get_dag(f"{POLL_INBOX}__s-poll")
+    assert {t.task_id for t in dag.tasks} == {"scan", "trigger", "remember"}
+    assert dag.max_active_runs == 1 and not dag.catchup
+    assert dag.timetable == DeltaTriggerTimetable(timedelta(seconds=90))
+    trigger = dag.get_task("trigger")
+    assert trigger.partial_kwargs["trigger_dag_id"] == "pht_run_train__s-poll"
+    assert trigger.partial_kwargs["skip_when_already_exists"] is True
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"intake": "sometimes"}, "intake: must be one of webhook, poll, both"),
+        ({"intake": ["poll"]}, "intake: must be one of webhook, poll, both"),
+        ({"poll_interval": "0.5s"}, "poll_interval: must be at least 1s"),
+        ({"poll_interval": "fast"}, "poll_interval: 'fast' is not a duration"),
+        ({"registry": {"harbor_url": "ftp://x"}}, "registry.harbor_url: must be a URL"),
+    ],
+)
+def test_intake_fields_are_checked(
+    tmp_path: Path, parties: Any, fields: dict[str, Any], message: str
+) -> None:
+    from pht_airflow.errors import ConfigError
+
+    station = make_station(
+        tmp_path / "s", parties["station-a"], "127.0.0.1:5000",
+        creators=[parties["alice"].public.pem], approvers=[], required_approvals=0,
+        overrides=fields,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        station.config()
