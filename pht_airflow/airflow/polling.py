@@ -81,7 +81,12 @@ def _repositories(config: Any, client: Any) -> Any:
                 insecure=config.registry.insecure,
             )
             try:
-                return [r for r in admin.list_repositories(project) if r.count("/") == 1]
+                prefix = project + "/"  # whatever Harbor answers, only this project's
+                return [
+                    r
+                    for r in admin.list_repositories(project)
+                    if r.startswith(prefix) and "/" not in r[len(prefix) :]
+                ]
             finally:
                 admin.close()
 

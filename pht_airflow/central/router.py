@@ -253,7 +253,7 @@ class Router(Directory):
 
         The copy of a train already in the project writes nothing, so neither the registry's
         webhook nor a polling station would see anything new; the retry tag is a push they
-        both see, and the station runs the hop once per retry tag (PROTOCOL.md "Retry").
+        both see, and the station runs the hop once per retry tag (``protocol.RETRY_TAG``).
         """
         target = f"{self._project(s, train.hops[hop].station)}/{train.id}"
         try:

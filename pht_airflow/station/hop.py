@@ -138,7 +138,7 @@ def _retry_of(reference: str) -> str | None:
 
 
 def _explicit_retry(client: RegistryClient, ref: Reference) -> tuple[str, int] | None:
-    """An explicit retry (PROTOCOL.md "Retry"): the reference names a ``retry-<k>-<n>`` tag,
+    """An explicit retry (``protocol.RETRY_TAG``): the reference names a ``retry-<k>-<n>`` tag,
     which must point at the train (the pinned digest, when the reference has one)."""
     tag = ref.tag
     m = RETRY_TAG.match(tag) if tag else None
