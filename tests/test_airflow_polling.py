@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_airflow_plugin
 import uvicorn
 import yaml
 from click.testing import CliRunner
@@ -53,6 +54,8 @@ CENTRAL_SECRET = "polling-central-secret"
 STATION_SECRET = "polling-station-secret"
 POLL_INTERVAL = "3s"
 TRAIN_TIMEOUT = 600.0  # three hops on a loaded 2-core machine
+
+dag_in_db = test_airflow_plugin.dag_in_db  # the fixture: pht_run_train in the metadata DB
 
 
 class Dispatcher:
@@ -435,3 +438,57 @@ def test_intake_fields_are_checked(
     )  # fmt: skip
     with pytest.raises(ConfigError, match=re.escape(message)):
         station.config()
+
+
+# --- the webhook receiver and retry tags ----------------------------------------------------
+
+
+def test_the_webhook_receiver_starts_one_run_per_retry_tag_and_is_off_for_poll(
+    tmp_path: Path, parties: Any, dag_in_db: str
+) -> None:
+    import hashlib
+
+    import httpx
+    from airflow.models.dagrun import DagRun
+    from test_airflow_plugin import DIST, _train_push
+    from test_web_webhook_app import Served
+
+    from pht_airflow.airflow.plugin import build_app
+
+    (tmp_path / "webhook.secret").write_text(STATION_SECRET)
+    station = make_station(
+        tmp_path / "station-a", parties["station-a"], "127.0.0.1:5000",
+        creators=[parties["alice"].public.pem], approvers=[parties["reviewer"].public.pem],
+        overrides={"webhook": {"secret": {"file": str(tmp_path / "webhook.secret")}}},
+    )  # fmt: skip
+    digest = "sha256:" + hashlib.sha256(uuid.uuid4().bytes).hexdigest()
+    body = json.loads(_train_push(digest))
+    repository = body["events"][0]["target"]["repository"]
+    headers = {"Authorization": STATION_SECRET, "Content-Type": DIST}
+
+    def push(tag: str) -> bytes:
+        body["events"][0]["id"] = str(uuid.uuid4())
+        body["events"][0]["target"]["tag"] = tag
+        return json.dumps(body).encode()
+
+    served = Served(build_app(station.config_path)).start()
+    try:
+        url = f"http://127.0.0.1:{served.port}/registry-events"
+        with httpx.Client(trust_env=False, timeout=60) as http:
+            answers = [http.post(url, content=push(t), headers=headers) for t in
+                       ("retry-0-1", "retry-0-1", "result-0", "retry-0-x")]  # fmt: skip
+            assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+            results = [[x["result"] for x in a.json()["accepted"]] for a in answers]
+            run_id = "pht__" + digest.replace(":", "_") + "__retry-0-1"
+            assert results == [[run_id], [None], [None], [None]]
+            (run,) = DagRun.find(dag_id=dag_in_db, run_id=run_id)
+            assert run.conf["train"] == f"127.0.0.1:5000/{repository}:retry-0-1@{digest}"
+
+            config = yaml.safe_load(station.config_path.read_text())
+            config["intake"] = "poll"
+            station.config_path.write_text(yaml.safe_dump(config))
+            off = http.post(url, content=push("train"), headers=headers)
+            assert off.status_code == 503, off.text
+            assert not DagRun.find(dag_id=dag_in_db, run_id="pht__" + digest.replace(":", "_"))
+    finally:
+        served.stop()
