@@ -68,3 +68,16 @@ def test_json_escapes_what_a_terminal_acts_on(capsys: pytest.CaptureFixture[str]
     assert "é 漢字 ✓" in out  # printable text stays as it is
     assert "\\u202e" in out and "\\u009b" in out and "\\u007f" in out and "\\udb40\\udc41" in out
     assert json.loads(out) == data
+
+
+def test_an_empty_field_shows_as_a_dash(wide: None) -> None:
+    """A station that was never removed has ``removed: null``: its row reads ``-``, not None."""
+    rows = [{"id": "station-a", "removed": None}, {"id": "station-b", "removed": "2026-12-05"}]
+    with render.out.capture() as captured:
+        render.print_rows(rows, "stations", {"id": "id", "removed": "removed"}, False)
+    text = captured.get()
+    assert "None" not in text
+    assert [line.split("│")[2].strip() for line in text.splitlines() if "station-" in line] == [
+        "-",
+        "2026-12-05",
+    ]

@@ -120,7 +120,8 @@ def render_spec(spec: Any, digest: str, name: str) -> None:
 def print_rows(
     rows: list[dict[str, Any]], title: str, columns: dict[str, str], as_json: bool
 ) -> None:
-    """Print directory rows as JSON, or as a table of ``columns`` (heading -> field)."""
+    """Print directory rows as JSON, or as a table of ``columns`` (heading -> field); an
+    empty field (None) shows as ``-``."""
     if as_json:
         print_json(rows)
         return
@@ -128,7 +129,7 @@ def print_rows(
     for heading in columns:
         table.add_column(heading)
     for r in rows:
-        table.add_row(*(shown(r[name]) for name in columns.values()))
+        table.add_row(*("-" if r[name] is None else shown(r[name]) for name in columns.values()))
     out.print(table)
 
 
