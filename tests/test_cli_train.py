@@ -7,8 +7,12 @@ stations' keys, which is exactly what a station's execute step calls.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import re
+import subprocess
+import sys
 import tarfile
 import unicodedata
 from pathlib import Path
@@ -311,16 +315,24 @@ def test_approve_refuses_a_spec_with_hostile_fields_and_shows_them_escaped(
     assert verified.exit_code == 3  # nothing was signed
 
 
-def _push_config_image(client: RegistryClient, repository: str, config: bytes) -> str:
-    """A one-layer OCI image with ``config`` as its config blob; returns the manifest digest."""
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as tar:
-        info = tarfile.TarInfo("opt/train/run.py")
-        info.size = 2
-        tar.addfile(info, io.BytesIO(b"1\n"))
-    layer_desc = client.upload_bytes(
-        repository, layer.getvalue(), "application/vnd.oci.image.layer.v1.tar"
-    )
+def _push_config_image(
+    client: RegistryClient, repository: str, config: bytes, layer_gzip: bytes | None = None
+) -> str:
+    """A one-layer OCI image with ``config`` as its config blob (and ``layer_gzip`` as its
+    gzip-compressed layer when given); returns the manifest digest."""
+    if layer_gzip is None:
+        layer = io.BytesIO()
+        with tarfile.open(fileobj=layer, mode="w") as tar:
+            info = tarfile.TarInfo("opt/train/run.py")
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"1\n"))
+        layer_desc = client.upload_bytes(
+            repository, layer.getvalue(), "application/vnd.oci.image.layer.v1.tar"
+        )
+    else:
+        layer_desc = client.upload_bytes(
+            repository, layer_gzip, "application/vnd.oci.image.layer.v1.tar+gzip"
+        )
     config_desc = client.upload_bytes(
         repository, config, "application/vnd.oci.image.config.v1+json"
     )
@@ -405,3 +417,83 @@ def test_signer_names_are_escaped_in_tables_and_json(
     assert _raw_controls(as_json.stdout) == []
     assert "\\u202e" in as_json.stdout and "\\u009b" in as_json.stdout
     assert json.loads(as_json.stdout)["signers"][0]["signer"] == hostile
+
+
+def _pax_bomb_layer(size: int) -> bytes:
+    """A gzip layer whose first member is a PAX extended header of ``size`` bytes (a path of
+    'a's): about 100 KiB on the wire for 64 MiB."""
+    value = b"a" * (size - 20)
+    record = b" path=" + value + b"\n"
+    length = len(record) + len(str(len(record) + 8))
+    record = str(length).encode() + record
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = len(record)
+    raw = header.tobuf(tarfile.USTAR_FORMAT)
+    raw += record + b"\0" * (-len(record) % 512)
+    member = tarfile.TarInfo("placeholder")
+    raw += member.tobuf(tarfile.USTAR_FORMAT) + b"\0" * 1024
+    return gzip.compress(raw, compresslevel=6)
+
+
+_LIST_IN_CHILD = r"""
+import json, sys
+from pathlib import Path
+from pht_airflow.oci import Reference, RegistryClient
+from pht_airflow.researcher.inspect import image_files
+
+ref = Reference.parse(sys.argv[1])
+outcome = {"error": None, "message": ""}
+with RegistryClient(ref.registry) as client:
+    manifest = client.get_manifest(ref.repository, ref.reference)
+    try:
+        image_files(client, ref, manifest, 100)
+    except Exception as exc:
+        outcome = {"error": type(exc).__name__, "message": str(exc)}
+status = Path("/proc/self/status").read_text().splitlines()
+hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(json.dumps({**outcome, "hwm_kib": hwm}))
+"""
+
+
+def test_approve_refuses_a_layer_with_a_huge_extended_header_in_bounded_memory(
+    workspace: dict[str, Path],
+    key_files: dict[str, Path],
+    registry: Any,
+    parties: Any,
+    client: RegistryClient,
+) -> None:
+    """A train layer whose PAX header is 64 MiB (tarfile reads such a header whole, and
+    parses it into more copies) is refused by the file listing before it is read: a clean
+    one-line error, nothing signed, and the listing's peak RSS (VmHWM of a fresh interpreter,
+    about 45 MiB with its imports) stays under 100 MiB, less than the header alone would take
+    with its copies."""
+    spec = make_train_spec(parties, ["station-a"])
+    repository = f"pht-incoming/{spec.id}"
+    config = {
+        "architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []},
+        "config": {"Labels": {TRAIN_LABEL: spec.to_canonical_json()}, "Cmd": ["python3"]},
+    }  # fmt: skip
+    layer = _pax_bomb_layer(64 * 1024 * 1024)
+    digest = _push_config_image(client, repository, json.dumps(config).encode(), layer)
+    pinned = f"{registry.host}/{repository}@{digest}"
+    sign_train(client, Reference.parse(pinned), parties, "alice")
+    args = ["train", "approve", pinned, "--key", str(workspace["reviewer"]), "--yes",
+            "--passphrase-file", str(key_files["passphrase"])]  # fmt: skip
+    result = CliRunner().invoke(main, args, env={"COLUMNS": "1000"}, catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert re.search(
+        r"holds an extended tar header of 6710\d{4} bytes \(at most 65536 are read\); "
+        "refusing to list it",
+        result.output,
+    ), result.output
+    assert _run("verify", pinned, "--key", str(workspace["reviewer_pub"])).exit_code == 3
+
+    done = subprocess.run(
+        [sys.executable, "-c", _LIST_IN_CHILD, pinned],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert outcome["error"] == "InvalidManifestError", outcome
+    assert outcome["hwm_kib"] < 100 * 1024, outcome

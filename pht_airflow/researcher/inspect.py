@@ -136,11 +136,48 @@ def describe_image(client: RegistryClient, train: Reference) -> ImageSummary:
     return ImageSummary(manifest, history, entry.get("Entrypoint"), entry.get("Cmd"), shown)
 
 
+#: The largest extended header (PAX or GNU long name) a train layer may carry when its files
+#: are listed. tarfile reads such a header whole into memory; real ones are a few hundred bytes.
+MAX_LAYER_HEADER_BYTES = 64 * 1024
+#: Longest file name kept for the listing (a PAX path may be longer; it is cut).
+MAX_LISTED_NAME = 4096
+
+_EXTENDED_HEADERS = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses, before tarfile reads it, an extended header larger than
+    :data:`MAX_LAYER_HEADER_BYTES` and a GNU sparse member (whose extension blocks tarfile
+    collects without bound). Hooks tarfile's per-member processing, where those reads happen."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED_HEADERS and self.size > MAX_LAYER_HEADER_BYTES:
+            raise _LayerRefused(
+                f"an extended tar header of {self.size} bytes (at most "
+                f"{MAX_LAYER_HEADER_BYTES} are read)"
+            )
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _LayerRefused("a GNU sparse member")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
+class _LayerRefused(Exception):
+    """A layer the listing will not read (message says why); becomes InvalidManifestError."""
+
+
 def image_files(
     client: RegistryClient, train: Reference, manifest: Manifest, limit: int
 ) -> list[str]:
     """List the files in an image's layers, sorted, at most ``limit`` and then a count of the
-    rest. Streams each layer once; nothing is stored, and at most ``2 * limit`` names are held.
+    rest. Streams each layer once; nothing is stored, at most ``2 * limit`` names are held
+    (each cut to :data:`MAX_LISTED_NAME`), and an extended header over
+    :data:`MAX_LAYER_HEADER_BYTES` or a GNU sparse member is refused before it is read.
     A layer that is not a readable tar raises :class:`~pht_airflow.errors.InvalidManifestError`.
     """
     names: list[str] = []
@@ -148,15 +185,20 @@ def image_files(
     for layer in manifest.layers:
         stream = ChunkReader(client.open_blob(train.repository, layer.digest))
         try:
-            with tarfile.open(fileobj=stream, mode="r|*") as archive:
+            with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_BoundedTarInfo) as archive:
                 for member in archive:
                     total += 1
-                    names.append(member.name + ("/" if member.isdir() else ""))
+                    names.append(member.name[:MAX_LISTED_NAME] + ("/" if member.isdir() else ""))
                     if len(names) > 2 * limit:
                         names.sort()
                         del names[limit:]
         except PhtError:
             raise
+        except _LayerRefused as exc:
+            raise InvalidManifestError(
+                f"layer {layer.digest} of {train.name}@{manifest.digest} holds {exc}; "
+                "refusing to list it"
+            ) from None
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
             raise InvalidManifestError(
                 f"layer {layer.digest} of {train.name}@{manifest.digest} is not a readable "
