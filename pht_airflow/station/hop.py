@@ -198,6 +198,16 @@ def _existing_result(client: RegistryClient, verified: VerifiedTrain) -> dict[st
 HOP_PREFIX = "hop-"
 
 
+def sandbox_name(config: StationConfig, train_id: str, hop: int) -> str:
+    """The sandbox container's name for a train's hop at this station (deterministic)."""
+    return f"pht-{config.station_id}-{train_id[:8]}-{hop}"
+
+
+def wipe_work(path: Path) -> None:
+    """Remove a hop's private folder (:func:`_wipe`), for a task being killed."""
+    _wipe(path)
+
+
 def _wipe(path: Path) -> None:
     """Remove a temporary folder; files are unlinked (the sandbox made them as another uid)."""
     wipe(path / "data")  # extracted data is read-only: make its folders writable first
@@ -248,8 +258,12 @@ def execute_step(
     *,
     docker_client: Any = None,
     logger: Log | None = None,
+    on_work: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
-    """Decrypt input, run the sandbox, check the release policy, seal, push, sign, wipe."""
+    """Decrypt input, run the sandbox, check the release policy, seal, push, sign, wipe.
+
+    ``on_work`` is told the hop's private folder as soon as it exists (so a task being
+    killed can wipe it, :func:`wipe_work`)."""
     import docker
 
     ref = Reference.parse(verified_summary["reference"])
@@ -286,6 +300,8 @@ def execute_step(
             ) from None
         work, lock, removed = _open_work(config, f"{HOP_PREFIX}{verified.spec.id}-")
         try:
+            if on_work is not None:
+                on_work(work)
             if removed:
                 _record_cleanup(config, removed, logger)
             input_dir = work / "input"
@@ -317,7 +333,7 @@ def execute_step(
                         env=env,
                         limits=config.limits,
                         log=logger,
-                        name=f"pht-{config.station_id}-{verified.spec.id[:8]}-{verified.hop}",
+                        name=sandbox_name(config, verified.spec.id, verified.hop),
                     )
                 except BaseException as exc:
                     # The train saw the data even if it failed: the audit record says which.
@@ -386,7 +402,10 @@ def _drop_image(engine: Any, image: str, logger: Log | None) -> None:
 
 def failure_summary(exc: BaseException) -> dict[str, Any]:
     """What the audit log records about a failure (check, digest, key id, message)."""
-    message = re.sub(r"(?i)age-secret-key|private key", "[redacted]", str(exc))[:1000]
+    message = re.sub(
+        r"(?i)age-secret-key-1[0-9a-z]*|age-secret-key|private key", "[redacted]", str(exc)
+    )
+    message = safe_text(message, limit=1000)
     info: dict[str, Any] = {"error": type(exc).__name__, "message": message}
     if isinstance(exc, VerificationError):
         info.update(check=exc.check, digest=exc.digest, key_id=exc.key_id)
