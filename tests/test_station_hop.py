@@ -226,10 +226,10 @@ KILLED_HOP = """
 import sys
 from pht_airflow.station.config import load_config
 from pht_airflow.station.data import data_view
-from pht_airflow.station.hop import _open_work
+from pht_airflow.station.sweep import open_work
 from pht_airflow.station.secrets import DatabaseUrls
 config = load_config(sys.argv[1], DatabaseUrls({"pht_omop": sys.argv[2]}))
-work, lock, _ = _open_work(config, "hop-killed-")
+work, lock = open_work(config, "hop-killed-")
 with data_view(config.datasets["cohort"], work):
     print(work.name, flush=True)
     sys.stdin.read()  # until the test kills this process
@@ -244,7 +244,7 @@ def test_the_next_hop_removes_what_a_killed_hop_left_and_audits_it(
     import subprocess
     import sys
 
-    from pht_airflow.station.hop import _open_work
+    from pht_airflow.station.sweep import sweep
 
     _seed_people(postgres_url)
     a, config = _sql_station(stations, postgres_url, tables=["person"], formats=["csv"])
@@ -255,14 +255,9 @@ def test_the_next_hop_removes_what_a_killed_hop_left_and_audits_it(
     try:
         left = proc.stdout.readline().strip() if proc.stdout else ""
         assert left.startswith("hop-killed-")
-        # While that hop lives, its folder is not touched by another hop's pre-flight.
-        work, lock, removed = _open_work(config, "hop-probe-")
-        assert removed == [] and (a.root / "work" / left / "data" / "person.csv").exists()
-        import os
-        import shutil
-
-        os.close(lock)
-        shutil.rmtree(work)
+        # While that hop lives, its folder is not touched by another hop's sweep.
+        assert not sweep(config, docker_client)
+        assert (a.root / "work" / left / "data" / "person.csv").exists()
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -272,8 +267,8 @@ def test_the_next_hop_removes_what_a_killed_hop_left_and_audits_it(
     lines: list[str] = []
     record = run_hop(config, str(ref), logger=lines.append, docker_client=docker_client)
     assert record["outcome"] == "success"
-    assert f"pre-flight: removed 1 leftover hop folder(s): {left}" in lines
+    assert "sweep: removed 1 hop folder(s), 0 container(s), 0 train image reference(s)" in lines
     cleanup, hop = AuditLog(a.audit_path).entries()
-    assert cleanup["event"] == "cleanup" and cleanup["removed"] == [left]
+    assert cleanup["event"] == "cleanup" and cleanup["removed"]["folders"] == [left]
     assert hop["event"] == "hop"
     assert list((a.root / "work").iterdir()) == []

@@ -14,12 +14,9 @@ attempt pushed before failing), it returns that result instead of running again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,8 +31,10 @@ from ..results import accept_hop, find_results, open_result, seal
 from ..text import safe_text
 from .audit import AuditLog, hop_record
 from .config import StationConfig
-from .data import data_view, wipe
+from .data import data_view
 from .sandbox import run_train
+from .sweep import HOP_PREFIX, open_work, sweep
+from .sweep import wipe_folder as _wipe
 from .verify import Trust, VerifiedTrain, verify_train
 
 log = logging.getLogger(__name__)
@@ -194,10 +193,6 @@ def _existing_result(client: RegistryClient, verified: VerifiedTrain) -> dict[st
     }
 
 
-#: The hop folders in ``work_dir`` (decrypted input, output, extracted data).
-HOP_PREFIX = "hop-"
-
-
 def sandbox_name(config: StationConfig, train_id: str, hop: int) -> str:
     """The sandbox container's name for a train's hop at this station (deterministic)."""
     return f"pht-{config.station_id}-{train_id[:8]}-{hop}"
@@ -206,50 +201,6 @@ def sandbox_name(config: StationConfig, train_id: str, hop: int) -> str:
 def wipe_work(path: Path) -> None:
     """Remove a hop's private folder (:func:`_wipe`), for a task being killed."""
     _wipe(path)
-
-
-def _wipe(path: Path) -> None:
-    """Remove a temporary folder; files are unlinked (the sandbox made them as another uid)."""
-    wipe(path / "data")  # extracted data is read-only: make its folders writable first
-    shutil.rmtree(path, ignore_errors=True)
-    if path.exists():  # pragma: no cover - only on a permission oddity
-        log.error("could not wipe %s", path)
-
-
-def _open_work(config: StationConfig, prefix: str) -> tuple[Path, int, list[str]]:
-    """A new private hop folder, locked by this process, after removing leftovers.
-
-    Every hop folder is held with ``flock`` on its directory for as long as the hop runs; a
-    folder whose lock is free belongs to a hop that ended without wiping it (the task was
-    killed) and is removed here. Creating and cleaning happen under one guard lock, so a
-    folder is never seen unlocked between its creation and its lock. Returns the folder, the
-    lock's file descriptor (close it after wiping) and the names of the leftovers removed.
-    """
-    root = config.work_dir
-    root.mkdir(parents=True, exist_ok=True)
-    guard = os.open(root, os.O_RDONLY | os.O_DIRECTORY)  # the guard: a lock on work_dir
-    try:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        removed: list[str] = []
-        for old in sorted(root.glob(f"{HOP_PREFIX}*")):
-            if not old.is_dir() or old.is_symlink():
-                continue
-            fd = os.open(old, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a hop that is running
-            finally:
-                os.close(fd)
-            _wipe(old)
-            removed.append(old.name)
-        work = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
-        lock = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-    finally:
-        os.close(guard)
-    os.chmod(work, 0o700)
-    return work, lock, removed
 
 
 def execute_step(
@@ -286,24 +237,24 @@ def execute_step(
         if dataset is None:
             raise PolicyError(f"data set {verified.spec.dataset!r} is not offered here")
         engine = docker_client or docker.from_env(timeout=300)
+        sweep(config, engine, logger=logger)  # leftovers of hops that are not running
         image = f"{ref.registry}/{ref.repository}@{verified.digest}"
         username, password = config.registry.credentials()
         auth = {"username": username, "password": password} if username else None
-        _say(logger, f"pulling {image}")
-        try:
-            engine.images.pull(
-                f"{ref.registry}/{ref.repository}", tag=verified.digest, auth_config=auth
-            )
-        except docker.errors.APIError as exc:
-            raise RegistryError(
-                f"the Docker engine could not pull {image}: {exc.explanation}"
-            ) from None
-        work, lock, removed = _open_work(config, f"{HOP_PREFIX}{verified.spec.id}-")
+        # The folder names the image before it is pulled: a sweep keeps a running hop's image.
+        work, lock = open_work(config, f"{HOP_PREFIX}{verified.spec.id}-", image=image)
         try:
             if on_work is not None:
                 on_work(work)
-            if removed:
-                _record_cleanup(config, removed, logger)
+            _say(logger, f"pulling {image}")
+            try:
+                engine.images.pull(
+                    f"{ref.registry}/{ref.repository}", tag=verified.digest, auth_config=auth
+                )
+            except docker.errors.APIError as exc:
+                raise RegistryError(
+                    f"the Docker engine could not pull {image}: {exc.explanation}"
+                ) from None
             input_dir = work / "input"
             if verified.previous is not None:
                 identity = config.load_age_identity()
@@ -368,19 +319,6 @@ def execute_step(
         "reused": False,
         "data": data,
     }
-
-
-def _record_cleanup(config: StationConfig, removed: list[str], logger: Log | None) -> None:
-    """Say in the audit log that leftovers of killed hops were wiped (pre-flight)."""
-    audit_log(config).append(
-        {
-            "event": "cleanup",
-            "station": config.station_id,
-            "removed": removed,
-            "reason": "hop folders left by a hop that ended without wiping them (killed task)",
-        }
-    )
-    _say(logger, f"pre-flight: removed {len(removed)} leftover hop folder(s): {', '.join(removed)}")
 
 
 def _drop_image(engine: Any, image: str, logger: Log | None) -> None:

@@ -619,9 +619,15 @@ def container_settings(
     from docker.types import LogConfig, Ulimit
 
     labels = {LABEL: "1", "org.pht.sandbox.image": image}
-    for var, label in (("PHT_TRAIN_ID", "train-id"), ("PHT_HOP", "hop")):
+    for var, label in (
+        ("PHT_TRAIN_ID", "train-id"),
+        ("PHT_HOP", "hop"),
+        ("PHT_STATION_ID", "station"),
+    ):
         if var in env:
             labels[f"org.pht.sandbox.{label}"] = env[var]
+    # The leftover sweep (station.sweep) finds the hop's work folder, and its lock, by this.
+    labels["org.pht.sandbox.output"] = str(output_dir)
     volumes = {
         str(data_dir): {"bind": DATA_PATH, "mode": "ro"},
         str(input_dir): {"bind": INPUT_PATH, "mode": "ro"},
