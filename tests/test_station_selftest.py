@@ -26,7 +26,7 @@ from pht_airflow.station.sandbox import Limits
 
 pytestmark = [pytest.mark.airflow, pytest.mark.docker, pytest.mark.registry]
 
-CHECKS = ["engine", "registry", "keys", "datasets", "sandbox"]
+CHECKS = ["engine", "registry", "keys", "datasets", "sandbox", "leftovers"]
 
 
 @pytest.fixture(scope="module")

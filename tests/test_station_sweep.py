@@ -225,3 +225,37 @@ def test_a_deep_stale_folder_is_removed(stations: Any, docker_client: Any) -> No
     swept = sweep(config, docker_client)
     assert swept.folders == ["hop-deep-x"] and not folder.exists()
     assert not IMAGE_MARKER.startswith("hop-")
+
+
+def test_the_self_test_sweeps_leftovers_and_audits_them(
+    docker_client: Any, busybox_image: str, stations: Any, made: Any
+) -> None:
+    from pht_airflow.station import selftest
+
+    a = stations["station-a"]
+    config = a.config()
+    stale = _folder(config.work_dir, "killed", plaintext=True)
+    exited = _container(docker_client, busybox_image, "station-a", stale, ["true"], made)
+    exited.start()
+    assert exited.wait()["StatusCode"] == 0
+    message = selftest.run_check("leftovers", config, docker_client)
+    assert message.startswith("leftovers: removed 1 hop folder(s), 1 sandbox container(s) and 0")
+    assert not stale.exists() and not _exists(docker_client, exited)
+    (record,) = AuditLog(a.audit_path).entries()
+    assert record["event"] == "cleanup"
+    assert record["removed"]["folders"] == [stale.name]
+    assert record["removed"]["containers"] == [f"{exited.name} ({exited.id[:12]})"]
+    assert selftest.run_check("leftovers", config, docker_client) == (
+        "leftovers: no hop folder, sandbox container or pulled train image left behind"
+    )
+
+
+def test_the_self_test_says_when_the_sweep_cannot_run(docker_client: Any, stations: Any) -> None:
+    from pht_airflow.errors import SelfTestError
+    from pht_airflow.station import selftest
+
+    config = stations["station-a"].config()
+    config.work_dir.parent.mkdir(parents=True, exist_ok=True)
+    config.work_dir.write_text("not a folder\n")  # work_dir cannot be created or locked
+    with pytest.raises(SelfTestError, match=r"^leftovers: the sweep of .* failed \("):
+        selftest.run_check("leftovers", config, docker_client)
