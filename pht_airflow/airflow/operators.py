@@ -11,18 +11,27 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import (
+    AirflowFailException,
+    AirflowSkipException,
+    AirflowTaskTimeout,
+)
 
 from ..errors import PhtError, RegistryError
 from ..station import hop
 from ..station.config import StationConfig, load_config
+from ..station.sandbox import LABEL
 from ..text import safe_text
 from .lookups import AIRFLOW_LOOKUPS
 
 FAILURE_KEY = "failure"
+#: The key of the XCom a hop task pushes as it starts: a task that started but left neither a
+#: summary nor a ``failure`` XCom ended without reporting (killed, timed out or crashed).
+STARTED_KEY = "started"
 #: The key of the verify task's XCom that holds the approval card (subject and body).
 CARD_KEY = "card"
 
@@ -89,15 +98,35 @@ class _HopOperator(BaseOperator):
         self.config_path = config_path
 
     def _guarded(self, context: Any, call: Callable[[], Any]) -> Any:
+        ti = context["ti"]
+        ti.xcom_push(key=STARTED_KEY, value=self.task_id)
         try:
             return call()
         except PhtError as exc:
-            context["ti"].xcom_push(key=FAILURE_KEY, value=hop.failure_summary(exc))
+            ti.xcom_push(key=FAILURE_KEY, value=hop.failure_summary(exc))
             message = safe_text(exc, limit=4000)
             self.log.error("%s", message)
             if isinstance(exc, RegistryError) and exc.retryable:
                 raise  # a network or server hiccup: let Airflow's retries have a go
             raise AirflowFailException(message) from None
+        except AirflowTaskTimeout:
+            limit = self.execution_timeout
+            ti.xcom_push(
+                key=FAILURE_KEY,
+                value={
+                    "error": "TaskTimeout",
+                    "message": f"the {self.task_id} task timed out after {limit} "
+                    "(policy.task_timeout) and was stopped",
+                },
+            )
+            raise
+        except Exception as exc:  # not ours: audit its type and message, let retries have a go
+            summary = hop.failure_summary(exc)
+            summary["message"] = safe_text(
+                f"{summary['message']} (during {self.task_id})", limit=1000
+            )
+            ti.xcom_push(key=FAILURE_KEY, value=summary)
+            raise
 
 
 class VerifyTrainOperator(_HopOperator):
@@ -140,22 +169,71 @@ class ApprovalPolicyGate(BaseOperator):
 
 
 class ExecuteTrainOperator(_HopOperator):
-    """The Execute step: decrypt input, sandbox, seal, push, sign, wipe, in one task."""
+    """The Execute step: decrypt input, sandbox, seal, push, sign, wipe, in one task.
+
+    ``on_kill`` (Airflow calls it on SIGTERM, a task kill and ``execution_timeout``) stops and
+    removes the running sandbox container and wipes the hop's private folder."""
 
     def __init__(self, *, verify_task_id: str = "verify", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.verify_task_id = verify_task_id
+        self._container: str | None = None
+        self._work: Path | None = None
 
     def execute(self, context: Any) -> dict[str, Any]:
         verified = context["ti"].xcom_pull(task_ids=self.verify_task_id)
         if not verified:
             raise AirflowFailException("the verify task left no summary")
+        config = _config(self.config_path)
+        self._container = hop.sandbox_name(config, str(verified["train_id"]), verified["hop"])
         return self._guarded(
             context,
             lambda: hop.execute_step(
-                _config(self.config_path), verified, logger=_safe_log(self.log.info)
+                config, verified, logger=_safe_log(self.log.info), on_work=self._set_work
             ),
         )
+
+    def _set_work(self, work: Path) -> None:
+        self._work = work
+
+    def on_kill(self) -> None:
+        import docker
+
+        if self._container is not None:
+            try:
+                engine = docker.from_env(timeout=60)
+                try:
+                    container = engine.containers.get(self._container)
+                    if (container.labels or {}).get(LABEL):  # only a sandbox of ours
+                        container.remove(force=True)
+                        self.log.warning("removed the sandbox container %s", self._container)
+                finally:
+                    engine.close()
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.DockerException as exc:
+                self.log.error(
+                    "could not remove the sandbox container %s: %s", self._container, exc
+                )
+        if self._work is not None:
+            hop.wipe_work(self._work)
+            self.log.warning("wiped the hop folder %s", self._work)
+
+
+def _silent_end(
+    ti: Any, verified: Any, verify_task_id: str, execute_task_id: str
+) -> dict[str, Any] | None:
+    """The failure of a task that started but ended without a summary or a failure XCom:
+    killed (by a signal, the out-of-memory killer or a person), timed out before its handler
+    ran, or its process crashed. ``None`` when no task did that (the hop did not run)."""
+    for task_id in (execute_task_id,) if verified else (verify_task_id,):
+        if ti.xcom_pull(task_ids=task_id, key=STARTED_KEY):
+            return {
+                "error": "TaskEnded",
+                "message": f"the {task_id} task ended without reporting (killed, timed out "
+                "or crashed; Airflow's task log says which signal)",
+            }
+    return None
 
 
 class RecordHopOperator(_HopOperator):
@@ -187,7 +265,7 @@ class RecordHopOperator(_HopOperator):
             user = approval.get("responded_by_user") or approval.get("responded_by")
             approved_by = (user or {}).get("name") if isinstance(user, dict) else user
         if not executed and not failure:
-            failure = {
+            failure = _silent_end(ti, verified, self.verify_task_id, self.execute_task_id) or {
                 "error": "NotRun",
                 "message": "the hop did not run (rejected, skipped or an upstream task failed)",
             }
