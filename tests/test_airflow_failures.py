@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
+import signal
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -179,3 +182,37 @@ def test_a_task_that_started_and_left_nothing_is_named_not_did_not_run() -> None
         _silent_end(_XComs({("verify", STARTED_KEY): "verify"}), verified, "verify", "execute")
         is None
     )
+
+
+def test_sigterm_of_a_running_execute_task_is_audited_and_on_kill_cleans_up(
+    airflow_db: Path, docker_client: Any, client: Any, registry: Any, parties: Any,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """SIGTERM is what Airflow's supervisor sends a task that is marked failed or stopped;
+    ``dag.test()`` runs the task in this process, with the task runner's SIGTERM handler."""
+    station = _station(tmp_path, parties, registry, sandbox={"wall_time": "900s"})
+    spec, ref = _train(docker_client, client, registry, parties, script=SLEEPER)
+    events = docker_client.events(
+        decode=True,
+        filters={"type": "container", "event": "start", "label": f"{LABEL}.train-id={spec.id}"},
+    )
+
+    def terminate_when_the_train_starts() -> None:
+        for _ in events:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+    watcher = threading.Thread(target=terminate_when_the_train_starts, daemon=True)
+    watcher.start()
+    try:
+        states = _run(station, str(ref), monkeypatch)
+    finally:
+        events.close()
+        watcher.join()
+    assert states["execute"] == "failed"
+    record = AuditLog(station.audit_path).last()
+    assert record is not None and record["outcome"] == "failure"
+    assert record["failure"]["error"] == "TaskKilled", record["failure"]
+    assert "stopped by a termination signal" in record["failure"]["message"]
+    _no_sandbox_left(docker_client, spec)
+    assert list((station.root / "work").iterdir()) == []

@@ -103,7 +103,7 @@ class _HopOperator(BaseOperator):
         try:
             return call()
         except PhtError as exc:
-            ti.xcom_push(key=FAILURE_KEY, value=hop.failure_summary(exc))
+            ti.xcom_push(key=FAILURE_KEY, value=self._killed_summary() or hop.failure_summary(exc))
             message = safe_text(exc, limit=4000)
             self.log.error("%s", message)
             if isinstance(exc, RegistryError) and exc.retryable:
@@ -125,8 +125,21 @@ class _HopOperator(BaseOperator):
             summary["message"] = safe_text(
                 f"{summary['message']} (during {self.task_id})", limit=1000
             )
-            ti.xcom_push(key=FAILURE_KEY, value=summary)
+            ti.xcom_push(key=FAILURE_KEY, value=self._killed_summary() or summary)
             raise
+
+    def _killed_summary(self) -> dict[str, Any] | None:
+        """After ``on_kill`` (SIGTERM) the step's own error is a consequence: say what it was."""
+        if not getattr(self, "_killed", False):
+            return None
+        return {
+            "error": "TaskKilled",
+            "message": f"the {self.task_id} task was stopped by a termination signal (SIGTERM: "
+            f"marked failed or stopped by a person or the scheduler) during {self.task_id}",
+        }
+
+    def on_kill(self) -> None:
+        self._killed = True
 
 
 class VerifyTrainOperator(_HopOperator):
@@ -199,6 +212,7 @@ class ExecuteTrainOperator(_HopOperator):
     def on_kill(self) -> None:
         import docker
 
+        super().on_kill()
         if self._container is not None:
             try:
                 engine = docker.from_env(timeout=60)
