@@ -118,5 +118,5 @@ def test_verification_failure_is_recorded_and_nothing_runs(
     assert record is not None
     assert record["outcome"] == "failure"
     assert record["failed_check"] == "approvals"
-    assert record["failure"]["error"] == "VerificationError"  # its real cause, not NotRun
+    assert record["failure"]["error"] == "TooFewApprovalsError"  # its real cause, not NotRun
     assert record["train_digest"] == digest
