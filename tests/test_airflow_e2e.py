@@ -353,6 +353,8 @@ def test_rejected_run_runs_nothing_and_is_audited(
     record = _audit_record(stack.station, run_id)
     assert record["outcome"] == "failure"
     assert record["train_digest"] == digest
+    # Rejected: the one case the generic "did not run" text is for (no hop task started).
+    assert record["failure"]["error"] == "NotRun", record["failure"]
 
 
 def test_nothing_listens_beyond_loopback(stack: AirflowStack) -> None:
