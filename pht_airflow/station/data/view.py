@@ -5,8 +5,8 @@ itself (mounted read-only as before); for ``sql`` and ``file`` it extracts into
 ``<work>/data`` (a private folder inside the hop's 0700 work folder), makes it read-only and
 readable by the sandbox user, yields it, and wipes it on the way out, whatever happened
 (success, failure, exception, ``KeyboardInterrupt``). A task killed outright leaves it behind;
-the next hop's pre-flight (:func:`pht_airflow.station.hop`) removes it and says so in the
-audit log.
+the leftover sweep (:func:`pht_airflow.station.sweep.sweep`, run at the start of every hop
+and by the self-test) removes it and says so in the audit log.
 
 :func:`data_digest` is ``sha256:`` over a canonical listing of the view's files, one line per
 file sorted by its path's UTF-8 bytes: ``<hex sha256 of the file> <size> <relative path>\\n``.
