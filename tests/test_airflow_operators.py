@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jinja2
@@ -18,6 +19,7 @@ from support.stationkit import build_train, make_station, make_train_spec
 from pht_airflow.airflow.dags import run_train_dag
 from pht_airflow.airflow.operators import (
     CARD_KEY,
+    STARTED_KEY,
     VerifyTrainOperator,
     approval_card,
     markdown_text,
@@ -88,7 +90,10 @@ def test_verify_builds_a_safe_approval_card_and_the_dag_shows_it(
     operator = VerifyTrainOperator(
         task_id="verify", reference=str(pinned), config_path=str(station.config_path)
     )
-    summary = operator.execute({})
+    pushed: dict[str, Any] = {}
+    ti = SimpleNamespace(xcom_push=lambda key, value: pushed.__setitem__(key, value))
+    summary = operator.execute({"ti": ti})  # Airflow's context always carries the task instance
+    assert STARTED_KEY in pushed  # the task said it started (how a silent end is told apart)
     card = summary[CARD_KEY]
     assert summary["signers"][0]["signer"] == HOSTILE  # the facts stay as they are
 

@@ -23,6 +23,7 @@ from pht_airflow.errors import (
 from pht_airflow.oci import Reference
 from pht_airflow.results import fetch_results, verify_chain
 from pht_airflow.signing import verify
+from pht_airflow.station import hop
 from pht_airflow.station.audit import AuditLog, verify_log
 from pht_airflow.station.hop import run_hop
 
@@ -272,3 +273,16 @@ def test_the_next_hop_removes_what_a_killed_hop_left_and_audits_it(
     assert cleanup["event"] == "cleanup" and cleanup["removed"]["folders"] == [left]
     assert hop["event"] == "hop"
     assert list((a.root / "work").iterdir()) == []
+
+
+def test_failure_summary_redacts_whole_age_keys_and_shows_controls_escaped() -> None:
+    """What the audit log and central get about a failure: no age secret key (all of it, not
+    only its prefix), control characters visible, line breaks kept for multi-problem errors."""
+    secret = "AGE-SECRET-KEY-1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQ"
+    exc = ValueError(f"cannot open {secret} in /tmp/x\x1b[2J\nsecond line\u202e")
+    summary = hop.failure_summary(exc)
+    assert summary["error"] == "ValueError"
+    message = summary["message"]
+    assert "SECRET" not in message.upper().replace("[REDACTED]", "")
+    assert "QYQSZQGP" not in message
+    assert message == "cannot open [redacted] in /tmp/x\\x1b[2J\nsecond line\\u202e"

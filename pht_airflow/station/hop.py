@@ -343,7 +343,7 @@ def failure_summary(exc: BaseException) -> dict[str, Any]:
     message = re.sub(
         r"(?i)age-secret-key-1[0-9a-z]*|age-secret-key|private key", "[redacted]", str(exc)
     )
-    message = safe_text(message, limit=1000)
+    message = safe_text(message, limit=4000, multiline=True)
     info: dict[str, Any] = {"error": type(exc).__name__, "message": message}
     if isinstance(exc, VerificationError):
         info.update(check=exc.check, digest=exc.digest, key_id=exc.key_id)
