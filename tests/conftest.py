@@ -157,14 +157,14 @@ def train_images_removed() -> Iterator[None]:
         return
     yield
     for image in client.api.images():
-        tags = image.get("RepoTags") or []
-        if image["Id"] in before or not tags:
+        # Tagged by a build, or only a digest reference (pulled by digest by a hop).
+        names = (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
+        if image["Id"] in before or not names:
             continue
-        if all(t.startswith("127.0.0.1:") for t in tags):
-            for tag in tags:
-                # An image still used by a container stays (the container check reports it).
-                with contextlib.suppress(docker.errors.APIError):
-                    client.api.remove_image(tag, noprune=False)
+        if all(n.startswith("127.0.0.1:") for n in names):
+            # An image still used by a container stays (the container check reports it).
+            with contextlib.suppress(docker.errors.APIError):
+                client.api.remove_image(image["Id"], force=True)
     client.close()
 
 

@@ -644,11 +644,28 @@ class Demo:
                 self.central.kill()
                 self.central.wait(timeout=10)
         if self.registry is not None:
+            _remove_images_of(self.registry.host)
             self.registry.stop()
         if self.postgres is not None:
             self.postgres.stop()
             self.postgres_file.unlink(missing_ok=True)
         self.pidfile.unlink(missing_ok=True)
+
+
+def _remove_images_of(host: str) -> None:
+    """Remove the train images built or pulled for the demo's registry (it lives only as long
+    as the demo, so they could never be used again)."""
+    import docker
+
+    engine = docker.from_env(timeout=60)
+    try:
+        for image in engine.api.images():
+            names = (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
+            if names and all(n.startswith(f"{host}/") for n in names):
+                with contextlib.suppress(docker.errors.APIError):  # in use: left alone
+                    engine.api.remove_image(image["Id"], force=True)
+    finally:
+        engine.close()
 
 
 def _stop_leftovers(pidfile: Path, postgres_file: Path) -> None:
