@@ -20,6 +20,7 @@ from support.stationkit import (
 from pht_airflow.errors import (
     AlreadyDoneError,
 )
+from pht_airflow.keys import generate_age_identity
 from pht_airflow.oci import Reference
 from pht_airflow.results import fetch_results, verify_chain
 from pht_airflow.signing import verify
@@ -278,11 +279,11 @@ def test_the_next_hop_removes_what_a_killed_hop_left_and_audits_it(
 def test_failure_summary_redacts_whole_age_keys_and_shows_controls_escaped() -> None:
     """What the audit log and central get about a failure: no age secret key (all of it, not
     only its prefix), control characters visible, line breaks kept for multi-problem errors."""
-    secret = "AGE-SECRET-KEY-1QYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQYQSZQGPQ"
+    secret = generate_age_identity().secret_text()  # made here: no key material in the repo
     exc = ValueError(f"cannot open {secret} in /tmp/x\x1b[2J\nsecond line\u202e")
     summary = hop.failure_summary(exc)
     assert summary["error"] == "ValueError"
     message = summary["message"]
     assert "SECRET" not in message.upper().replace("[REDACTED]", "")
-    assert "QYQSZQGP" not in message
+    assert secret[len("AGE-SECRET-KEY-1") :] not in message
     assert message == "cannot open [redacted] in /tmp/x\\x1b[2J\nsecond line\\u202e"
