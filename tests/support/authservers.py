@@ -26,7 +26,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -169,7 +169,7 @@ class TokenServer:
         self._cert = _self_signed(self._key, "pht-test token signer")
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving = ExitStack()  # serve_http's context, closed by stop()
 
     @property
     def cert_pem(self) -> bytes:
@@ -196,20 +196,11 @@ class TokenServer:
             def do_GET(self) -> None:
                 owner._handle(self)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="token-server", daemon=True
-        )
-        self._thread.start()
+        self._server = self._serving.enter_context(serve_http(Handler))
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._serving.close()
 
     def _user(self, header: str | None) -> tuple[str | None, bool]:
         """(user name, credentials valid) from a Basic Authorization header."""
@@ -356,7 +347,7 @@ class LyingProxy:
         self.max_drip = max_drip
         self.served = 0
         self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving = ExitStack()  # serve_http's context, closed by stop()
 
     @property
     def url(self) -> str:
@@ -384,20 +375,11 @@ class LyingProxy:
 
             do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = do_GET
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="lying-proxy", daemon=True
-        )
-        self._thread.start()
+        self._server = self._serving.enter_context(serve_http(Handler))
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._serving.close()
 
     def _forward(
         self, handler: BaseHTTPRequestHandler
