@@ -5,7 +5,8 @@
 # says what to do. Steps:
 #   1. system packages (Debian, as root): docker.io, docker-registry, age, busybox-static,
 #      debootstrap, curl, openssl, postgresql (its server binaries; no service is started),
-#      skopeo (the air-gapped bundle tests read exported OCI archives with it)
+#      skopeo (the air-gapped bundle tests read exported OCI archives with it), chromium (the
+#      browser tests drive Debian's chromium with Playwright; no browser is downloaded)
 #   2. a running Docker engine (dockerd --bridge=none --iptables=false, log under .pht/)
 #   3. the venv at .venv with the package in editable mode and all extras, from constraints.txt
 #   4. local base images for trains: pht-local/busybox and pht-local/python:3.11 (never pulled)
@@ -24,7 +25,7 @@ for arg in "$@"; do
   case "$arg" in
     --no-images) want_images=0 ;;
     --no-venv) want_venv=0 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "bootstrap: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -46,6 +47,8 @@ command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 command -v skopeo >/dev/null 2>&1 || need_pkgs+=(skopeo)
+# The real-browser tests (tests/test_browser_*.py) use Playwright with this executable.
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 # PostgreSQL: the central service's production database; the router tests run on it too.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_pkgs+=(postgresql)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
