@@ -23,6 +23,18 @@ class ConfigError(PhtError):
     """A configuration file or option is invalid; the message names the field and the file."""
 
 
+class PreflightError(ConfigError):
+    """The station's pre-flight failed: a key does not open or is the wrong kind, a data set
+    is not readable by the sandbox user, the registry cannot be reached with the station's
+    credentials. The message lists every failed check with what to do; ``report`` holds the
+    :class:`~pht_airflow.station.preflight.PreflightReport`. Nothing ran and nothing was
+    reported to the central service: it is the station's problem, not the train's."""
+
+    def __init__(self, message: str, *, report: object = None) -> None:
+        self.report = report
+        super().__init__(message)
+
+
 class InvalidReferenceError(PhtError):
     """An image or artifact reference (``host/repo:tag@sha256:…``) is malformed."""
 
