@@ -75,3 +75,13 @@ TRAIN_LABEL = "org.pht.train"
 #: Annotations on a result manifest.
 HOP_ANNOTATION = "org.pht.hop"
 STATION_ANNOTATION = "org.pht.station"
+
+#: Image labels that say which of a train's layers are its base image's (set by ``pht train
+#: build``; part of the signed image config). ``org.pht.base.layers`` is how many of the
+#: manifest's first layers the base image holds, ``org.pht.base.top-layer`` the diff id of the
+#: last of them (a station checks it against the config's ``rootfs.diff_ids``). The OCI names
+#: say which image it was (the digest only when the engine knows the base's manifest digest).
+BASE_NAME_LABEL = "org.opencontainers.image.base.name"
+BASE_DIGEST_LABEL = "org.opencontainers.image.base.digest"
+BASE_LAYERS_LABEL = "org.pht.base.layers"
+BASE_TOP_LAYER_LABEL = "org.pht.base.top-layer"
