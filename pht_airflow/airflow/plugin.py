@@ -29,6 +29,7 @@ from ..station.inbox import Arrival, is_intake_tag
 from ..station.inbox import run_id_for as run_id_for  # the run id, for callers of this module
 from ..web.webhook_app import create_app
 from ..webhooks import PushEvent
+from .dashboard import DASHBOARD_VIEW, dashboard_app
 from .lookups import AIRFLOW_LOOKUPS
 from .names import RUN_TRAIN, dag_id_for
 
@@ -126,7 +127,9 @@ def receiver_apps() -> list[dict[str, Any]]:
 
 
 class PhtStationPlugin(AirflowPlugin):
-    """Registers the webhook receiver(s) with the Airflow API server."""
+    """Registers the webhook receiver(s) and the station dashboard (``/pht-dashboard``, with
+    a "PHT station" entry in Airflow's navigation) with the Airflow API server."""
 
     name = "pht_station"
-    fastapi_apps = receiver_apps()
+    fastapi_apps = [*receiver_apps(), dashboard_app()]
+    external_views = [DASHBOARD_VIEW]
