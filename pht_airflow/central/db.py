@@ -117,7 +117,12 @@ class IncomingRow(Base):
 
 
 class TrainRow(Base):
-    """A submitted train and where it is on its route."""
+    """A submitted train and where it is on its route.
+
+    ``status``: ``routing``, ``done`` (results in the outbox), or ended without reaching it:
+    ``failed``, ``rejected`` (a station's person refused to run it), ``withheld`` (a
+    station's person refused to release its output); ``reason`` says why.
+    """
 
     __tablename__ = "trains"
 
@@ -157,7 +162,10 @@ class TrainRow(Base):
 
 
 class HopRow(Base):
-    """One stop of a train: sent to the station's project, result delivered, or failed."""
+    """One stop of a train: ``pending``, ``sent`` to the station's project, ``done`` (result
+    delivered), or ended without a result: ``failed``, ``rejected`` (a person at the station
+    refused to run it) or ``withheld`` (a person refused to release its output). ``note``
+    says why it ended (None while pending, in flight or done)."""
 
     __tablename__ = "hops"
     __table_args__ = (UniqueConstraint("train_id", "hop"),)
@@ -170,6 +178,7 @@ class HopRow(Base):
     result_digest: Mapped[str | None] = mapped_column(String(71), nullable=True)
     sent_at: Mapped[datetime | None] = mapped_column(nullable=True)
     done_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
 
     train: Mapped[TrainRow] = relationship(back_populates="hops")
 
@@ -181,6 +190,7 @@ class HopRow(Base):
             "result_digest": self.result_digest,
             "sent_at": self.sent_at.isoformat() + "Z" if self.sent_at else None,
             "done_at": self.done_at.isoformat() + "Z" if self.done_at else None,
+            "note": self.note,
         }
 
 
@@ -220,12 +230,15 @@ def make_engine(url: str) -> Engine:
 
 def _add_missing_columns(engine: Engine) -> None:
     """Columns added since a database was made (create_all adds tables, not columns):
-    ``stations.removed``. Nullable, so old rows read as before (an active station)."""
-    columns = {c["name"] for c in inspect(engine).get_columns("stations")}
-    if "removed" not in columns:
-        kind = StationRow.__table__.c.removed.type.compile(dialect=engine.dialect)
+    ``stations.removed``, ``hops.note``. Nullable, so old rows read as before (an active
+    station; a hop with no note)."""
+    for column in (StationRow.__table__.c.removed, HopRow.__table__.c.note):
+        table = column.table.name
+        if column.name in {c["name"] for c in inspect(engine).get_columns(table)}:
+            continue
+        kind = column.type.compile(dialect=engine.dialect)
         with engine.begin() as conn:
-            conn.execute(text(f"ALTER TABLE stations ADD COLUMN removed {kind} NULL"))
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column.name} {kind} NULL"))
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Any]:

@@ -13,12 +13,16 @@ route keys inside the signed spec) and copies artifacts (mounts, no layer bytes 
 Every input may arrive twice, late or never: registry events are deduplicated on
 repository + tag + digest, each action checks the state it expects first, and
 :meth:`Router.reconcile` compares the registry with the database to resume whatever a lost
-webhook stalled and to fail hops that took too long. A station whose hop fails reports it
-at once, signed with its key (:meth:`Router.station_failure`). A failed hop fails a
-sequential train; a parallel train goes on, and its delivered results reach the outbox once
-every station has delivered or failed. A station removed from the directory
-(:meth:`Router.remove_station`) takes no new trains: a route naming it is refused, and a hop
-about to be sent to it or in flight at it fails, saying so.
+webhook stalled and to fail hops that took too long. A station reports a hop's
+final outcome at once, signed with its key (:meth:`Router.station_failure`): ``failed``,
+``rejected`` (a person at the station refused to run the train) or ``withheld`` (a person
+refused to release its output). Such a hop ends a sequential train with that outcome as its
+status (``rejected at station X by Y: reason`` / ``withheld by the station X: reason`` in
+the timeline), earlier hops' results staying where they are; a parallel train goes on, and
+its delivered results reach the outbox once every station has delivered or ended (the train
+ends ``rejected``/``withheld``/``failed`` only if none delivered). A station removed from
+the directory (:meth:`Router.remove_station`) takes no new trains: a route naming it is
+refused, and a hop about to be sent to it or in flight at it fails, saying so.
 
 Our stations push a result by digest, sign it, and tag it ``result-<k>`` last, so the
 announcement of the tag finds the signature in place. A result from a producer that tags
@@ -51,7 +55,7 @@ from ..errors import (
     RegistryError,
     VerificationError,
 )
-from ..hopreport import check_report
+from ..hopreport import DECISIONS, MAX_BY, MAX_REASON, HopReport, Outcome, read_report
 from ..keys import public_key_from_pem
 from ..oci import Reference, RegistryClient
 from ..protocol import (
@@ -72,6 +76,9 @@ from .db import EventRow, HopRow, IncomingRow, StationRow, TrainRow, TrustedKeyR
 from .directory import Directory, RouterError
 
 log = logging.getLogger(__name__)
+
+HOP_ENDED = ("done", "failed", "rejected", "withheld")
+"""Hop states after which a hop is not in flight (a parallel train ends when all are)."""
 
 
 class Copier(Protocol):
@@ -284,11 +291,13 @@ class Router(Directory):
             return station.to_dict()
 
     def station_failure(self, train_id: str, report: dict[str, Any]) -> dict[str, Any]:
-        """A station's signed report that its hop failed (see :mod:`pht_airflow.hopreport`).
+        """A station's signed report of its hop's final outcome (:mod:`pht_airflow.hopreport`):
+        failed, rejected by a person at the station, or output withheld by one.
 
         Checked against the station's key in the directory. A report for a hop that is not
-        in flight (already done, failed, or sent again after the report was made) changes
-        nothing, so a duplicated or replayed report is harmless.
+        in flight (already done, ended, or sent again after the report was made) changes
+        nothing, so a duplicated or replayed report is harmless. What each outcome does to
+        the train: :meth:`_hop_ended`.
         """
         if report.get("train_id") != train_id:
             raise RouterError("the report names another train than the URL", 422)
@@ -300,22 +309,18 @@ class Router(Directory):
             station = s.get(StationRow, station_id) if isinstance(station_id, str) else None
             if station is None or station_id not in train.route:
                 raise RouterError(f"station {station_id!r} is not on the route of {train_id}", 422)
-            made = check_report(report, public_key_from_pem(station.key_pem))
-            if report["train_digest"] not in (None, train.digest):
+            said = read_report(report, public_key_from_pem(station.key_pem))
+            if said.train_digest not in (None, train.digest):
                 raise RouterError(f"the report is about another digest than {train_id}'s", 422)
-            hop = train.route.index(station_id)
-            if report["hop"] not in (None, hop):
-                raise RouterError(f"{station_id} is hop {hop}, not hop {report['hop']}", 422)
+            hop = train.route.index(station.id)
+            if said.hop not in (None, hop):
+                raise RouterError(f"{station.id} is hop {hop}, not hop {said.hop}", 422)
             row = train.hops[hop]
             if train.status != "routing" or row.state != "sent":
                 return {"accepted": False, "why": f"hop {hop} is {row.state}, not in flight"}
-            if row.sent_at is not None and made < row.sent_at:
+            if row.sent_at is not None and said.made < row.sent_at:
                 return {"accepted": False, "why": f"the report predates hop {hop}'s last send"}
-            what = f"[{report['check']}] " if report["check"] else ""
-            detail = report["message"] or report["error"] or "no reason given"
-            self._hop_failed(
-                s, train, hop, f"hop {hop} ({station_id}) failed at the station: {what}{detail}"
-            )
+            self._hop_ended(s, train, hop, said.outcome, _outcome_reason(hop, station.id, said))
             s.flush()  # column defaults (event times) are filled in at flush
             return {"accepted": True, "train": train.to_dict()}
 
@@ -557,7 +562,7 @@ class Router(Directory):
                 return f"sent hop {hop + 1}"
             self._to_outbox(s, train, [repo])
             return "done"
-        if all(h.state in ("done", "failed") for h in train.hops):
+        if all(h.state in HOP_ENDED for h in train.hops):
             done = [h for h in train.hops if h.state == "done"]
             repos = [f"{self._project(s, h.station)}/{train.id}" for h in done]
             self._to_outbox(s, train, repos)
@@ -627,7 +632,7 @@ class Router(Directory):
         except (PhtError, NotFoundError) as exc:
             self._fail(s, train, f"copy to {target} failed: {exc}")
             return
-        row.state, row.sent_at = "sent", utcnow()
+        row.state, row.sent_at, row.note = "sent", utcnow(), None
         self._event(s, train, "sent", f"hop {hop} -> {target} ({_describe(report)})")
 
     def _to_outbox(self, s: Session, train: TrainRow, sources: Sequence[str]) -> None:
@@ -639,34 +644,69 @@ class Router(Directory):
         self._event(s, train, "done", f"every result is in {target}")
 
     def _hop_failed(self, s: Session, train: TrainRow, hop: int, reason: str) -> None:
-        """One hop failed. Sequential: the train fails. Parallel: the others go on, and when
-        every hop has delivered or failed the delivered results go to the outbox (the train
-        fails only if none delivered)."""
+        """One hop failed (:meth:`_hop_ended` with the outcome ``failed``)."""
+        self._hop_ended(s, train, hop, "failed", reason)
+
+    def _hop_ended(
+        self, s: Session, train: TrainRow, hop: int, outcome: Outcome, reason: str
+    ) -> None:
+        """One hop ended without a result: ``failed``, ``rejected`` (a person at the station
+        refused to run it) or ``withheld`` (a person refused to release its output).
+
+        Sequential: the train ends with the hop's outcome as its status; earlier hops'
+        results stay in their stations' projects and nothing reaches the outbox. Parallel:
+        the hop ends in that state and the others go on; once every hop has delivered or
+        ended, the delivered results go to the outbox (status ``done``, ``reason`` naming
+        each hop that did not deliver). If none delivered, the train ends ``rejected`` if a
+        station rejected it, else ``withheld`` if one withheld its output, else ``failed``.
+        """
+        row = train.hops[hop]
+        row.state, row.note = outcome, reason
         if train.mode == "sequential":
-            self._fail(s, train, reason)
+            self._end(s, train, outcome, reason)
             return
-        train.hops[hop].state = "failed"
-        self._event(s, train, "hop-failed", reason)
+        self._event(s, train, "hop-failed" if outcome == "failed" else outcome, reason)
         train.reason = f"{train.reason}; {reason}" if train.reason else reason
-        if any(h.state not in ("done", "failed") for h in train.hops):
+        if any(h.state not in HOP_ENDED for h in train.hops):
             return
         done = [h for h in train.hops if h.state == "done"]
         if not done:
-            self._fail(s, train, "every hop failed: " + train.reason)
+            states = {h.state for h in train.hops}
+            status: Outcome = next((o for o in DECISIONS if o in states), "failed")
+            why = "every hop failed: " if status == "failed" else "no hop delivered a result: "
+            self._end(s, train, status, why + train.reason)
             return
         self._to_outbox(s, train, [f"{self._project(s, h.station)}/{train.id}" for h in done])
 
     def _fail(self, s: Session, train: TrainRow, reason: str) -> None:
-        train.status, train.reason = "failed", reason
+        self._end(s, train, "failed", reason)
+
+    def _end(self, s: Session, train: TrainRow, status: Outcome, reason: str) -> None:
+        """The train ends without reaching the outbox; hops still in flight fail."""
+        train.status, train.reason = status, reason
         for row in train.hops:
             if row.state == "sent":
-                row.state = "failed"
-        self._event(s, train, "failed", reason)
+                row.state, row.note = "failed", reason
+        self._event(s, train, status, reason)
 
     @staticmethod
     def _event(s: Session, train: TrainRow, kind: str, message: str) -> None:
         log.info("train %s: %s: %s", train.id, kind, safe_text(message, limit=2000))
         s.add(EventRow(train=train, kind=kind, message=message))
+
+
+def _outcome_reason(hop: int, station: str, said: HopReport) -> str:
+    """The timeline's line for a station's report: who rejected or withheld and why (as
+    safe one-line text), or what failed."""
+    if said.outcome == "failed":
+        what = f"[{said.check}] " if said.check else ""
+        detail = said.message or said.error or "no reason given"
+        return f"hop {hop} ({station}) failed at the station: {what}{detail}"
+    by = safe_text(said.by, limit=MAX_BY)
+    reason = safe_text(said.reason, limit=MAX_REASON)
+    if said.outcome == "rejected":
+        return f"hop {hop}: rejected at station {station} by {by}: {reason}"
+    return f"hop {hop}: withheld by the station {station}: {reason} (decided by {by})"
 
 
 def _removed_reason(hop: int, station: StationRow) -> str:

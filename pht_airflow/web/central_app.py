@@ -160,12 +160,17 @@ class RetryIn(BaseModel):
 
 
 class HopOut(BaseModel):
+    """One hop: ``pending``, ``sent``, ``done``, or ended without a result: ``failed``,
+    ``rejected`` (a person at the station refused to run it), ``withheld`` (a person at the
+    station refused to release its output)."""
+
     hop: int
     station: str
     state: str
     result_digest: str | None
     sent_at: str | None
     done_at: str | None
+    note: str | None = Field(None, description="why the hop ended without a result")
 
 
 class EventOut(BaseModel):
@@ -182,7 +187,11 @@ class TrainSummary(BaseModel):
     name: str
     mode: str
     route: list[str]
-    status: str
+    status: str = Field(
+        description="routing, done, or ended without reaching the outbox: failed, rejected "
+        "(a station's person refused to run it) or withheld (a station's person refused to "
+        "release its output); reason says why"
+    )
     reason: str | None
     created: str
     updated: str
@@ -216,7 +225,7 @@ class SchemaPublished(BaseModel):
 
 
 class FailureOut(BaseModel):
-    """Whether a station's failure report changed the train (and the train if it did)."""
+    """Whether a station's report changed the train (and the train if it did)."""
 
     accepted: bool
     why: str | None = None
@@ -435,10 +444,14 @@ def create_app(
         response_model_exclude_none=True,
     )
     def station_failure(train_id: str, report: dict[str, Any]) -> FailureOut:
-        """A station reports that its hop failed, signed with its key (no token needed).
+        """A station reports its hop's final outcome, signed with its key (no token needed):
+        ``failed``, ``rejected`` (a person at the station refused to run the train; who and
+        why) or ``withheld`` (the train ran and a person refused to release its output).
 
-        The body is the report ``pht_airflow.hopreport`` makes from the station's audit
-        record. A report for a hop that is not in flight is answered but changes nothing.
+        The body is the report ``pht_airflow.hopreport`` makes (version 2; version 1 reports,
+        without an outcome, read as failed). A sequential train ends with the hop's outcome
+        as its status; a parallel train's other hops go on. A report for a hop that is not in
+        flight is answered but changes nothing.
         """
         return FailureOut(**call(lambda: router.station_failure(train_id, report)))
 
