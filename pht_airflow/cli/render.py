@@ -134,10 +134,12 @@ def print_rows(
 
 
 def print_timeline(info: dict[str, Any]) -> None:
-    """Print the central service's view of a train: each hop's state, the reason it failed
-    (if it did), and the event timeline."""
+    """Print the central service's view of a train: each hop's state and why it ended without
+    a result (failed, rejected or withheld at its station: who and why), the train's reason,
+    and the event timeline. Every text from the service is shown with control characters
+    escaped."""
     hops = Table(title=f"train {shown(info['id'])} ({shown(info['status'])})", title_justify="left")
-    for col in ("hop", "station", "state", "result"):
+    for col in ("hop", "station", "state", "result", "note"):
         hops.add_column(col)
     for h in info.get("hops", []):
         hops.add_row(
@@ -145,6 +147,7 @@ def print_timeline(info: dict[str, Any]) -> None:
             shown(h["station"]),
             shown(h["state"]),
             shown(str(h["result_digest"] or "")[:19]),
+            shown(h.get("note") or "", limit=300),
         )
     out.print(hops)
     if info.get("reason"):
