@@ -34,6 +34,7 @@ from ..oci.reference import check_registry, check_repository
 from ..protocol import STATION_ID
 from ..spec import parse_duration
 from .data.model import DataSet, parse_datasets
+from .disclosure import DisclosurePolicy, parse_disclosure_policy
 from .sandbox import Limits
 from .secrets import NO_LOOKUPS, Lookups, SecretRef
 
@@ -85,6 +86,19 @@ def parse_seconds(text: Any) -> float:
     return seconds
 
 
+#: What a trusted key's ``name`` may be (it is shown on approval cards and in logs).
+KEY_NAME_RULE = "must be a name of 1 to 120 printable characters (no control characters)"
+
+
+def _key_name_ok(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value.strip()) > 0
+        and len(value) <= 120
+        and (value.isprintable())
+    )
+
+
 # --- the config -----------------------------------------------------------------------------
 
 
@@ -118,11 +132,17 @@ class RegistrySettings:
 
 @dataclass(frozen=True)
 class TrustStore:
-    """Keys this station trusts, and how many approvals it wants."""
+    """Keys this station trusts, and how many approvals it wants; ``names`` maps a key id to
+    the name the station gave it (``{key: …, name: …}`` entries), for people to read."""
 
     creators: tuple[PublicKey, ...]
     approvers: tuple[PublicKey, ...]
     required_approvals: int
+    names: Mapping[str, str] = field(default_factory=dict)
+
+    def name_of(self, key_id: str | None) -> str | None:
+        """The station's name for the trusted key ``key_id``, or None if it gave none."""
+        return self.names.get(key_id) if key_id else None
 
 
 @dataclass(frozen=True)
@@ -136,6 +156,8 @@ class Policy:
     require_release_approval: bool = False
     min_cell_count: int = 10
     task_timeout: timedelta = DEFAULT_TASK_TIMEOUT
+    #: The automatic disclosure control of every output (``policy.disclosure``).
+    disclosure: DisclosurePolicy = DisclosurePolicy()
 
 
 @dataclass(frozen=True)
@@ -267,6 +289,7 @@ _SCHEMA: dict[str, Any] = {
         "require_release_approval": None,
         "min_cell_count": None,
         "task_timeout": None,
+        "disclosure": None,
     },
     "audit_log": None,
     "work_dir": None,
@@ -521,15 +544,33 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
     trust = section("trust")
     creators: list[PublicKey] = []
     approvers: list[PublicKey] = []
+    key_names: dict[str, str] = {}
     for name, into in (("trusted_creators", creators), ("trusted_approvers", approvers)):
         value = trust.get(name, [])
         if not isinstance(value, list):
             problem(("trust", name), "must be a list of public key files or PEM texts")
             continue
         for i, item in enumerate(value):
-            key = public_key(item, ("trust", name, str(i)))
-            if key is not None:
-                into.append(key)
+            where = ("trust", name, str(i))
+            label = None
+            if isinstance(item, dict):  # {key: FILE-or-PEM, name: "Alice Smith (UKA)"}
+                extra = sorted(str(k) for k in item if k not in ("key", "name"))
+                if extra:
+                    problem(where, f"unknown field(s) {', '.join(extra)} (expected key, name)")
+                label = item.get("name")
+                if label is not None and not _key_name_ok(label):
+                    problem((*where, "name"), KEY_NAME_RULE)
+                    label = None
+                item = item.get("key")
+                where = (*where, "key")
+            key = public_key(item, where)
+            if key is None:
+                continue
+            into.append(key)
+            if label is not None:
+                if key_names.get(key.key_id, label) != label:
+                    problem(where, f"key {key.key_id} is named twice, differently")
+                key_names[key.key_id] = label
     if not creators:
         problem(("trust", "trusted_creators"), "at least one trusted creator key is needed")
     required = trust.get("required_approvals", 1)
@@ -596,6 +637,11 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
     ):
         problem(("policy", "min_cell_count"), "must be a whole number from 1 to 1000000")
         min_cell_count = Policy.min_cell_count
+    disclosure = parse_disclosure_policy(
+        pol.get("disclosure"),
+        lambda path, text: problem(("policy", "disclosure", *path), text),
+        parse_size,
+    )
     task_timeout = DEFAULT_TASK_TIMEOUT
     try:
         task_timeout = _task_timeout(pol)
@@ -635,10 +681,15 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
         age_passphrase=age_pass,
         public_key=own_key,
         registry=registry,
-        trust=TrustStore(tuple(creators), tuple(approvers), int(required)),
+        trust=TrustStore(tuple(creators), tuple(approvers), int(required), key_names),
         datasets=datasets,
         limits=limits,
-        policy=Policy(**flags, min_cell_count=min_cell_count, task_timeout=task_timeout),
+        policy=Policy(
+            **flags,
+            min_cell_count=min_cell_count,
+            task_timeout=task_timeout,
+            disclosure=disclosure,
+        ),
         audit_log=audit_log,
         work_dir=work_dir,
         webhook_secret=webhook_secret,
