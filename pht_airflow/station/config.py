@@ -91,12 +91,9 @@ KEY_NAME_RULE = "must be a name of 1 to 120 printable characters (no control cha
 
 
 def _key_name_ok(value: Any) -> bool:
-    return (
-        isinstance(value, str)
-        and len(value.strip()) > 0
-        and len(value) <= 120
-        and (value.isprintable())
-    )
+    if not isinstance(value, str):
+        return False
+    return bool(value.strip()) and len(value) <= 120 and value.isprintable()
 
 
 # --- the config -----------------------------------------------------------------------------
