@@ -46,6 +46,10 @@ class DataView:
     files: int
     bytes: int
     tables: tuple[str, ...] = field(default_factory=tuple)
+    #: Rows of the view's largest table (``sql``, ``file``); None for a ``folder`` (unknown).
+    #: For the disclosure control's row-level check; not in :meth:`record`, which may reach
+    #: people outside the station (the station only ever publishes rounded row counts).
+    rows: int | None = None
 
     @property
     def extracted(self) -> bool:
@@ -131,7 +135,13 @@ def data_view(
         _seal_read_only(folder)
         digest, files, size = data_digest(folder)
         yield DataView(
-            folder, dataset, digest, files, size, tuple(t.name for t in extracted.tables)
+            folder,
+            dataset,
+            digest,
+            files,
+            size,
+            tuple(t.name for t in extracted.tables),
+            max((t.rows for t in extracted.tables), default=0),
         )
     finally:
         wipe(folder)
