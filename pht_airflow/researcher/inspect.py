@@ -5,18 +5,36 @@ and the files in its layers).
 
 from __future__ import annotations
 
-import json
-import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import InvalidManifestError, PhtError, VerificationError
+from ..errors import VerificationError
 from ..keys import PublicKey
 from ..oci import Manifest, Reference, RegistryClient
 from ..protocol import TRAIN_LABEL
-from ..results import ChunkReader
 from ..signing import Signer, verify
-from ..spec import MAX_CONFIG_BYTES, TrainSpec, read_spec
+from ..spec import TrainSpec, read_spec
+from ..traincode import (
+    MAX_LAYER_HEADER_BYTES,
+    MAX_LISTED_NAME,
+    TrainCode,
+    image_config,
+    layer_members,
+    read_train_code,
+)
+
+__all__ = [
+    "MAX_LAYER_HEADER_BYTES",
+    "MAX_LISTED_NAME",
+    "ImageSummary",
+    "TrainView",
+    "check_signers",
+    "describe_image",
+    "image_files",
+    "pin_reference",
+    "read_train",
+    "train_code",
+]
 
 
 def pin_reference(client: RegistryClient, text: str) -> Reference:
@@ -109,20 +127,7 @@ def describe_image(client: RegistryClient, train: Reference) -> ImageSummary:
     labels. A config that is not the JSON object an image config is raises
     :class:`~pht_airflow.errors.InvalidManifestError`."""
     manifest = client.get_manifest(train.repository, train.reference)
-    where = f"{train.name}@{manifest.digest}"
-    if manifest.config is None:
-        raise InvalidManifestError(f"{where} has no config")
-    if manifest.config.size > MAX_CONFIG_BYTES:
-        raise InvalidManifestError(
-            f"the image config of {where} is larger than {MAX_CONFIG_BYTES} bytes"
-        )
-    raw = client.get_blob(train.repository, manifest.config.digest, max_bytes=MAX_CONFIG_BYTES)
-    try:
-        config = json.loads(raw)
-    except (ValueError, RecursionError):  # also UnicodeDecodeError, nesting too deep
-        raise InvalidManifestError(f"the image config of {where} is not JSON") from None
-    if not isinstance(config, dict):
-        raise InvalidManifestError(f"the image config of {where} is not a JSON object")
+    config = image_config(client, train, manifest)
     steps = config.get("history")
     history = [_step(step) for step in (steps if isinstance(steps, list) else [])]
     entry = config.get("config")
@@ -136,74 +141,33 @@ def describe_image(client: RegistryClient, train: Reference) -> ImageSummary:
     return ImageSummary(manifest, history, entry.get("Entrypoint"), entry.get("Cmd"), shown)
 
 
-#: The largest extended header (PAX or GNU long name) a train layer may carry when its files
-#: are listed. tarfile reads such a header whole into memory; real ones are a few hundred bytes.
-MAX_LAYER_HEADER_BYTES = 64 * 1024
-#: Longest file name kept for the listing (a PAX path may be longer; it is cut).
-MAX_LISTED_NAME = 4096
-
-_EXTENDED_HEADERS = (
-    tarfile.XHDTYPE,
-    tarfile.XGLTYPE,
-    tarfile.SOLARIS_XHDTYPE,
-    tarfile.GNUTYPE_LONGNAME,
-    tarfile.GNUTYPE_LONGLINK,
-)
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """A TarInfo that refuses, before tarfile reads it, an extended header larger than
-    :data:`MAX_LAYER_HEADER_BYTES` and a GNU sparse member (whose extension blocks tarfile
-    collects without bound). Hooks tarfile's per-member processing, where those reads happen."""
-
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _EXTENDED_HEADERS and self.size > MAX_LAYER_HEADER_BYTES:
-            raise _LayerRefused(
-                f"an extended tar header of {self.size} bytes (at most "
-                f"{MAX_LAYER_HEADER_BYTES} are read)"
-            )
-        if self.type == tarfile.GNUTYPE_SPARSE:
-            raise _LayerRefused("a GNU sparse member")
-        return super()._proc_member(tarfile_)  # type: ignore[misc]
-
-
-class _LayerRefused(Exception):
-    """A layer the listing will not read (message says why); becomes InvalidManifestError."""
-
-
 def image_files(
     client: RegistryClient, train: Reference, manifest: Manifest, limit: int
 ) -> list[str]:
     """List the files in an image's layers, sorted, at most ``limit`` and then a count of the
-    rest. Streams each layer once; nothing is stored, at most ``2 * limit`` names are held
-    (each cut to :data:`MAX_LISTED_NAME`), and an extended header over
-    :data:`MAX_LAYER_HEADER_BYTES` or a GNU sparse member is refused before it is read.
-    A layer that is not a readable tar raises :class:`~pht_airflow.errors.InvalidManifestError`.
+    rest. Streams each layer once (:func:`~pht_airflow.traincode.layer_members`: bounded tar
+    headers, the digest checked at the end); nothing is stored, at most ``2 * limit`` names
+    are held (each cut to :data:`MAX_LISTED_NAME`). A layer that is not a readable tar
+    raises :class:`~pht_airflow.errors.InvalidManifestError`.
     """
     names: list[str] = []
     total = 0
     for layer in manifest.layers:
-        stream = ChunkReader(client.open_blob(train.repository, layer.digest))
-        try:
-            with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_BoundedTarInfo) as archive:
-                for member in archive:
-                    total += 1
-                    names.append(member.name[:MAX_LISTED_NAME] + ("/" if member.isdir() else ""))
-                    if len(names) > 2 * limit:
-                        names.sort()
-                        del names[limit:]
-        except PhtError:
-            raise
-        except _LayerRefused as exc:
-            raise InvalidManifestError(
-                f"layer {layer.digest} of {train.name}@{manifest.digest} holds {exc}; "
-                "refusing to list it"
-            ) from None
-        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-            raise InvalidManifestError(
-                f"layer {layer.digest} of {train.name}@{manifest.digest} is not a readable "
-                f"tar archive ({type(exc).__name__})"
-            ) from None
+        with layer_members(client, train, manifest, layer) as members:
+            for member, _ in members:
+                total += 1
+                names.append(member.name[:MAX_LISTED_NAME] + ("/" if member.isdir() else ""))
+                if len(names) > 2 * limit:
+                    names.sort()
+                    del names[limit:]
     names.sort()
     del names[limit:]
     return names if total <= limit else names + [f"… {total - limit} more"]
+
+
+def train_code(
+    client: RegistryClient, train: Reference, manifest: Manifest, **limits: int
+) -> TrainCode:
+    """What the pinned ``train`` adds on top of its base image (its own layers' files, its
+    small text files inline): :func:`pht_airflow.traincode.read_train_code`."""
+    return read_train_code(client, train, manifest, **limits)

@@ -7,6 +7,7 @@ base image), pushed by the engine, then signed by digest.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,13 @@ import yaml
 from ..errors import ConfigError, PhtError
 from ..keys import load_public_key, public_key_from_pem, validate_recipient
 from ..oci import Reference
-from ..protocol import TRAIN_LABEL
+from ..protocol import (
+    BASE_DIGEST_LABEL,
+    BASE_LAYERS_LABEL,
+    BASE_NAME_LABEL,
+    BASE_TOP_LAYER_LABEL,
+    TRAIN_LABEL,
+)
 from ..spec import TrainSpec
 
 DEFAULT_BASE_IMAGE = "pht-local/python:3.11"
@@ -313,29 +320,108 @@ def _docker_stream(lines: Any, log: Log | None, what: str) -> dict[str, Any]:
     return aux
 
 
-def build_image(
-    docker_client: Any, folder: Path, tag: str, spec: TrainSpec, *, log: Log | None = None
-) -> str:
-    """Build ``folder`` with the spec label; return the image id. Never pulls."""
-    if not (folder / "Dockerfile").is_file():
-        raise TrainBuildError(f"{folder} has no Dockerfile (pht train init writes a starter)")
+_FROM = re.compile(r"FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", re.IGNORECASE)
+_ARG = re.compile(r"ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(\S*))?", re.IGNORECASE)
+_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def base_image_name(dockerfile: str) -> str | None:
+    """The image a Dockerfile's final stage builds on (``FROM x``, following earlier stages'
+    names and the global ``ARG`` defaults), or None when it cannot be told without building
+    (an ``ARG`` with no default)."""
+    text = re.sub(r"\\\r?\n", " ", dockerfile)
+    args: dict[str, str] = {}
+    stages: dict[str, str | None] = {}
+    last: str | None = None
+    seen_from = False
+    for line in text.splitlines():
+        line = line.strip()
+        if not seen_from and (m := _ARG.fullmatch(line)):
+            if m.group(2) is not None:
+                args[m.group(1)] = m.group(2).strip("\"'")
+            continue
+        m = _FROM.fullmatch(line)
+        if m is None:
+            continue
+        seen_from = True
+        image: str | None = _VARIABLE.sub(
+            lambda v: args.get(v.group(1) or v.group(2), "$"), m.group(1)
+        )
+        if image is not None and "$" in image:
+            image = None
+        elif image is not None and image.lower() in stages:
+            image = stages[image.lower()]
+        if m.group(2):
+            stages[m.group(2).lower()] = image
+        last = image
+    return last
+
+
+def base_labels(docker_client: Any, base: str | None) -> dict[str, str]:
+    """The labels that tell a station which layers are the base image's (see
+    :mod:`pht_airflow.traincode`): the base's layer count and last diff id, its name, and its
+    manifest digest when the engine knows one. Empty when the base is not in the engine."""
+    if base is None:
+        return {}
+    if base.lower() == "scratch":
+        return {BASE_NAME_LABEL: "scratch", BASE_LAYERS_LABEL: "0"}
     import docker.errors
 
     try:
-        stream = docker_client.api.build(
-            path=str(folder),
-            tag=tag,
-            labels={TRAIN_LABEL: spec.to_canonical_json()},
-            rm=True,
-            forcerm=True,
-            pull=False,
-            decode=True,
-        )
-        aux = _docker_stream(stream, log, "docker build")
-    except docker.errors.APIError as exc:
-        raise TrainBuildError(f"docker build failed: {exc.explanation or exc}") from exc
-    image_id = aux.get("ID") or docker_client.images.get(tag).id
-    return str(image_id)
+        image = docker_client.images.get(base)
+    except docker.errors.ImageNotFound:
+        return {}
+    layers = (image.attrs.get("RootFS") or {}).get("Layers") or []
+    labels = {BASE_NAME_LABEL: base, BASE_LAYERS_LABEL: str(len(layers))}
+    if layers:
+        labels[BASE_TOP_LAYER_LABEL] = str(layers[-1])
+    repository = base.split("@", 1)[0]
+    if ":" in repository.rsplit("/", 1)[-1]:  # a tag, not a registry's port
+        repository = repository.rsplit(":", 1)[0]
+    for found in image.attrs.get("RepoDigests") or []:
+        name, _, digest = str(found).partition("@")
+        if digest and (name == repository or name.endswith("/" + repository)):
+            labels[BASE_DIGEST_LABEL] = digest
+            break
+    return labels
+
+
+def build_image(
+    docker_client: Any, folder: Path, tag: str, spec: TrainSpec, *, log: Log | None = None
+) -> str:
+    """Build ``folder`` with the spec label and the base image's labels
+    (:func:`base_labels`); return the image id. Never pulls on purpose; when the engine had
+    to fetch the base, the (cached) build runs again with the base's labels."""
+    dockerfile = folder / "Dockerfile"
+    if not dockerfile.is_file():
+        raise TrainBuildError(f"{folder} has no Dockerfile (pht train init writes a starter)")
+    import docker.errors
+
+    base = base_image_name(dockerfile.read_text(errors="replace"))
+
+    def build(labels: dict[str, str]) -> str:
+        try:
+            stream = docker_client.api.build(
+                path=str(folder),
+                tag=tag,
+                labels={**labels, TRAIN_LABEL: spec.to_canonical_json()},
+                rm=True,
+                forcerm=True,
+                pull=False,
+                decode=True,
+            )
+            aux = _docker_stream(stream, log, "docker build")
+        except docker.errors.APIError as exc:
+            raise TrainBuildError(f"docker build failed: {exc.explanation or exc}") from exc
+        return str(aux.get("ID") or docker_client.images.get(tag).id)
+
+    labels = base_labels(docker_client, base)
+    image_id = build(labels)
+    if base is not None and not labels:
+        labels = base_labels(docker_client, base)
+        if labels:
+            image_id = build(labels)
+    return image_id
 
 
 def push_image(

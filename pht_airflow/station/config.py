@@ -548,7 +548,7 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
             problem(("trust", name), "must be a list of public key files or PEM texts")
             continue
         for i, item in enumerate(value):
-            where = ("trust", name, str(i))
+            where: tuple[str, ...] = ("trust", name, str(i))
             label = None
             if isinstance(item, dict):  # {key: FILE-or-PEM, name: "Alice Smith (UKA)"}
                 extra = sorted(str(k) for k in item if k not in ("key", "name"))
