@@ -222,6 +222,19 @@ _KIND_NAMES = {
 }
 
 
+#: What :func:`key_kind` can answer, each with how a person would call it.
+KEY_KINDS: dict[str, str] = dict(_KIND_NAMES)
+
+
+def key_kind(data: bytes) -> str:
+    """What kind of key file ``data`` holds, from its first line only (nothing is decrypted):
+    ``public``, ``private`` (signing keys), ``age-identity``, ``age-encrypted`` (an identity
+    behind a passphrase), ``age-recipient``, ``other-pem`` or ``unknown``; see
+    :data:`KEY_KINDS` for how each reads. Station pre-flight uses it to tell an operator that
+    a ``.pub`` was given as the signing key or an ``.age.pub`` as the age identity."""
+    return _kind(data)
+
+
 def _wrong_kind(path: Path | str, data: bytes, wanted: str) -> KeyFileError:
     return KeyFileError(f"{path}: expected {wanted}, but this is {_KIND_NAMES[_kind(data)]}")
 
