@@ -206,6 +206,23 @@ def test_keys_damaged_age_identity_fails_without_key_material(station: Any) -> N
     assert "AGE-SECRET-KEY" not in message and secret[15:] not in message
 
 
+def test_keys_check_is_preflights_key_check(tmp_path: Path, parties: Any, registry: Any) -> None:
+    """The self-test opens keys with pre-flight's function: the same kind message for a
+    ``.pub`` given as the signing key, with what to do."""
+    from pht_airflow.station import preflight
+
+    station = _station(
+        tmp_path, parties, registry.host, keys={"signing_key": {"file": "keys/station.pub"}}
+    )
+    _, _, problems = preflight.open_keys(station.config())
+    assert len(problems) == 1
+    with pytest.raises(SelfTestError) as failed:
+        selftest.check_keys(station.config())
+    message = str(failed.value)
+    assert message == f"keys: {problems[0].line()}"
+    assert "is a signing public key (NAME.pub), not a signing private key (NAME.key)" in message
+
+
 # --- data sets ---------------------------------------------------------------------------------
 
 

@@ -2,81 +2,25 @@
 every database and file data set can be read (the database in a read-only transaction).
 
 The real test is a probe container per data set (``_DATASET_SCRIPT``); when it fails,
-:func:`scan_dataset` explains why from the mode bits on the host.
+:func:`scan_dataset` (pre-flight's mode-bits scan, the same one) explains why from the mode
+bits on the host. Databases and files are checked by pre-flight's
+:func:`~pht_airflow.station.preflight.dataset_problem`.
 """
 
 from __future__ import annotations
 
-import os
-import stat
-from pathlib import Path
 from typing import Any
 
-from ...errors import PhtError, SelfTestError
+from ...errors import SelfTestError
 from ..config import StationConfig
-from ..data import DataSet, describe
-from ..data.extract import ReadOnlySession
+from ..data import DataSet
+from ..preflight import SCAN_ENTRIES, dataset_problem, scan_dataset
 from .probe import MARKER, _engine, _run_probe, selftest_image
+
+__all__ = ["PROBE_FILES", "SCAN_ENTRIES", "check_datasets", "scan_dataset"]
 
 #: Files per data set the probe opens (one byte each) to check they are readable.
 PROBE_FILES = 1000
-#: Entries per data set the host-side mode-bits scan looks at.
-SCAN_ENTRIES = 10_000
-
-
-def _can(st: os.stat_result, uid: int, gid: int, need: int) -> bool:
-    """Whether ``uid:gid`` (no supplementary groups, no capabilities) has ``need`` (rwx bits
-    as 4/2/1) on a file with this stat, by its mode bits and ownership."""
-    if st.st_uid == uid:
-        bits = (st.st_mode >> 6) & 7
-    elif st.st_gid == gid:
-        bits = (st.st_mode >> 3) & 7
-    else:
-        bits = st.st_mode & 7
-    return bits & need == need
-
-
-def _describe_entry(st: os.stat_result) -> str:
-    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {st.st_uid}:{st.st_gid}"
-
-
-def scan_dataset(folder: Path, uid: int, gid: int) -> tuple[int, int, str | None]:
-    """Mode-bits scan (on the host) of what ``uid:gid`` cannot read in ``folder``.
-
-    Returns (entries looked at, entries not readable, a description of the first one). Only
-    the folder itself and what is below it count: the sandbox bind-mounts the folder, so the
-    folders above it on the host need not be open to the sandbox user. Links are skipped.
-    ACLs, supplementary groups and user-namespace mappings are not seen here; the probe
-    container is the real test.
-    """
-    looked = bad = 0
-    first: str | None = None
-    stack: list[tuple[Path, str]] = [(folder, ".")]
-    while stack and looked < SCAN_ENTRIES:
-        path, rel = stack.pop()
-        try:
-            st = path.lstat()
-        except OSError:
-            continue
-        looked += 1
-        if stat.S_ISLNK(st.st_mode):
-            continue
-        is_dir = stat.S_ISDIR(st.st_mode)
-        if not _can(st, uid, gid, 5 if is_dir else 4):
-            bad += 1
-            if first is None:
-                what = "the folder itself" if rel == "." else f"{rel!r}"
-                first = f"{what} ({_describe_entry(st)})"
-            continue
-        if is_dir:
-            try:
-                children = sorted(os.listdir(path), reverse=True)
-            except OSError:
-                continue
-            stack.extend(
-                (path / name, name if rel == "." else f"{rel}/{name}") for name in children
-            )
-    return looked, bad, first
 
 
 _DATASET_SCRIPT = f"""
@@ -92,25 +36,10 @@ exit 0
 
 
 def _check_source(dataset: DataSet) -> str | None:
-    """Why a ``sql`` or ``file`` data set cannot be read, or ``None``.
-
-    ``sql``: a read-only transaction opens and every table or query is described (``LIMIT
-    0``: no rows read). ``file``: the file is read as Parquet or CSV. The extracted view is
-    made readable by the sandbox user by the station itself.
-    """
-    try:
-        if dataset.kind == "sql":
-            with ReadOnlySession(dataset) as session:
-                for table in dataset.targets:
-                    session.columns(table)
-        else:
-            describe(dataset)
-    except PhtError as exc:  # its message names the data set
-        text = str(exc)
-        return (
-            text if f"data set {dataset.name!r}" in text else f"data set {dataset.name!r}: {text}"
-        )
-    return None
+    """Why a ``sql`` or ``file`` data set cannot be read, or ``None``: pre-flight's check
+    (:func:`~pht_airflow.station.preflight.dataset_problem`), reading a file whole."""
+    problem = dataset_problem(dataset, thorough=True)
+    return None if problem is None else problem.text
 
 
 def check_datasets(

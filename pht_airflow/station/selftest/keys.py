@@ -1,4 +1,6 @@
-"""The ``keys`` check: the signing key signs for ``keys.public_key``; the age identity decrypts."""
+"""The ``keys`` check: pre-flight's key checks (:func:`~pht_airflow.station.preflight.open_keys`:
+the right kind of file, opens with its passphrase), then the signing key signs for
+``keys.public_key`` and the age identity decrypts."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import secrets
 
 from ...errors import PhtError, SelfTestError
 from ..config import StationConfig
+from ..preflight import open_keys
 from .probe import _scrub, _short
 
 
@@ -22,23 +25,19 @@ def check_keys(config: StationConfig) -> str:
             with contextlib.suppress(PhtError, OSError, UnicodeDecodeError):
                 secret_values.append(ref.read_bytes())
 
-    def fail(what: str, exc: BaseException) -> SelfTestError:
-        return SelfTestError(_scrub(f"keys: {what}: {_short(exc, 400)}", secret_values))
-
     challenge = secrets.token_bytes(32)
-    try:
-        key = config.load_signing_key()
-    except PhtError as exc:
-        raise fail("the station signing key does not open", exc) from None
+    # The same opening and kind checks as pre-flight (one implementation), then a real
+    # signature and a real decryption.
+    key, identity, problems = open_keys(config)
+    if problems:
+        text = "; ".join(p.line() for p in problems)
+        raise SelfTestError(_scrub(f"keys: {_short(SelfTestError(text), 800)}", secret_values))
+    assert key is not None and identity is not None  # noqa: S101 - no problem means both
     if not config.public_key.verify(key.sign(challenge), challenge):
         raise SelfTestError(
             f"keys: a signature by the station signing key ({config.signing_key.describe()}) "
             f"does not verify under keys.public_key ({config.public_key.key_id})"
         )
-    try:
-        identity = config.load_age_identity()
-    except PhtError as exc:
-        raise fail("the station age identity does not open", exc) from None
     try:
         sealed = pyrage.encrypt(challenge, [pyrage.x25519.Recipient.from_str(identity.recipient)])
         opened = pyrage.decrypt(sealed, [identity.identity])
