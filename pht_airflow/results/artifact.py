@@ -16,14 +16,15 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from ..attestation import attest, hop_predicate, verify_attestation
 from ..errors import DigestMismatchError, PhtError, UnsafeArchiveError
-from ..keys import AgeIdentity, SigningKey
+from ..keys import AgeIdentity, SigningKey, public_key_from_pem
 from ..oci import OCI_MANIFEST, Descriptor, Manifest, Reference, RegistryClient, sha256_digest
 from ..protocol import (
     HOP_ANNOTATION,
@@ -89,13 +90,18 @@ def seal(
     recipients: Sequence[str] | None = None,
     progress: Progress | None = None,
     created: str | None = None,
+    predicate: Mapping[str, Any] | None = None,
 ) -> SealedResult:
-    """Seal ``output_dir`` as the result of ``hop`` and push it beside the train, signed.
+    """Seal ``output_dir`` as the result of ``hop`` and push it beside the train, signed
+    and attested.
 
     ``train`` must be pinned to the train's digest and name the repository the result goes
     to (the train's repository in this station's project). ``recipients`` defaults to the
     protocol's rule (:meth:`TrainSpec.recipients_for_hop`). The archive is planned (and
-    refused if unsafe) before a single byte is uploaded.
+    refused if unsafe) before a single byte is uploaded. ``predicate`` is the run
+    attestation's predicate (build it with :func:`pht_airflow.attestation.hop_predicate`);
+    without one the attestation records what seal knows: the train, the station, the hop
+    and the data set's name, every other field null.
     """
     if train.digest is None or train.digest != train_manifest.digest:
         raise PhtError("seal needs the train reference pinned to the train manifest's digest")
@@ -116,7 +122,14 @@ def seal(
         "recipients": recipients,
         "plaintext_bytes": plaintext_bytes,
     }
-    return push_result(client, train, train_manifest, layer, config, key=key)
+    if predicate is None:
+        predicate = hop_predicate(
+            train={"id": spec.id, "name": spec.name, "digest": train.digest},
+            station=station,
+            hop=hop,
+            dataset={"name": spec.dataset, "digest": None},
+        )
+    return push_result(client, train, train_manifest, layer, config, key=key, predicate=predicate)
 
 
 def push_result(
@@ -127,10 +140,12 @@ def push_result(
     config: dict[str, Any],
     *,
     key: SigningKey,
+    predicate: Mapping[str, Any] | None = None,
 ) -> SealedResult:
     """Push a result artifact whose layer is already uploaded: config, manifest, signature,
-    and only then the ``result-<hop>`` tag. ``config`` is pushed as given (:func:`seal` makes
-    it; tests use this to publish hostile results a station could sign).
+    attestation, and only then the ``result-<hop>`` tag. ``config`` is pushed as given
+    (:func:`seal` makes it; tests use this to publish hostile results a station could sign);
+    without a ``predicate`` the attestation names the config's train, station and hop.
     """
     hop, station = config["hop"], config["station"]
     config_desc = client.upload_bytes(
@@ -150,11 +165,15 @@ def push_result(
         },
     }
     raw = _canonical(manifest)
-    # Pushed by digest, signed, and only then tagged: the registry announces the tag push,
-    # and by then the signature is there for whoever the announcement wakes (the router).
+    # Pushed by digest, signed, attested, and only then tagged: the registry announces the
+    # tag push, and by then the signature and the attestation are there for whoever the
+    # announcement wakes (the router copies both with the result).
     digest = client.put_manifest(train.repository, sha256_digest(raw), raw, OCI_MANIFEST)
     ref = Reference(train.registry, train.repository, digest=digest)
     sign(client, ref, key, role="station", signer=station)
+    if predicate is None:
+        predicate = {"train": config.get("train"), "station": station, "hop": hop}
+    attest(client, train.repository, digest, predicate, key)
     client.put_manifest(train.repository, result_tag(hop), raw, OCI_MANIFEST)
     return SealedResult(reference=ref, digest=digest, layer=layer, config=config)
 
@@ -280,12 +299,18 @@ def fetch_results(
     max_bytes: int = DEFAULT_MAX_EXTRACT_BYTES,
     progress: Progress | None = None,
     on_result: Callable[[AcceptedResult], None] | None = None,
+    on_attestation: Callable[[AcceptedResult, dict[str, Any]], None] | None = None,
 ) -> list[tuple[AcceptedResult, Path]]:
-    """Verify the chain and open every result addressed to ``identity`` into ``out_dir``.
+    """Verify the chain and every result's attestation, then open every result addressed
+    to ``identity`` into ``out_dir``.
 
-    Writes ``out_dir/<hop>-<station>/…``. All or nothing: results are opened into a private
-    staging folder that becomes ``out_dir`` only when every one verified and decrypted.
-    The caller verifies the train's own signatures first (``train`` must be pinned).
+    Writes ``out_dir/<hop>-<station>/…``. Every accepted result must carry a run attestation
+    signed by its station's key from the train spec and naming it as subject
+    (:func:`pht_airflow.attestation.verify_attestation`); all are checked before a byte is
+    downloaded, and ``on_attestation`` is told each verified statement. All or nothing:
+    results are opened into a private staging folder that becomes ``out_dir`` only when
+    every one verified and decrypted. The caller verifies the train's own signatures first
+    (``train`` must be pinned).
     """
     if out_dir.exists() and any(out_dir.iterdir()):
         raise PhtError(f"{out_dir} is not empty; fetch into a new or empty folder")
@@ -296,6 +321,13 @@ def fetch_results(
             f"no verified result of train {spec.id} is addressed to {identity.recipient} "
             f"({len(accepted)} verified result(s) in total)"
         )
+    statements = [
+        (r, verify_attestation(client, r.reference, public_key_from_pem(spec.route[r.hop].key)))
+        for r in accepted
+    ]
+    if on_attestation is not None:
+        for result, statement in statements:
+            on_attestation(result, statement)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
