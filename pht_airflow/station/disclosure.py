@@ -311,10 +311,10 @@ class _Unreadable(Exception):
     """The file cannot be checked; the message is the block reason."""
 
 
-def _walk(root: Path) -> tuple[list[tuple[str, os.stat_result | None]], int]:
-    """(relative path, lstat) of every entry that is not a folder, sorted; stops listing after
-    :data:`MAX_ENTRIES` (second value: entries seen). Never follows a link."""
-    found: list[tuple[str, os.stat_result | None]] = []
+def _walk(root: Path) -> tuple[list[tuple[str, os.stat_result]], bool]:
+    """(relative path, lstat) of every entry that is not a folder, sorted by path, and
+    whether the listing stopped after :data:`MAX_ENTRIES` entries. Never follows a link."""
+    found: list[tuple[str, os.stat_result]] = []
     seen = 0
     stack = [PurePosixPath()]
     while stack:
@@ -329,14 +329,15 @@ def _walk(root: Path) -> tuple[list[tuple[str, os.stat_result | None]], int]:
         for entry in entries:
             seen += 1
             if seen > MAX_ENTRIES:
-                return sorted(found, key=lambda e: e[0].encode("utf-8", "surrogateescape")), seen
+                return found, True
             path = rel / entry.name
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 stack.append(path)
             else:
                 found.append((path.as_posix(), st))
-    return sorted(found, key=lambda e: e[0].encode("utf-8", "surrogateescape")), seen
+    found.sort(key=lambda e: e[0].encode("utf-8", "surrogateescape"))
+    return found, False
 
 
 def _read(root: Path, rel: str, limit: int) -> bytes:
@@ -429,8 +430,8 @@ def _parse_json(text: str) -> Any:
         raise _Unreadable(f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
     except RecursionError:
         raise _Unreadable(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise _Unreadable(f"not valid JSON ({safe_text(str(exc), limit=120)})") from None
+    except ValueError:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise _Unreadable("not valid JSON (a number with too many digits)") from None
     stack: list[tuple[Any, int]] = [(doc, 1)]
     while stack:
         node, depth = stack.pop()
@@ -711,14 +712,14 @@ def _worst_acro(a: str | None, b: str) -> str:
 def _classify(
     root: Path,
     rel: str,
-    st: os.stat_result | None,
+    st: os.stat_result,
     ctx: _Context,
     declared: Mapping[str, _Declared],
 ) -> tuple[str, str, _Reasons]:
     """(kind, preview layout, reasons) of one file that is not the manifest or ACRO's."""
     out = _Reasons()
     suffix = PurePosixPath(rel).suffix.lower()
-    if st is None or stat.S_ISLNK(st.st_mode):
+    if stat.S_ISLNK(st.st_mode):
         out.add("block", "a symbolic link: only regular files may leave")
         return "link", "", out
     if not stat.S_ISREG(st.st_mode):
@@ -755,7 +756,7 @@ def _classify(
 
 
 def _special_files(
-    root: Path, entries: dict[str, os.stat_result | None], policy: DisclosurePolicy
+    root: Path, entries: dict[str, os.stat_result], policy: DisclosurePolicy
 ) -> tuple[dict[str, _Declared], _Acro | None, dict[str, FileCheck]]:
     """Read the manifest and ACRO's report; their own FileChecks."""
     done: dict[str, FileCheck] = {}
@@ -795,8 +796,8 @@ def _special_files(
     return declared, acro, done
 
 
-def _size(st: os.stat_result | None) -> int:
-    return st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
+def _size(st: os.stat_result) -> int:
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
 
 def _acro_checksum(root: Path, rel: str, acro: _Acro | None) -> bool:
@@ -831,10 +832,11 @@ def check_output(
     ctx = _Context(
         policy, min_cell_count, dataset_rows, frozenset(_norm(c) for c in identifier_columns)
     )
-    listed, seen = _walk(root)
-    if seen > policy.max_files:
-        more = "more than " if seen > MAX_ENTRIES else ""
-        reason = f"{more}{seen} files, more than policy.disclosure.max_files ({policy.max_files})"
+    listed, truncated = _walk(root)
+    if truncated or len(listed) > policy.max_files:
+        more = "more than " if truncated else ""
+        count = f"{more}{len(listed)} files"
+        reason = f"{count}, more than policy.disclosure.max_files ({policy.max_files})"
         return DisclosureReport((), (reason,), "block", policy, min_cell_count)
     entries = dict(listed)
     declared, acro, done = _special_files(root, entries, policy)
