@@ -286,3 +286,88 @@ def test_a_disclosure_threshold_that_is_not_a_whole_number_from_1_is_refused(
     assert result.exit_code == 1
     assert "policy.min_cell_count: must be a whole number from 1 to 1000000" in result.output
     assert "station.yaml:" in result.output
+
+
+# --- pht station check ---------------------------------------------------------------------
+
+
+def _check_station(tmp_path: Path, parties: Any, host: str, **overrides: Any) -> Any:
+    return make_station(
+        tmp_path / "a",
+        parties["station-a"],
+        host,
+        creators=[parties["alice"].public.pem],
+        approvers=[parties["reviewer"].public.pem],
+        overrides=overrides or None,
+    )
+
+
+def test_station_check_passes_and_remembers(tmp_path: Path, parties: Any, registry: Any) -> None:
+    station = _check_station(tmp_path, parties, registry.host)
+    runner = CliRunner()
+    config = str(station.config_path)
+    result = runner.invoke(main, ["station", "check", "--config", config])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:-1]] == [
+        "✓ folders",
+        "✓ keys",
+        "✓ datasets",
+        "✓ registry",
+        "✓ engine",
+    ]
+    assert lines[-1] == "station station-a: pre-flight passed"
+    assert "(remembered)" not in result.stdout
+
+    again = runner.invoke(main, ["station", "check", "--config", config])
+    assert again.exit_code == 0
+    assert again.stdout.count("(remembered)") == 5
+    fresh = runner.invoke(main, ["station", "check", "--config", config, "--no-cache"])
+    assert fresh.exit_code == 0
+    assert "(remembered)" not in fresh.stdout
+
+    as_json = runner.invoke(main, ["station", "check", "--config", config, "--json"])
+    assert as_json.exit_code == 0
+    report = json.loads(as_json.stdout)
+    assert report["ok"] is True and list(report["checks"]) == [
+        "datasets",
+        "engine",
+        "folders",
+        "keys",
+        "registry",
+    ]
+
+
+def test_station_check_shows_each_failure_with_what_to_do_and_exits_1(
+    tmp_path: Path, parties: Any
+) -> None:
+    host = f"127.0.0.1:{free_port()}"  # nothing listens here
+    station = _check_station(
+        tmp_path, parties, host, keys={"signing_key": {"file": "keys/station.pub"}}
+    )
+    result = CliRunner().invoke(main, ["station", "check", "--config", str(station.config_path)])
+    assert result.exit_code == 1, result.output
+    lines = result.stdout.splitlines()
+    keys = lines.index(next(line for line in lines if line.startswith("✗ keys: ")))
+    assert "is a signing public key (NAME.pub), not a signing private key" in lines[keys]
+    assert lines[keys + 1].startswith("  → this is the public half: give the private key file")
+    registry = lines.index(next(line for line in lines if line.startswith("✗ registry: ")))
+    assert f"cannot reach registry {host}: Connection refused" in lines[registry]
+    assert lines[registry + 1].startswith("  → check that the registry is running")
+    assert lines[-1] == "station station-a: pre-flight failed (2 check(s))"
+    assert "Traceback" not in result.output
+
+
+def test_station_check_with_a_broken_config_names_the_problem(
+    tmp_path: Path, parties: Any, registry: Any
+) -> None:
+    station = _check_station(tmp_path, parties, registry.host)
+    text = station.config_path.read_text()
+    station.config_path.write_text(
+        text.replace("public_key: keys/station.pub", "public_key: keys/station.key")
+    )
+    result = CliRunner().invoke(main, ["station", "check", "--config", str(station.config_path)])
+    assert result.exit_code == 1
+    assert "error: invalid station config" in result.output
+    assert "keys.public_key" in result.output
+    assert "but this is a signing private key (NAME.key)" in result.output

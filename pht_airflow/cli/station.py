@@ -1,5 +1,6 @@
-"""``pht station``: run a station's hop by hand, as the DAG does (for operators debugging a
-train without the scheduler), and publish the shape of its data sets to the central service."""
+"""``pht station``: check a station before it runs anything (pre-flight), run a station's hop
+by hand, as the DAG does (for operators debugging a train without the scheduler), and publish
+the shape of its data sets to the central service."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..station.secrets import NO_LOOKUPS, Lookups
-from .render import err, out, plain
+from .render import EXIT_ERROR, err, out, plain
 
 
 def _lookups() -> Lookups:
@@ -93,3 +94,37 @@ def station_publish_schema(config_path: Path, show: bool) -> None:
         f"(data sets: {plain(names)})",
         markup=False,
     )
+
+
+@station.command("check")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="PHT_STATION_CONFIG",
+    required=True,
+    help="The station config (default: $PHT_STATION_CONFIG).",
+)
+@click.option("--no-cache", is_flag=True, help="Run every check, even those that passed recently.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def station_check(config_path: Path, no_cache: bool, as_json: bool) -> None:
+    """Pre-flight: the checks every hop runs first. Each key file is the right kind and opens
+    with its passphrase, each data set is readable as the sandbox user, the registry lets the
+    station's credentials in, the Docker engine answers. Prints each check with ✓ or ✗ and
+    what to do; exits 1 if any failed (a broken config file too)."""
+    from ..station.config import load_config
+    from ..station.preflight import run_preflight
+    from .render import print_json
+
+    config = load_config(config_path, _lookups())
+    report = run_preflight(config, cache=not no_cache)
+    if as_json:
+        print_json(report.summary())
+    else:
+        for line in report.lines():
+            style = "green" if line.startswith("✓") else "red" if line.startswith("✗") else ""
+            out.print(line, style=style or None, markup=False)
+        verdict = "passed" if report.ok else f"failed ({len(report.failed)} check(s))"
+        out.print(f"station {plain(config.station_id)}: pre-flight {verdict}", markup=False)
+    if not report.ok:
+        raise SystemExit(EXIT_ERROR)
