@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from pht_airflow.errors import (
+    ConfigError,
     OutputTooLargeError,
     PolicyError,
     SandboxError,
@@ -32,11 +33,14 @@ from pht_airflow.errors import (
     TrainTimeoutError,
 )
 from pht_airflow.station.sandbox import (
+    ALL_GPUS,
     LABEL,
     MAX_OUTPUT_DEPTH,
     RESOLV_CONF,
     Limits,
     SandboxResult,
+    container_settings,
+    describe_gpus,
     run_train,
 )
 
@@ -659,3 +663,101 @@ def test_limits_defaults() -> None:
     assert (limits.wall_seconds, limits.output_bytes, limits.tmp_bytes) == (3600, 1 << 30, 64 * MiB)
     assert (limits.user, limits.uid, limits.gid) == ("65534:65534", NOBODY, NOBODY)
     assert Limits(user="1000").user == "1000:1000"
+
+
+# --- GPUs (sandbox.gpus) ---------------------------------------------------------------------
+
+
+def _created_device_requests(box: Box, limits: Limits) -> Any:
+    """The DeviceRequests the engine records for a sandbox container created (never started)
+    with ``limits``; the container is removed again."""
+    settings = container_settings(
+        BUSYBOX, name=box.name, data_dir=box.data, input_dir=box.data, output_dir=box.output,
+        env=box.env(), limits=limits, command=["true"],
+    )  # fmt: skip
+    container = box.docker.containers.create(**settings)
+    try:
+        container.reload()
+        return container.attrs["HostConfig"].get("DeviceRequests")
+    finally:
+        container.remove(force=True)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "count", "ids"),
+    [(ALL_GPUS, -1, []), (2, 2, []), (("0", "GPU-3b1f0c2e"), 0, ["0", "GPU-3b1f0c2e"])],
+)
+def test_gpus_become_the_containers_device_requests(
+    box: Box, gpus: Any, count: int, ids: Any
+) -> None:
+    """No GPU host here: the engine's record of the created container shows what would be
+    passed through (``docker run --gpus``); by default nothing is."""
+    assert _created_device_requests(box, Limits()) in (None, [])
+    requests = _created_device_requests(box, Limits(gpus=gpus))
+    assert requests == [
+        {"Driver": "", "Count": count, "DeviceIDs": ids, "Capabilities": [["gpu"]], "Options": {}}
+    ]
+
+
+def test_a_gpu_run_on_an_engine_without_gpus_is_refused_and_leaves_nothing(box: Box) -> None:
+    with pytest.raises(SandboxError, match="could not start train image") as caught:
+        box.sh("true", limits=Limits(memory_bytes=64 * MiB, wall_seconds=30, gpus=1))
+    assert "gpu" in str(caught.value).lower()
+    # the box fixture checks that no container and no private folder is left
+
+
+@pytest.mark.parametrize(
+    ("gpus", "shown"),
+    [(0, "no GPU"), (ALL_GPUS, "all GPUs of the host"), (1, "1 GPU"), (3, "3 GPUs"),
+     (("0",), "GPU 0"), (("0", "1"), "GPUs 0, 1")],
+)  # fmt: skip
+def test_gpus_are_described_for_people(gpus: Any, shown: str) -> None:
+    assert describe_gpus(gpus) == shown
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("all", ALL_GPUS), (2, 2), ("none", 0), (0, 0), ([0, "GPU-3b1f"], ("0", "GPU-3b1f"))],
+)
+def test_sandbox_gpus_in_the_station_config(
+    tmp_path: Path, parties: Any, value: Any, expected: Any
+) -> None:
+    from support.stationkit import make_station
+
+    pem = parties["alice"].public.pem
+    station = make_station(
+        tmp_path / "s", parties["station-a"], "127.0.0.1:5000", creators=[pem], approvers=[pem],
+        overrides={"sandbox": {"gpus": value}},
+    )  # fmt: skip
+    assert station.config().limits.gpus == expected
+    plain = make_station(
+        tmp_path / "p", parties["station-a"], "127.0.0.1:5000", creators=[pem], approvers=[pem]
+    )
+    assert plain.config().limits.gpus == 0  # the default: no GPU
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("many", "must be none, all, a count"),
+        (-1, "must be none, all, a count"),
+        (True, "must be none, all, a count"),
+        (65, "a count from 1 to 64"),
+        ([], "a list of 1 to 64 device ids"),
+        (["0; rm -rf /"], "is not a device id"),
+        ([0, "0"], "lists a device id twice"),
+    ],
+)
+def test_sandbox_gpus_refusals_name_the_field(
+    tmp_path: Path, parties: Any, value: Any, message: str
+) -> None:
+    from support.stationkit import make_station
+
+    pem = parties["alice"].public.pem
+    station = make_station(
+        tmp_path / "s", parties["station-a"], "127.0.0.1:5000", creators=[pem], approvers=[pem],
+        overrides={"sandbox": {"gpus": value}},
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"station\.yaml:\d+: sandbox\.gpus: ") as caught:
+        station.config()
+    assert message in str(caught.value)

@@ -35,7 +35,7 @@ from ..protocol import STATION_ID
 from ..spec import parse_duration
 from .data.model import DataSet, parse_datasets
 from .disclosure import DisclosurePolicy, parse_disclosure_policy
-from .sandbox import Limits
+from .sandbox import ALL_GPUS, Limits, check_gpus
 from .secrets import NO_LOOKUPS, Lookups, SecretRef
 
 CONFIG_ENV = "PHT_STATION_CONFIG"
@@ -280,6 +280,7 @@ _SCHEMA: dict[str, Any] = {
         "output_bytes": None,
         "tmp_bytes": None,
         "user": None,
+        "gpus": None,
     },
     "policy": {
         "require_approval": None,
@@ -307,6 +308,28 @@ def _task_timeout(policy: Mapping[str, Any]) -> timedelta:
         return parse_duration(value)
     except (ValueError, OverflowError):
         raise ConfigError(f"not a duration: {value[:40]!r} (use e.g. 6h or 90m)") from None
+
+
+def _gpus(value: Any) -> int | tuple[str, ...] | str:
+    """``sandbox.gpus``: ``none`` (or 0), ``all``, a count, or a list of device ids; a str
+    saying what is wrong otherwise. Setting it is the station's decision to pass GPUs to
+    every train it runs (a train cannot ask for them)."""
+    rule = "must be none, all, a count such as 1, or a list of device ids such as [0, 1]"
+    if value == "none":
+        return 0
+    if value == "all":
+        return ALL_GPUS
+    if isinstance(value, list):
+        value = tuple(
+            str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value
+        )
+    elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return rule
+    try:
+        check_gpus(value)
+    except ValueError as exc:
+        return f"{rule} ({exc})"
+    return value
 
 
 def _harbor_url(value: Any, problem: Any) -> str | None:
@@ -612,6 +635,12 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
                 problem(("sandbox", name_), "must be a number")
     if "user" in sb:
         limit_args["user"] = str(sb["user"])
+    if sb.get("gpus") is not None:
+        gpus = _gpus(sb["gpus"])
+        if isinstance(gpus, str):
+            problem(("sandbox", "gpus"), gpus)
+        else:
+            limit_args["gpus"] = gpus
     try:
         limits = Limits(**limit_args)
     except (TypeError, ValueError) as exc:

@@ -13,6 +13,8 @@ root file system       ``read_only=True``; ``/tmp`` a ``rw,noexec,nosuid,nodev``
 IPC                    ``ipc_mode="none"``: own IPC namespace, no ``/dev/shm``
 user                   ``Limits.user`` (65534:65534 by default); never uid or gid 0
 privileges             ``cap_drop=["ALL"]``, ``no-new-privileges``, not privileged, no devices
+GPUs                   none, unless ``Limits.gpus`` (``sandbox.gpus``) passes some through
+                       as ``device_requests`` (what ``docker run --gpus`` does)
 limits                 memory (no swap), CPUs, pids, wall time, output size and depth,
                        core dumps off
 init                   ``init=True``: ``docker-init`` is PID 1 and reaps orphans
@@ -126,8 +128,12 @@ class Limits:
     output_bytes: int = 1 * GiB
     tmp_bytes: int = 64 * MiB
     user: str = "65534:65534"
+    #: GPUs passed through (``sandbox.gpus``): 0 none (the default), :data:`ALL_GPUS` every
+    #: GPU, a positive count, or a tuple of device ids (``"0"``, ``"GPU-<uuid>"``).
+    gpus: int | tuple[str, ...] = 0
 
     def __post_init__(self) -> None:
+        check_gpus(self.gpus)
         for name in ("memory_bytes", "pids", "output_bytes", "tmp_bytes"):
             _positive(name, getattr(self, name), int)
         for name in ("cpus", "wall_seconds"):
@@ -164,6 +170,59 @@ class Limits:
     @property
     def gid(self) -> int:
         return int(self.user.split(":")[1])
+
+
+#: ``Limits.gpus`` for every GPU of the host (Docker's ``--gpus all``, a count of -1).
+ALL_GPUS = -1
+#: Most GPUs a count may ask for, and most device ids listed.
+MAX_GPUS = 64
+_GPU_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def check_gpus(gpus: object) -> None:
+    """Refuse a ``Limits.gpus`` value that is not 0, :data:`ALL_GPUS`, a count up to
+    :data:`MAX_GPUS` or a tuple of up to that many distinct device ids."""
+    if isinstance(gpus, bool):
+        raise ValueError(f"sandbox gpus must be all, a count or device ids, got {gpus!r}")
+    if isinstance(gpus, int):
+        if gpus != ALL_GPUS and not 0 <= gpus <= MAX_GPUS:
+            raise ValueError(f"sandbox gpus must be a count from 1 to {MAX_GPUS}, got {gpus}")
+        return
+    if not isinstance(gpus, tuple) or not gpus or len(gpus) > MAX_GPUS:
+        raise ValueError(
+            f"sandbox gpus must be all, a count or a list of 1 to {MAX_GPUS} device ids"
+        )
+    for device in gpus:
+        if not isinstance(device, str) or not _GPU_ID_RE.match(device):
+            raise ValueError(
+                f"sandbox gpus: {safe_text(device, limit=60)!r} is not a device id such as 0 or "
+                "GPU-<uuid>"
+            )
+    if len(set(gpus)) != len(gpus):
+        raise ValueError("sandbox gpus lists a device id twice")
+
+
+def describe_gpus(gpus: int | tuple[str, ...]) -> str:
+    """``Limits.gpus`` as people read it: "no GPU", "all GPUs", "2 GPUs", "GPUs 0, 1"."""
+    if gpus == ALL_GPUS:
+        return "all GPUs of the host"
+    if isinstance(gpus, tuple):
+        return f"GPU{'s' if len(gpus) > 1 else ''} {', '.join(gpus)}"
+    if gpus == 0:
+        return "no GPU"
+    return f"{gpus} GPU{'s' if gpus > 1 else ''}"
+
+
+def device_requests(gpus: int | tuple[str, ...]) -> list[Any]:
+    """The Docker SDK's ``device_requests`` for ``Limits.gpus`` (none for 0): what
+    ``docker run --gpus`` asks the engine for (a GPU-capable runtime must be installed)."""
+    from docker.types import DeviceRequest
+
+    if isinstance(gpus, tuple):
+        return [DeviceRequest(device_ids=list(gpus), capabilities=[["gpu"]])]
+    if gpus == 0:
+        return []
+    return [DeviceRequest(count=gpus, capabilities=[["gpu"]])]
 
 
 @dataclass(frozen=True)
@@ -667,6 +726,8 @@ def container_settings(
         "log_config": LogConfig(
             type=LogConfig.types.JSON, config={"max-size": ENGINE_LOG_MAX, "max-file": "1"}
         ),
+        # No device unless the station's config passes GPUs through (sandbox.gpus).
+        "device_requests": device_requests(limits.gpus),
     }
 
 
