@@ -152,7 +152,8 @@ def audit_status(path: Path) -> dict[str, Any]:
     try:
         records = verify_log(path)
     except AuditLogError as exc:
-        return {"ok": False, "records": None, "message": safe_text(str(exc), limit=500)}
+        message = str(exc).removeprefix(f"{path}: ")  # the page names no host path
+        return {"ok": False, "records": None, "message": safe_text(message, limit=500)}
     except OSError as exc:
         reason = safe_text(exc.strerror or type(exc).__name__, limit=200)
         return {"ok": False, "records": None, "message": f"cannot read the audit log: {reason}"}

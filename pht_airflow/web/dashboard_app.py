@@ -102,9 +102,10 @@ _STATION = """{% extends "base.html" %}
 <td class="mono">{{ t.time or '' }}</td>
 <td>{% if t.train_name %}<b>{{ t.train_name }}</b><br>{% endif %}
 <span class="mono">{{ t.train_id or '(unknown)' }}</span><br>
-<span class="mono muted">{{ t.train_digest or '' }}</span>
+<span class="mono muted digest" title="{{ t.train_digest or '' }}">{{ t.train_digest|short }}</span>
 {% if t.dataset %}<br>data set {{ t.dataset }}{% endif %}</td>
-<td>{% for c in t.creators %}{{ c.name or '' }} <span class="mono muted">{{ c.key_id }}</span>
+<td>{% for c in t.creators %}{{ c.name or '' }}
+<span class="mono muted" title="{{ c.key_id }}">{{ c.key_id|short }}</span>
 {% if not loop.last %}<br>{% endif %}{% endfor %}</td>
 <td>{{ t.hop if t.hop is not none else '' }}</td>
 <td class="outcome {{ 'ok' if t.outcome == 'success' else 'bad' }}">{{ t.outcome or '' }}
@@ -113,9 +114,10 @@ _STATION = """{% extends "base.html" %}
 <td>{% if t.approved_by %}approved by {{ t.approved_by }}{% endif %}
 {% if t.rejected_by %}rejected by {{ t.rejected_by }}{% if t.reason %}: {{ t.reason }}{% endif %}
 {% elif t.reason %}{{ t.reason }}{% endif %}</td>
-<td class="mono">{{ t.result_digest or '' }}</td>
+<td class="mono" title="{{ t.result_digest or '' }}">{{ t.result_digest|short }}</td>
 <td>{% for r in t.recipients %}{% if r.name %}{{ r.name }} {% endif %}
-<span class="mono muted">{{ r.recipient|truncate(24, true) }}</span><br>{% endfor %}</td>
+<span class="mono muted" title="{{ r.recipient }}">{{ r.recipient|short }}</span><br>
+{% endfor %}</td>
 </tr>{% endfor %}</tbody></table>{% endif %}
 
 <h2>Audit log</h2>
@@ -190,6 +192,14 @@ _UNAUTHORIZED = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <a href="{{ login_url }}">Sign in to Airflow</a>, then open this page again.</p></body></html>
 """
 
+
+def _short(value: Any, keep: int = 19) -> str:
+    """A long id (``sha256:…``, ``age1…``) cut for a table cell; the page keeps it whole in a
+    ``title``."""
+    text = "" if value is None else str(value)
+    return text if len(text) <= keep + 1 else text[:keep] + "\u2026"
+
+
 _TEMPLATES = Environment(
     loader=DictLoader(
         {
@@ -202,6 +212,7 @@ _TEMPLATES = Environment(
     ),
     autoescape=select_autoescape(default=True, default_for_string=True),
 )
+_TEMPLATES.filters["short"] = _short
 
 
 def _render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
