@@ -7,6 +7,7 @@ status pass/review/fail, type, properties, files with their sdc, command, ...).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -655,10 +656,8 @@ def test_exactly_the_counts_from_1_to_k_minus_1_are_flagged(
 ) -> None:
     with tempfile.TemporaryDirectory() as folder:
         rows = [{"label": labels, "n": c} for c in counts]
-        import csv as csvlib
-
         with open(Path(folder) / "t.csv", "w", newline="") as f:
-            w = csvlib.DictWriter(f, ["label", "n"])
+            w = csv.DictWriter(f, ["label", "n"])
             w.writeheader()
             w.writerows(rows)
         write(

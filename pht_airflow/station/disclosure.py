@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -124,7 +125,7 @@ class DisclosurePolicy:
     max_files: int = 50
     row_fraction: float = 0.5
     zeros_are_disclosive: bool = False
-    max_table_bytes: int = 8 * 1024 * 1024
+    max_table_bytes: int = 4 * 1024 * 1024
     max_rows: int = 100_000
     max_columns: int = 500
 
@@ -373,41 +374,46 @@ def _text(data: bytes) -> str:
 
 @dataclass
 class _Table:
-    """A parsed table: header and rows of cells (str for CSV; JSON values for JSON)."""
+    """A table: its header and its rows of cells (str for CSV, JSON values for JSON), read
+    one at a time (a CSV table is never held whole in memory)."""
 
     columns: list[str]
-    rows: list[list[Any]]
+    rows: Iterator[list[Any]]
 
 
-def _parse_csv(text: str, policy: DisclosurePolicy, keep: int | None = None) -> _Table:
-    """The CSV table; ``keep`` rows only (all are still read and checked for shape)."""
+def _parse_csv(text: str, policy: DisclosurePolicy) -> _Table:
+    """The CSV table; its rows are checked for shape and bounds as they are read."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    header: list[str] | None = None
-    rows: list[list[Any]] = []
-    n = 0
-    try:
-        for line, row in enumerate(reader, 1):
-            if not row:
-                continue
-            if any(len(c) > MAX_FIELD_CHARS for c in row):
-                raise _Unreadable(f"line {line}: a field longer than {MAX_FIELD_CHARS} characters")
-            if header is None:
-                if len(row) > policy.max_columns:
-                    raise _Unreadable(f"more than max_columns ({policy.max_columns}) columns")
-                header = row
-                continue
+
+    def rows() -> Iterator[list[str]]:
+        try:
+            for row in reader:
+                if row:
+                    if any(len(c) > MAX_FIELD_CHARS for c in row):
+                        raise _Unreadable(
+                            f"line {reader.line_num}: a field longer than "
+                            f"{MAX_FIELD_CHARS} characters"
+                        )
+                    yield row
+        except csv.Error as exc:
+            raise _Unreadable(f"not valid CSV ({safe_text(str(exc), limit=120)})") from None
+
+    lines = rows()
+    header = next(lines, [])
+    if len(header) > policy.max_columns:
+        raise _Unreadable(f"more than max_columns ({policy.max_columns}) columns")
+
+    def body() -> Iterator[list[str]]:
+        for n, row in enumerate(lines, 1):
             if len(row) != len(header):
                 raise _Unreadable(
-                    f"line {line} has {len(row)} fields, the header has {len(header)}"
+                    f"line {reader.line_num} has {len(row)} fields, the header has {len(header)}"
                 )
-            n += 1
             if n > policy.max_rows:
                 raise _Unreadable(f"more than max_rows ({policy.max_rows}) rows")
-            if keep is None or len(rows) < keep:
-                rows.append(row)
-    except csv.Error as exc:
-        raise _Unreadable(f"not valid CSV ({safe_text(str(exc), limit=120)})") from None
-    return _Table(header or [], rows)
+            yield row
+
+    return _Table(header, body())
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -453,7 +459,7 @@ def _json_table(doc: Any, policy: DisclosurePolicy) -> _Table | None:
     columns = list(dict.fromkeys(k for r in doc for k in r))
     if len(columns) > policy.max_columns:
         raise _Unreadable(f"more than max_columns ({policy.max_columns}) columns")
-    return _Table(columns, [[r.get(c) for c in columns] for r in doc])
+    return _Table(columns, ([r.get(c) for c in columns] for r in doc))
 
 
 def _leaves(doc: Any) -> list[tuple[tuple[str, ...], Any]]:
@@ -560,22 +566,23 @@ def _check_table(
     ctx: _Context, out: _Reasons, table: _Table, decl: _Declared | None, row_word: str
 ) -> None:
     _check_identifiers(ctx, out, table.columns)
-    _check_rows(ctx, out, len(table.rows))
+    index = {c: i for i, c in enumerate(table.columns)}
+    counts: tuple[str, ...] = ()
+    if decl is not None:
+        counts = decl.count_columns if decl.count_columns is not None else tuple(table.columns[1:])
+        for c in counts:
+            if c not in index:
+                out.add("review", f"declared count column {_name(c)} is not in the table")
+    checked = [(c, index[c]) for c in counts if c in index]
+    rows = 0
+    for rows, row in enumerate(table.rows, 1):  # noqa: B007 - the count is used below
+        for c, i in checked:
+            _check_count(ctx, out, row[i], f"{row_word} {rows}, column {_name(c)}", (rows - 1, i))
+    _check_rows(ctx, out, rows)
     if decl is None:
         out.add(
             "review", "a table not declared a frequency table in pht-output.json: a person decides"
         )
-        return
-    counts = decl.count_columns if decl.count_columns is not None else tuple(table.columns[1:])
-    index = {c: i for i, c in enumerate(table.columns)}
-    missing = [c for c in counts if c not in index]
-    for c in missing:
-        out.add("review", f"declared count column {_name(c)} is not in the table")
-    for r, row in enumerate(table.rows, 1):
-        for c in counts:
-            i = index.get(c)
-            if i is not None:
-                _check_count(ctx, out, row[i], f"{row_word} {r}, column {_name(c)}", (r - 1, i))
 
 
 def _check_json_document(ctx: _Context, out: _Reasons, doc: Any, decl: _Declared | None) -> None:
@@ -801,7 +808,7 @@ def _size(st: os.stat_result) -> int:
 
 
 def _acro_checksum(root: Path, rel: str, acro: _Acro | None) -> bool:
-    """ACRO's ``checksums/<file>.txt``: 64 hex digits of a file ACRO listed."""
+    """ACRO's ``checksums/<file>.txt`` (64 hex digits) beside a valid ACRO report."""
     if acro is None or not rel.startswith("checksums/") or not rel.endswith(".txt"):
         return False
     try:
@@ -884,13 +891,13 @@ def _preview_table(
     try:
         text = _text(_read(root, check.path, policy.max_table_bytes))
         if suffix == ".csv":
-            t = _parse_csv(text, policy, keep=max_rows)
-            return t.columns, t.rows
+            t = _parse_csv(text, policy)
+            return t.columns, list(itertools.islice(t.rows, max_rows))
         doc = _parse_json(text)
         if check.layout == "table":
             table = _json_table(doc, policy)
             if table is not None:
-                return table.columns, table.rows[:max_rows]
+                return table.columns, list(itertools.islice(table.rows, max_rows))
         leaves = _leaves(doc)
         return ["field", "value"], [["/".join(p), v] for p, v in leaves[:max_rows]]
     except _Unreadable:
