@@ -137,6 +137,18 @@ def no_containers_left_behind() -> Iterator[None]:
         pytest.fail(f"tests left containers behind: {names}", pytrace=False)
 
 
+def _listening(name: str) -> bool:
+    """True if the 127.0.0.1 registry an image name points at still accepts connections."""
+    import socket
+
+    port = name.split(":", 2)[1].split("/", 1)[0]
+    try:
+        with socket.create_connection(("127.0.0.1", int(port)), timeout=1):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 @pytest.fixture(scope="session", autouse=True)
 def train_images_removed() -> Iterator[None]:
     """Remove the train images this session built or pulled for its registries.
@@ -161,7 +173,8 @@ def train_images_removed() -> Iterator[None]:
         names = (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
         if image["Id"] in before or not names:
             continue
-        if all(n.startswith("127.0.0.1:") for n in names):
+        # Only for registries that are gone: a live one belongs to a concurrent session.
+        if all(n.startswith("127.0.0.1:") and not _listening(n) for n in names):
             # An image still used by a container stays (the container check reports it).
             with contextlib.suppress(docker.errors.APIError):
                 client.api.remove_image(image["Id"], force=True)
