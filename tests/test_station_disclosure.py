@@ -384,9 +384,12 @@ def test_links_are_blocked_and_never_followed(tmp_path: Path, out: Path) -> None
 
 def test_names_shown_to_people_have_no_control_characters(out: Path) -> None:
     write(out, "t\x1b[31m.csv", "a\x1b]0;x,n\n1,2\n")
+    (out / os.fsdecode(b"bad\xff.txt")).write_text("x")
     report = check(out)
     text = json.dumps(report.summary(), ensure_ascii=False)
     assert "\x1b" not in text and "\\\\x1b" in text
+    assert "bad\\\\xff.txt" in text
+    assert "\x1b" not in report.block_message()
 
 
 def test_an_output_folder_that_is_not_there_is_a_station_error(tmp_path: Path) -> None:
@@ -643,6 +646,17 @@ def test_any_json_document_gives_a_verdict(doc: Any) -> None:
         assert report.verdict in ("pass", "review", "block")
         json.dumps(report.summary())
         preview_tables(Path(folder), report)
+
+
+@settings(max_examples=150, deadline=None)
+@given(doc=json_values)
+def test_any_manifest_gives_a_verdict(doc: Any) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        write(Path(folder), "pht-output.json", json.dumps(doc))
+        write(Path(folder), "t.csv", "n\n20\n")
+        report = check(Path(folder))
+        assert report.verdict in ("pass", "review", "block")
+        json.dumps(report.summary())
 
 
 @settings(max_examples=100, deadline=None)
