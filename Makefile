@@ -5,13 +5,14 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 LINT_PATHS := $(wildcard pht_airflow tests benchmarks dags plugins)
 
-.PHONY: help bootstrap demo test lint format unit bench constraints clean
+.PHONY: help bootstrap demo test lint format unit bench constraints clean screenshots
 
 help:
 	@echo "make demo        set everything up and run a train across three stations"
 	@echo "make test        set everything up, lint, and run the whole test suite"
 	@echo "make lint        ruff + mypy + import-linter contracts (the package map)"
 	@echo "make bench       run the benchmarks in benchmarks/ (slow; prints figures)"
+	@echo "make screenshots regenerate docs/screenshots/*.png with the browser tests"
 	@echo "make constraints regenerate constraints.txt from a fresh resolve"
 
 bootstrap:
@@ -36,6 +37,10 @@ format:
 bench: bootstrap
 	$(PY) benchmarks/bench_blobs.py
 	$(PY) benchmarks/bench_seal.py
+
+# The README's screenshots, taken by the real-browser tests (Debian's chromium, Playwright).
+screenshots: bootstrap
+	PHT_SCREENSHOTS=1 $(VENV)/bin/pytest -m browser -p no:cacheprovider $(PYTEST_ARGS)
 
 constraints:
 	rm -rf .pht/resolve && python3 -m venv .pht/resolve

@@ -175,8 +175,8 @@ more file(s) not listed.</p>{% endif %}
 {% for f in r.files %}{% if f.preview %}
 <h2>Preview of <span class="mono">{{ f.path }}</span></h2>
 <p class="muted">{{ f.preview.flagged_cells }} flagged cell(s) marked
-{% if f.preview.flagged_hidden %}({{ f.preview.flagged_hidden }} outside the preview){% endif %}
-{% if f.preview.truncated %}; first {{ f.preview.rows|length }} of
+{%- if f.preview.flagged_hidden %} ({{ f.preview.flagged_hidden }} outside the preview)
+{%- endif %}{% if f.preview.truncated %}; first {{ f.preview.rows|length }} of
 {{ f.preview.rows_total }} rows, {{ f.preview.columns|length }} of
 {{ f.preview.columns_total }} columns{% endif %}.</p>
 <table class="preview"><thead><tr>{% for c in f.preview.columns %}<th>{{ c }}</th>
