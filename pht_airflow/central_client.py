@@ -144,7 +144,9 @@ class CentralClient:
         return dict(self._call("GET", f"/trains/{train_id}"))
 
     def report_failure(self, report: dict[str, Any]) -> dict[str, Any]:
-        """Send a station's signed failure report (no token: the signature authenticates)."""
+        """Send a station's signed report of a hop's outcome, failed, rejected or withheld
+        (:func:`pht_airflow.hopreport.make_report`; no token: the signature authenticates).
+        Answers ``{"accepted": bool, "why": ..., "train": ...}``."""
         return dict(self._call("POST", f"/trains/{report['train_id']}/failures", report))
 
     def retry(self, train_id: str, hop: int) -> dict[str, Any]:

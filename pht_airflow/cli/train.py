@@ -295,8 +295,10 @@ def train_status(
 ) -> None:
     """Show a train's spec, signers, and per hop: result, signer, and whether the chain holds.
 
-    With --central, show where the central service has the train: each hop's state and the
-    event timeline (submitted, sent, result, outbox, failed).
+    With --central, show where the central service has the train: its status (routing, done,
+    failed, rejected, withheld), each hop's state with why it ended without a result (failed,
+    rejected at the station by whom and why, output withheld by the station and why), and
+    the event timeline (submitted, sent, result, outbox, failed, rejected, withheld).
     """
     from ..keys import load_public_key
     from ..oci import Reference
