@@ -5,7 +5,7 @@ Folders are roles, and imports point one way (import-linter contracts in ``setup
 ``make lint``)::
 
     core      errors, protocol (tags, media types, id rules), oci/, keys, signing, spec,
-              results/ (archive, crypt, artifact, chain), hopreport (the failure report's wire
+              results/ (archive, crypt, artifact, chain), hopreport (the hop outcome report's wire
               format), schemadoc (a station's signed data set description), webhooks
               (registry notifications), central_client (the central API),
               text (untrusted text made safe to show)
