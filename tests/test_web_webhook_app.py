@@ -202,6 +202,60 @@ def test_secret_is_asked_per_request(http: httpx.Client, recorder: Recorder) -> 
         served.stop()
 
 
+def test_an_unavailable_station_answers_503_with_the_reason_and_logs_it(
+    http: httpx.Client, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    state: dict[str, str | None] = {"why": "the DAG pht_run_train is paused: unpause it"}
+    served = Served(
+        create_app(
+            secret_provider=lambda: SECRET,
+            on_push=recorder,
+            unavailable=lambda: state["why"],
+        )
+    ).start()
+    try:
+        for value in (SECRET, "wrong"):  # asked before the secret: the reason is the answer
+            resp = http.post(served.url, content=_harbor_body(), headers=_auth(value))
+            assert resp.status_code == 503
+            assert resp.json() == {"error": "the DAG pht_run_train is paused: unpause it"}
+        assert recorder.events == []
+        logged = [r for r in caplog.records if "503" in r.getMessage()]
+        assert logged and logged[0].levelno == logging.ERROR
+        assert "the DAG pht_run_train is paused" in logged[0].getMessage()
+        state["why"] = None  # fixed: the next delivery goes through
+        assert http.post(served.url, content=_harbor_body(), headers=_auth()).status_code == 200
+        assert len(recorder.events) == 1
+    finally:
+        served.stop()
+
+
+def test_a_failing_readiness_check_or_secret_is_503_not_500(
+    http: httpx.Client, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> str | None:
+        raise RuntimeError("database is locked")
+
+    def unreadable() -> str:
+        raise ValueError(f"config broken near {SECRET}")
+
+    for kwargs in ({"unavailable": broken}, {"secret_provider": unreadable}):
+        app = create_app(**{"secret_provider": lambda: SECRET, "on_push": recorder, **kwargs})
+        served = Served(app).start()
+        try:
+            resp = http.post(served.url, content=_harbor_body(), headers=_auth())
+        finally:
+            served.stop()
+        assert resp.status_code == 503, resp.text
+        assert "see the receiver's log" in resp.json()["error"]
+        assert SECRET not in resp.text
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "RuntimeError: database is locked" in logged
+    assert "the webhook secret cannot be read (ValueError)" in logged
+    assert SECRET not in logged
+    assert recorder.events == []
+
+
 # --- size limit --------------------------------------------------------------------------
 
 

@@ -8,7 +8,10 @@ train digest (and one per retry tag). The run id is derived from the digest, so 
 duplicated delivery finds the run already there and starts nothing; concurrent duplicates
 that race to insert it are answered the same way (the run id is unique in the database).
 The polling DAG (:mod:`.polling`) uses the same run ids, so the two paths never both run a
-train. A station whose config says ``intake: poll`` has its receiver off (503).
+train. A station whose config says ``intake: poll`` has its receiver off (503). So is a station
+whose config does not load, or whose ``pht_run_train`` DAG is paused or not parsed yet: the
+receiver answers 503 with the reason (and logs it, the config's problems in full) instead of
+creating a run that would wait forever, and the registry delivers the push again later.
 
 A deployment hosting several stations (``$PHT_STATION_CONFIG_DIR``, see
 :mod:`pht_airflow.airflow.dags`) gets one receiver per station at
@@ -24,9 +27,11 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+from ..errors import ConfigError
 from ..station.config import StationConfig, hosted_station_configs, load_config
 from ..station.inbox import Arrival, is_intake_tag
 from ..station.inbox import run_id_for as run_id_for  # the run id, for callers of this module
+from ..text import safe_text
 from ..web.webhook_app import create_app
 from ..webhooks import PushEvent
 from .dashboard import DASHBOARD_VIEW, dashboard_app
@@ -54,6 +59,38 @@ def _secret(path: Path | None = None) -> str:
     except Exception:  # noqa: BLE001 - a missing secret means "not configured", logged
         log.error("the webhook secret (%s) cannot be read", config.webhook_secret.describe())
         return ""
+
+
+def station_unavailable(config_path: Path | None = None, dag_id: str = DAG_ID) -> str | None:
+    """Why this station's receiver cannot take pushes now, or None: the config does not load
+    (its problems go to the log, not to the caller), or the DAG is paused or not in the
+    database yet. Asked by the receiver on every delivery (503 with the reason)."""
+    from airflow.models.dag import DagModel
+
+    try:
+        _config(config_path)
+    except ConfigError as exc:
+        log.error(
+            "the station config %s does not load: %s",
+            config_path or "($PHT_STATION_CONFIG)",
+            safe_text(exc, limit=4000),
+        )
+        return (
+            "the station config does not load; the Airflow API server's log names the problems "
+            "(run `pht station check` on the station)"
+        )
+    model = DagModel.get_dagmodel(dag_id)
+    if model is None:
+        return (
+            f"the DAG {dag_id} is not in Airflow yet (the DAG processor has not parsed it); "
+            "deliver again later"
+        )
+    if model.is_paused:
+        return (
+            f"the DAG {dag_id} is paused, so a run would never start: unpause it (the toggle "
+            f"in the UI, or `airflow dags unpause {dag_id}`), then deliver again"
+        )
+    return None
 
 
 def _projects(path: Path | None = None) -> list[str]:
@@ -108,6 +145,7 @@ def build_app(config_path: Path | None = None, dag_id: str = DAG_ID) -> Any:
         secret_provider=partial(_secret, config_path),
         on_push=partial(trigger_for_push, dag_id=dag_id, config_path=config_path),
         projects=partial(_projects, config_path),
+        unavailable=partial(station_unavailable, config_path, dag_id),
     )
 
 

@@ -5,13 +5,17 @@ route, ``POST {path}``:
 
 1. a ``Content-Length`` over :data:`~pht_airflow.webhooks.MAX_BODY_BYTES` is refused (413)
    before anything is read;
-2. the ``Authorization`` header must carry the secret (:func:`check_authorization`), else
+2. ``unavailable()``, when given, says why the receiver cannot take pushes now (the
+   station's config is broken, its DAG is paused): 503 with that reason in the JSON body,
+   logged, so the registry delivers again later instead of the push being lost; so is a
+   secret that cannot be read;
+3. the ``Authorization`` header must carry the secret (:func:`check_authorization`), else
    401 with a JSON error and no ``WWW-Authenticate`` challenge, before any of the body is
    read (every refusal before reading closes the connection, so the rest is never received);
-3. the body is streamed and reading stops at the limit (413, also for chunked bodies);
-4. :func:`~pht_airflow.webhooks.parse_events` turns it into manifest pushes (4xx with the
+4. the body is streamed and reading stops at the limit (413, also for chunked bodies);
+5. :func:`~pht_airflow.webhooks.parse_events` turns it into manifest pushes (4xx with the
    reason on bad input), events outside ``projects()`` are counted as ignored;
-5. ``on_push(event)`` runs for each remaining event, in a worker thread, and returns what it
+6. ``on_push(event)`` runs for each remaining event, in a worker thread, and returns what it
    made of it (a run id, say) or None for a push it had already handled. Deduplication is
    the callback's job: every delivery is passed on. If it raises, the answer is 500 so the
    registry delivers the envelope again.
@@ -68,6 +72,7 @@ def create_app(
     on_push: Callable[[PushEvent], str | None],
     projects: Callable[[], Collection[str]] | None = None,
     path: str = DEFAULT_PATH,
+    unavailable: Callable[[], str | None] | None = None,
 ) -> FastAPI:
     """The webhook receiver as an ASGI app (serve it with uvicorn or mount it).
 
@@ -77,6 +82,9 @@ def create_app(
     :param projects: returns the projects (first repository component) to pass on; None
         passes every project.
     :param path: the route; must start with ``/``.
+    :param unavailable: returns why the receiver cannot take pushes now (503 with the reason,
+        logged), or None; asked on every request before the secret. Its reason is shown to
+        whoever calls, so it must not hold secrets or file contents.
     """
     if not path.startswith("/"):
         raise ValueError(f"webhook path {path!r} must start with '/'")
@@ -98,7 +106,28 @@ def create_app(
                 logger.warning("refused a webhook body of %s bytes (over the limit)", declared)
                 return _too_large()
 
-        secret = await run_in_threadpool(secret_provider)
+        if unavailable is not None:
+            try:
+                reason = await run_in_threadpool(unavailable)
+            except Exception as exc:  # noqa: BLE001 - a broken check must not look like 500
+                logger.error(
+                    "refusing registry notifications: the readiness check failed: %s: %s",
+                    type(exc).__name__,
+                    safe_text(exc, limit=1000),
+                )
+                reason = "the station cannot tell whether it is ready; see the receiver's log"
+            if reason:
+                logger.error("refusing registry notifications (503): %s", safe_text(reason))
+                return _unread(503, reason)
+        try:
+            secret = await run_in_threadpool(secret_provider)
+        except Exception as exc:  # noqa: BLE001 - e.g. a config that no longer loads
+            # Only the type: the secret's reader may have had the secret in hand.
+            logger.error(
+                "refusing registry notifications: the webhook secret cannot be read (%s)",
+                type(exc).__name__,
+            )
+            return _unread(503, "the webhook secret cannot be read; see the receiver's log")
         if not secret:
             logger.error("no webhook secret is configured; refusing registry notifications")
             return _unread(503, "the webhook secret is not configured on this receiver")
