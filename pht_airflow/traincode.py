@@ -74,6 +74,8 @@ _EXTENDED_HEADERS = (
     tarfile.GNUTYPE_LONGNAME,
     tarfile.GNUTYPE_LONGLINK,
 )
+_NOP = "/bin/sh -c #(nop) "
+_SHELL = "/bin/sh -c "
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 
@@ -305,7 +307,7 @@ def _steps(config: dict[str, Any], layers: int) -> list[str | None]:
     steps: list[str | None] = []
     for h in made:
         if isinstance(h, dict):
-            text = str(h.get("created_by", ""))
+            text = _instruction(str(h.get("created_by", "")))
             comment = h.get("comment")
             steps.append(f"{text}  # {comment}" if comment else text)
         else:
@@ -313,11 +315,21 @@ def _steps(config: dict[str, Any], layers: int) -> list[str | None]:
     return steps
 
 
+def _instruction(created_by: str) -> str:
+    """A build step as the Dockerfile said it: the classic builder records ``COPY``, ``ENV``
+    … as ``/bin/sh -c #(nop) COPY …`` and ``RUN x`` as ``/bin/sh -c x``."""
+    if created_by.startswith(_NOP):
+        return created_by[len(_NOP) :].strip()
+    if created_by.startswith(_SHELL):
+        return "RUN " + created_by[len(_SHELL) :].strip()
+    return created_by.strip()
+
+
 def _copies(step: str | None) -> bool:
     """Whether a build step copies files from the build context (the researcher's own)."""
     if step is None:
         return False
-    words = step.replace("/bin/sh -c #(nop) ", "").split()
+    words = step.split()
     return bool(words) and words[0].upper() in ("COPY", "ADD")
 
 

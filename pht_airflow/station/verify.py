@@ -44,6 +44,27 @@ CHECKS = (
 )
 """Every check, in the order they run (the audit log records which passed)."""
 
+CHECK_STATEMENTS = {
+    "resolve": "pinned to its digest",
+    "spec": "train spec valid",
+    "signed": "signatures valid",
+    "creator": "creator trusted",
+    "approvals": "enough trusted approvals",
+    "route": "this station is on the route",
+    "route-key": "route names this station's key",
+    "expired": "not expired",
+    "already-done": "not run here before",
+    "chain": "earlier hops' results verified",
+}
+"""What a passed check means, as people read it (cards, the CLI, logs). The ids in
+:data:`CHECKS` stay what the audit log and tests use."""
+
+
+def check_statement(check: str) -> str:
+    """The passed ``check`` as a statement ("not expired" for ``expired``); an unknown id is
+    returned as it is."""
+    return CHECK_STATEMENTS.get(check, check)
+
 
 @dataclass(frozen=True)
 class Trust:
