@@ -332,3 +332,38 @@ def test_a_parallel_train_where_no_station_delivers_ends_as_rejected(
     assert [e["kind"] for e in train["events"]][-3:] == ["withheld", "rejected", "rejected"]
     assert [h["state"] for h in train["hops"]] == ["withheld", "rejected"]
     assert not client.list_tags(f"pht-outbox/{spec.id}")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_database_made_before_hop_notes_gains_the_column(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from sqlalchemy import inspect, text
+
+    from pht_airflow.central.db import HopRow, TrainRow
+
+    url = (
+        f"sqlite:///{tmp_path / 'old.db'}"
+        if kind == "sqlite"
+        else str(request.getfixturevalue("postgres_url"))
+    )
+    engine = make_engine(url)
+    with make_sessionmaker(engine).begin() as s:
+        train = TrainRow(id="t1", digest="sha256:" + "a" * 64, name="n", mode="sequential",
+                         route=["station-a"], spec={}, source_repository="pht-incoming/t1",
+                         status="routing")  # fmt: skip
+        train.hops = [HopRow(hop=0, station="station-a", state="sent")]
+        s.add(train)
+    with engine.begin() as conn:  # the hops table as it was before notes
+        conn.execute(text("ALTER TABLE hops DROP COLUMN note"))
+    assert "note" not in {c["name"] for c in inspect(engine).get_columns("hops")}
+    engine.dispose()
+
+    engine = make_engine(url)
+    assert "note" in {c["name"] for c in inspect(engine).get_columns("hops")}
+    make_engine(url).dispose()  # a second start adds nothing and fails nothing
+    with make_sessionmaker(engine)() as s:
+        row = s.get(TrainRow, "t1")
+        assert row is not None
+        assert [(h["state"], h["note"]) for h in row.to_dict()["hops"]] == [("sent", None)]
+    engine.dispose()
