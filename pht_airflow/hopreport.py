@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, cast
 
-from .errors import VerificationError
+from .errors import PhtError, VerificationError
 from .keys import PublicKey, SigningKey
 from .spec import canonical_json
 
@@ -94,6 +94,12 @@ _V2_FIELDS: dict[str, type | tuple[type, ...]] = {
 _FIELDS = {1: _V1_FIELDS, 2: _V2_FIELDS}
 _LIMITS = {"message": MAX_MESSAGE, "reason": MAX_REASON, "by": MAX_BY}
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class ReportError(PhtError, ValueError):
+    """:func:`make_report` was asked for a report the central service would refuse (a
+    decision without who, why, the digest or the hop; an unknown outcome). A
+    :class:`PhtError`, so a station's ``except PhtError`` around reporting catches it."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,7 @@ def make_report(
     ``outcome`` is ``"failed"`` (the default), ``"rejected"`` (a person refused to run the
     train) or ``"withheld"`` (a person refused to release its output). A rejected or
     withheld report needs ``reason`` and ``by`` (non-empty), ``train_digest`` and ``hop``;
-    otherwise :class:`ValueError` says which is missing. Text is cut to its bound.
+    otherwise :class:`ReportError` says which is missing. Text is cut to its bound.
     """
     failure = failure or {}
     moment = (now or datetime.now(UTC)).astimezone(UTC)
@@ -179,7 +185,7 @@ def make_report(
     }
     problem = _decision_problem(report)
     if problem:
-        raise ValueError(problem)
+        raise ReportError(problem)
     report["signature"] = base64.b64encode(key.sign(_payload(report))).decode("ascii")
     return report
 

@@ -16,12 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pht_airflow.errors import VerificationError
+from pht_airflow.errors import PhtError, VerificationError
 from pht_airflow.hopreport import (
     MAX_BY,
     MAX_MESSAGE,
     MAX_REASON,
     VERSION,
+    ReportError,
     check_report,
     make_report,
     read_report,
@@ -162,8 +163,10 @@ def test_a_rejection_cannot_be_downgraded_to_a_version_1_failure(parties: Any) -
 def test_make_report_refuses_a_decision_without_who_or_why(
     parties: Any, changes: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ReportError, match=message) as caught:
         _report(parties, **changes)
+    # A PhtError: a station's `except PhtError` around reporting catches it.
+    assert isinstance(caught.value, PhtError) and isinstance(caught.value, ValueError)
 
 
 def test_make_report_cuts_long_text_to_what_the_reader_accepts(parties: Any) -> None:
