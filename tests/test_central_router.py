@@ -22,6 +22,7 @@ import uvicorn
 from click.testing import CliRunner
 from support.stationkit import build_train, make_station, make_train_spec, sign_train
 
+from pht_airflow.attestation import attestation_tag, hop_predicate, verify_attestation
 from pht_airflow.central.db import make_engine, make_sessionmaker
 from pht_airflow.central.registry import PlainRegistryAdmin
 from pht_airflow.central.router import Router, RouterError
@@ -211,6 +212,43 @@ def test_a_forged_result_fails_the_train(
     assert "result-0" not in client.list_tags(f"station-b/{spec.id}")
     # Retrying sends the hop again (the station would run it afresh).
     assert router.retry(spec.id, 0)["status"] == "routing"
+
+
+def test_the_router_copies_each_results_attestation_onward_and_to_the_outbox(
+    router: Router, docker_client: Any, client: Any, registry: Any, parties: Any, tmp_path: Path
+) -> None:
+    """Each station's ``.att`` travels with its result and ``.sig`` (like a signature), so
+    the next station and the researcher verify it where they read the result."""
+    ref, spec = _incoming_train(docker_client, client, registry, parties)
+    router.submit(str(ref), parties["alice"].public.pem)
+    previous = None
+    for hop, name in enumerate(["station-a", "station-b"]):
+        repo = f"{name}/{spec.id}"
+        pinned = Reference(registry.host, repo, digest=client.resolve(repo, "train"))
+        out = tmp_path / name
+        out.mkdir()
+        (out / "n.txt").write_text(str(hop))
+        train = {"id": spec.id, "name": spec.name, "digest": pinned.digest}
+        predicate = hop_predicate(train=train, station=name, hop=hop,
+                                  released_by=f"staff-of-{name}")  # fmt: skip
+        sealed = seal(client, pinned, client.get_manifest(repo, pinned.digest), spec, hop=hop,
+                      output_dir=out, key=parties[name].key, previous=previous,
+                      predicate=predicate)  # fmt: skip
+        assert router.handle_push(_push_event(registry, repo, f"result-{hop}", sealed.digest))
+        previous = sealed.digest
+        if hop == 0:  # hop 1's project got result-0 with its attestation
+            there = Reference(registry.host, f"station-b/{spec.id}", digest=sealed.digest)
+            assert attestation_tag(sealed.digest) in client.list_tags(there.repository)
+            statement = verify_attestation(client, there, parties["station-a"].public)
+            assert statement["predicate"]["released_by"] == "staff-of-station-a"
+    info = router.train(spec.id)
+    assert info["status"] == "done", info.get("reason")
+    outbox = Reference(registry.host, f"pht-outbox/{spec.id}", digest=info["digest"])
+    seen: list[Any] = []
+    fetch_results(client, outbox, spec, parties["alice"].age, tmp_path / "results",
+                  on_attestation=lambda r, s: seen.append((r.hop, s["predicate"]["released_by"])),
+                  )  # fmt: skip
+    assert seen == [(0, "staff-of-station-a"), (1, "staff-of-station-b")]
 
 
 @pytest.fixture()

@@ -30,6 +30,7 @@ import requests
 import uvicorn
 from support.stationkit import Station, build_train, make_station, make_train_spec, sign_train
 
+from pht_airflow.attestation import attestation_tag
 from pht_airflow.central.db import make_engine, make_sessionmaker
 from pht_airflow.central.registry import CopyReport, PlainRegistryAdmin
 from pht_airflow.central.router import Router
@@ -627,15 +628,17 @@ def test_copies_upload_no_layer_bytes(
     growth = route_registry.storage_bytes() - before
 
     # What the stations pushed, read back from the outbox: per hop the result manifest, its
-    # config and layer, its signature manifest with config and payload layer.
+    # config and layer, its signature manifest with config and payload layer, its
+    # attestation manifest with config and envelope layer.
     outbox = f"pht-outbox/{spec.id}"
     pushed: dict[str, int] = {}
     station_blobs: dict[str, set[str]] = {}
     for hop, name in enumerate(STATIONS):
         result = client.get_manifest(outbox, f"result-{hop}")
         signature = client.get_manifest(outbox, signature_tag(result.digest))
+        attestation = client.get_manifest(outbox, attestation_tag(result.digest))
         blobs = set()
-        for manifest in (result, signature):
+        for manifest in (result, signature, attestation):
             pushed[manifest.digest] = len(manifest.raw)
             for d in [manifest.config, *manifest.layers]:
                 assert d is not None

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from ...attestation import attestation_tag
 from ...errors import ConfigError, ConflictError, NotFoundError, RegistryAuthError, RegistryError
 from ...oci.reference import check_digest, check_repository
 from ...protocol import TRAIN_TAG
@@ -449,8 +450,9 @@ class HarborAdmin(HarborAPI):
 
     @staticmethod
     def _signature_plan(inventory: dict[str, _Artifact], digest: str) -> list[tuple[str, str]]:
-        tag = signature_tag(digest)
-        return [(a.digest, tag) for a in inventory.values() if tag in a.tags]
+        # The signatures and the run attestations (cosign's .sig and .att) travel together.
+        tags = (signature_tag(digest), attestation_tag(digest))
+        return [(a.digest, t) for t in tags for a in inventory.values() if t in a.tags]
 
     def _copy_artifact(
         self,

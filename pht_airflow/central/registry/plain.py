@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator
 from urllib.parse import urljoin, urlsplit
 
+from ...attestation import attestation_tag
 from ...errors import (
     ConfigError,
     ConflictError,
@@ -24,7 +25,7 @@ from ...errors import (
 from ...oci import RegistryClient
 from ...oci.media import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Manifest
 from ...oci.reference import check_digest, check_repository
-from ...protocol import SIGNATURE_TAG, TRAIN_TAG
+from ...protocol import COSIGN_TAG, TRAIN_TAG
 from ...signing import signature_tag
 from .admin import (
     _MAX_PAGES,
@@ -170,11 +171,12 @@ class PlainRegistryAdmin:
     def _signature(
         self, repository: str, digest: str, tags: set[str]
     ) -> Iterator[tuple[Manifest, str]]:
-        tag = signature_tag(digest)
-        if tag in tags:
-            manifest = self._maybe_manifest(repository, tag)
-            if manifest is not None:
-                yield manifest, tag
+        # The signatures and the run attestations (cosign's .sig and .att) travel together.
+        for tag in (signature_tag(digest), attestation_tag(digest)):
+            if tag in tags:
+                manifest = self._maybe_manifest(repository, tag)
+                if manifest is not None:
+                    yield manifest, tag
 
     def _copy_tagged(
         self,
@@ -203,7 +205,7 @@ class PlainRegistryAdmin:
     def _check_retag(self, dst: str, tag: str, current: str, new: Manifest) -> None:
         """A tag in ``dst`` points elsewhere: only a signature manifest that keeps every
         signature already there may replace it."""
-        if SIGNATURE_TAG.match(tag):
+        if COSIGN_TAG.fullmatch(tag):
             old = self.client.get_manifest(dst, current)
             kept = {(d.digest, tuple(sorted((d.annotations or {}).items()))) for d in new.layers}
             if all(
