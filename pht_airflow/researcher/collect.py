@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import VerificationError
 from ..keys import AgeIdentity, PublicKey
@@ -26,6 +27,7 @@ def collect_results(
     max_bytes: int = DEFAULT_MAX_EXTRACT_BYTES,
     progress: Callable[[int], None] | None = None,
     on_result: Callable[[AcceptedResult], None] | None = None,
+    on_attestation: Callable[[AcceptedResult, dict[str, Any]], None] | None = None,
 ) -> list[tuple[AcceptedResult, Path]]:
     """Fetch the results of the train ``text`` addressed to ``identity`` into ``out_dir``.
 
@@ -33,7 +35,8 @@ def collect_results(
     among ``creator_keys``; then every result and the chain are verified and the results
     addressed to ``identity`` are opened into ``out_dir/<hop>-<station>/…`` (see
     :func:`~pht_airflow.results.fetch_results`). A verification failure writes nothing.
-    ``progress`` is told the bytes read and ``on_result`` each result as it starts.
+    ``progress`` is told the bytes read, ``on_result`` each result as it starts, and
+    ``on_attestation`` each result's verified run attestation (its in-toto statement).
     """
     pinned = pin_reference(client, text)
     spec, digest = read_spec(client, pinned, check_expiry=False)
@@ -54,4 +57,5 @@ def collect_results(
         max_bytes=max_bytes,
         progress=progress,
         on_result=on_result,
+        on_attestation=on_attestation,
     )
