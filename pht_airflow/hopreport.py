@@ -190,6 +190,49 @@ def make_report(
     return report
 
 
+NO_REASON = "no reason given"
+UNNAMED = "an unnamed person at the station"
+
+
+def report_from_record(
+    record: Mapping[str, Any],
+    *,
+    train_id: str,
+    station: str,
+    key: SigningKey,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """:func:`make_report` from a station's audit record.
+
+    The record's ``outcome`` ``rejected`` or ``withheld`` makes that report, with the
+    record's ``decision`` (``{"by", "reason"}``): a blank ``by`` or ``reason`` is sent as
+    :data:`UNNAMED` / :data:`NO_REASON` rather than leaving the train to time out. Any
+    other outcome is ``failed`` with the record's ``failure`` (check, error, message).
+    ``train_id`` is the record's, or the one the station read from the reference.
+    """
+    outcome = record.get("outcome")
+    common: dict[str, Any] = {
+        "train_id": train_id,
+        "train_digest": record.get("train_digest"),
+        "station": station,
+        "hop": record.get("hop"),
+        "audit_seq": record.get("seq"),
+        "key": key,
+        "now": now,
+    }
+    if outcome in DECISIONS:
+        decision = record.get("decision") or {}
+        by, reason = decision.get("by"), decision.get("reason")
+        return make_report(
+            **common,
+            outcome=cast(Outcome, outcome),
+            by=str(by) if by and str(by).strip() else UNNAMED,
+            reason=str(reason) if reason and str(reason).strip() else NO_REASON,
+            failure=record.get("failure") or None,
+        )
+    return make_report(**common, failure=record.get("failure") or {})
+
+
 def read_report(report: Mapping[str, Any], key: PublicKey) -> HopReport:
     """Check a report's shape and its signature by ``key``; return what it says.
 

@@ -26,6 +26,7 @@ from pht_airflow.hopreport import (
     check_report,
     make_report,
     read_report,
+    report_from_record,
 )
 from pht_airflow.spec import canonical_json
 
@@ -208,3 +209,48 @@ def test_an_edited_rejection_is_refused_or_unchanged(
         k: v for k, v in seed.items() if k != "signature"
     }
     assert said.outcome == "rejected"
+
+
+def _record(**changes: Any) -> dict[str, Any]:
+    """A station audit record's fields that a report is made from."""
+    record: dict[str, Any] = {
+        "seq": 12, "train_id": TRAIN, "train_digest": DIGEST, "hop": 1, "outcome": "rejected",
+        "decision": {"by": "dr.jones", "reason": "not our cohort"}, "failure": None,
+    }  # fmt: skip
+    record.update(changes)
+    return record
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        (_record(), ("rejected", "dr.jones", "not our cohort", None, 12)),
+        (_record(outcome="withheld", decision={"by": "officer", "reason": "small cells"}),
+         ("withheld", "officer", "small cells", None, 12)),
+        (_record(decision={"by": None, "reason": "  "}),
+         ("rejected", "an unnamed person at the station", "no reason given", None, 12)),
+        (_record(outcome="failure", decision=None,
+                 failure={"check": "creator", "error": "UntrustedCreatorError",
+                          "message": "not trusted"}),
+         ("failed", None, None, "creator", 12)),
+        (_record(outcome="failure", decision=None, failure=None, train_digest=None, hop=None,
+                 seq=None),
+         ("failed", None, None, None, None)),
+    ],
+    ids=["rejected", "withheld", "rejected-blank", "failure", "failure-before-the-spec"],
+)  # fmt: skip
+def test_a_report_from_an_audit_record(
+    parties: Any, record: dict[str, Any], expected: tuple[Any, ...]
+) -> None:
+    report = report_from_record(record, train_id=TRAIN, station="station-a",
+                                key=parties["station-a"].key, now=NOW)  # fmt: skip
+    said = read_report(report, parties["station-a"].public)
+    assert (said.outcome, said.by, said.reason, said.check, said.audit_seq) == expected
+    made = NOW.replace(tzinfo=None)
+    assert (said.train_id, said.station, said.made) == (TRAIN, "station-a", made)
+
+
+def test_a_decision_record_without_the_digest_is_not_made_into_a_report(parties: Any) -> None:
+    with pytest.raises(ReportError, match="must name the verified train's digest and hop"):
+        report_from_record(_record(train_digest=None), train_id=TRAIN, station="station-a",
+                           key=parties["station-a"].key)  # fmt: skip
