@@ -34,6 +34,12 @@ class PreflightError(ConfigError):
         self.report = report
         super().__init__(message)
 
+    @property
+    def retryable(self) -> bool:
+        """True when only a registry or engine that did not answer failed (waiting may fix
+        it); False when a person must change something."""
+        return bool(getattr(self.report, "retryable", False))
+
 
 class InvalidReferenceError(PhtError):
     """An image or artifact reference (``host/repo:tag@sha256:…``) is malformed."""

@@ -459,6 +459,7 @@ def test_wrong_registry_credentials_fail_preflight(
     )
     assert "what to do: check the robot account's name and secret" in message
     assert "not-the-robot-secret" not in message
+    assert not error.retryable  # a person must fix the credentials
 
 
 def test_a_registry_that_is_down_fails_preflight(
@@ -471,6 +472,7 @@ def test_a_registry_that_is_down_fails_preflight(
     message = str(error)
     assert f"registry: cannot reach registry {host}: Connection refused" in message
     assert "what to do: check that the registry is running and registry.host" in message
+    assert error.retryable  # waiting may fix it: the hop's pre-flight task may retry
 
 
 def test_every_failed_check_is_listed_in_one_error(
@@ -487,6 +489,7 @@ def test_every_failed_check_is_listed_in_one_error(
     assert _failed_checks(error) == ["keys", "datasets", "registry"]
     message = str(error)
     assert "(3 of 5 checks, 3 problem(s))" in message
+    assert not error.retryable  # the registry is down, but the keys need a person too
     assert message.count("\n    what to do: ") == 3
     lines = error.report.lines()  # type: ignore[attr-defined]
     assert [line[:12] for line in lines if line.startswith(("✓", "✗"))] == [

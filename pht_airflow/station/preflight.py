@@ -115,6 +115,8 @@ class Problem:
 
     text: str
     fix: str
+    #: True when waiting may fix it (a registry or engine that does not answer, a 5xx).
+    transient: bool = False
 
     def line(self) -> str:
         return f"{self.text}; {self.fix}"
@@ -146,6 +148,13 @@ class PreflightReport:
     @property
     def failed(self) -> list[CheckResult]:
         return [r for r in self.results if not r.ok]
+
+    @property
+    def retryable(self) -> bool:
+        """True when every problem is one that waiting may fix (the registry or the engine
+        did not answer): the hop's pre-flight task may retry; otherwise a person must act."""
+        problems = [p for r in self.failed for p in r.problems]
+        return bool(problems) and all(p.transient for p in problems)
 
     def lines(self) -> list[str]:
         """One line per check (``✓ name: summary`` or ``✗ name: problem``), each failure
@@ -183,6 +192,7 @@ class PreflightReport:
             "station": self.station_id,
             "version": self.version,
             "ok": self.ok,
+            "retryable": self.retryable,
             "checks": {
                 r.name: {
                     "ok": r.ok,
@@ -637,6 +647,7 @@ def check_registry(config: StationConfig) -> str:
                     f"cannot reach registry {host}: {_root_cause(exc)}",
                     f"check that the registry is running and registry.host in {config.source} "
                     "is right; runs wait here until it answers",
+                    transient=True,
                 )
             ) from None
         raise _Failed(
@@ -644,6 +655,7 @@ def check_registry(config: StationConfig) -> str:
                 f"registry {host} failed listing {repository}: {_short(exc, 400)}",
                 "retry later if the registry is having an outage; otherwise check "
                 "registry.project and the robot account's permissions",
+                transient=exc.retryable,
             )
         ) from None
     return f"{host} lets {identity} list {repository}"
@@ -669,6 +681,7 @@ def check_engine(config: StationConfig, docker_client: Any = None) -> str:
             Problem(
                 f"cannot reach the Docker engine ({type(exc).__name__}: {_short(exc)})",
                 "start dockerd, or set DOCKER_HOST for the user running Airflow",
+                transient=True,
             )
         ) from None
     return "the Docker engine answers"
