@@ -26,7 +26,7 @@ from pht_airflow.station.sandbox import Limits
 
 pytestmark = [pytest.mark.airflow, pytest.mark.docker, pytest.mark.registry]
 
-CHECKS = ["engine", "registry", "keys", "datasets", "sandbox", "leftovers"]
+CHECKS = ["engine", "registry", "keys", "datasets", "sandbox", "preflight", "leftovers"]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,12 @@ def test_dag_registry_down_fails_only_the_registry_task(
     run = dag.test()
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert run.state == "failed"
-    assert states == {**dict.fromkeys(CHECKS, "success"), "registry": "failed"}, states
+    # the pre-flight task reaches the registry too
+    assert states == {
+        **dict.fromkeys(CHECKS, "success"),
+        "registry": "failed",
+        "preflight": "failed",
+    }, states
 
     with pytest.raises(SelfTestError) as failed:
         selftest.check_registry(station.config())
@@ -372,6 +377,29 @@ def test_sandbox_probe_image_without_a_shell(
     monkeypatch.setenv(selftest.IMAGE_ENV, "pht-local/no-such-probe:latest")
     with pytest.raises(SelfTestError, match=r"^sandbox: the probe container failed: .*not in"):
         selftest.check_sandbox(station.config(), docker_client)
+
+
+# --- preflight ---------------------------------------------------------------------------------
+
+
+def test_preflight_check_runs_every_preflight_check_uncached(
+    station: Any, docker_client: Any
+) -> None:
+    from pht_airflow.station import preflight
+
+    config = station.config()
+    preflight.preflight(config, docker_client=docker_client)  # remembered now
+    message = selftest.check_preflight(config, docker_client)
+    assert message == "preflight: folders, keys, datasets, registry, engine passed"
+    folder = station.root / "data" / "cohort"
+    restricted = folder / "restricted.csv"
+    restricted.write_text("id\n1\n")
+    os.chmod(restricted, 0o600)  # not part of the config version: only a fresh run sees it
+    with pytest.raises(SelfTestError) as failed:
+        selftest.check_preflight(config, docker_client)
+    text = str(failed.value)
+    assert text.startswith(f"preflight: datasets: data set 'cohort' ({folder}): the sandbox user")
+    assert f"make it readable, e.g. chmod -R o+rX {folder}" in text
 
 
 # --- all ---------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A station's self-test: is this machine ready to run trains safely?
 
-Six checks, each a plain function that takes the :class:`StationConfig` (and a Docker
+Seven checks, each a plain function that takes the :class:`StationConfig` (and a Docker
 client where it needs the engine), returns a one-line message when it passes and raises
 :class:`SelfTestError` with a one-line, actionable message when it fails. The
 ``pht_station_selftest`` DAG runs one task per check; ``run_all`` runs them in a row.
@@ -17,6 +17,8 @@ client where it needs the engine), returns a one-line message when it passes and
                listener on the host's 127.0.0.1), read-only ``/`` and ``/pht/data``, writable
                ``/pht/output`` and ``/tmp``, ``noexec`` ``/tmp``, non-root uid and gid, no
                capabilities, ``no-new-privileges``
+``preflight``  the station's pre-flight, in full (the checks every hop runs first: folders,
+               key kinds and passphrases, data sets readable, registry credentials, engine)
 ``leftovers``  the leftover sweep (:mod:`pht_airflow.station.sweep`): hop folders, sandbox
                containers and pulled train images of hops that are not running are removed
                and listed in a ``cleanup`` audit record
@@ -28,7 +30,7 @@ The probe image is ``$PHT_SELFTEST_IMAGE`` (default ``pht-local/busybox:latest``
 contain key material, passphrases, registry secrets or data set contents.
 
 One module per check (``engine``, ``registry``, ``keys``, ``datasets``, ``sandbox``,
-``leftovers``), and
+``preflight``, ``leftovers``), and
 ``probe`` for what they share: the probe image, the engine, running a probe, short messages.
 """
 
@@ -43,6 +45,7 @@ from .datasets import PROBE_FILES, SCAN_ENTRIES, check_datasets, scan_dataset
 from .engine import check_engine
 from .keys import check_keys
 from .leftovers import check_leftovers
+from .preflight import check_preflight
 from .probe import DEFAULT_IMAGE, IMAGE_ENV, MARKER, PROBE_WALL_SECONDS, selftest_image
 from .registry import (
     ARTIFACT_TYPE,
@@ -72,6 +75,7 @@ __all__ = [
     "check_engine",
     "check_keys",
     "check_leftovers",
+    "check_preflight",
     "check_registry",
     "check_sandbox",
     "client_identity",
@@ -90,10 +94,11 @@ CHECKS: dict[str, Check] = {
     "keys": check_keys,
     "datasets": check_datasets,
     "sandbox": check_sandbox,
+    "preflight": check_preflight,
     "leftovers": check_leftovers,
 }
 #: The checks that need the Docker engine (they take a ``docker_client``).
-ENGINE_CHECKS = frozenset({"engine", "datasets", "sandbox", "leftovers"})
+ENGINE_CHECKS = frozenset({"engine", "datasets", "sandbox", "preflight", "leftovers"})
 
 
 def run_check(name: str, config: StationConfig, docker_client: Any = None) -> str:
