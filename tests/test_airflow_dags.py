@@ -54,8 +54,11 @@ def test_single_station_dag_files_import_cleanly(
     assert set(bag.dag_ids) == {"pht_run_train", "pht_station_selftest"}
     run = bag.get_dag("pht_run_train")
     assert {t.task_id for t in run.tasks} == {
-        "verify", "approval_gate", "approve", "execute", "record"
+        "preflight", "verify", "approval_gate", "approve", "run", "check_output",
+        "release_gate", "release", "seal", "record",
     }  # fmt: skip
+    # A fresh deployment runs what is triggered: the hop DAG is not created paused.
+    assert run.is_paused_upon_creation is False
     assert all(getattr(t, "config_path", None) is None for t in run.tasks)
 
 
@@ -77,7 +80,8 @@ def test_hosted_stations_get_a_dag_pair_each_bound_to_their_config(
             bound = {
                 getattr(t, "config_path", None)
                 for t in bag.get_dag(dag_id).tasks
-                if t.task_id != "approve"  # Airflow's approval operator reads no config
+                # Airflow's approval operators and the release gate read no config
+                if t.task_id not in ("approve", "release", "release_gate")
             }
             assert bound == {str((folder / f"{name}.yaml").resolve())}, dag_id
 
@@ -139,7 +143,7 @@ def test_hosted_dag_runs_with_its_own_station_config(
         run = dag.test(run_conf={"train": str(ref), "rerun": False})
         states = {ti.task_id: ti.state for ti in run.get_task_instances()}
         assert run.state == "success", states
-        assert states["execute"] == "success"
+        assert states["run"] == "success" and states["seal"] == "success"
         assert "result-0" in client.list_tags(ref.repository)
 
 
@@ -160,10 +164,15 @@ def test_hop_tasks_carry_the_station_policy_task_timeout(
         run = bag.get_dag(f"pht_run_train__{name}")
         timeouts = {t.task_id: t.execution_timeout for t in run.tasks}
         assert timeouts == {
+            "preflight": timeout,
             "verify": timeout,
             "approval_gate": timeout,
             "approve": None,
-            "execute": timeout,
+            "run": timeout,
+            "check_output": timeout,
+            "release_gate": timeout,
+            "release": None,
+            "seal": timeout,
             "record": timeout,
         }, name
         selftest = bag.get_dag(f"pht_station_selftest__{name}")
@@ -223,3 +232,22 @@ def test_policy_task_timeout_reads_a_hostile_config_as_load_config_does(
     assert policy_task_timeout(path) == DEFAULT_TASK_TIMEOUT
     with pytest.raises(ConfigError):
         load_config(path)
+
+
+def test_seal_retries_registry_outages_with_backoff_for_up_to_fifteen_minutes(
+    airflow_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pht_airflow.airflow.dags import DEFAULT_RETRY_TOTAL, retry_args
+
+    monkeypatch.delenv(CONFIG_DIR_ENV, raising=False)
+    args = retry_args()
+    waits, delay = [], args["retry_delay"].total_seconds()
+    for _ in range(args["retries"]):
+        waits.append(delay)
+        delay = min(delay * args["retry_exponential_backoff"], 300)
+    # Each wait at its shortest: 15 s doubling to at most 5 min, as many as fit in 15 min.
+    assert waits == [15, 30, 60, 120, 240, 300]
+    assert sum(waits) <= DEFAULT_RETRY_TOTAL.total_seconds() < sum(waits) + delay
+    seal = _dagbag().get_dag("pht_run_train").get_task("seal")
+    assert seal.retries == 6 and seal.max_retry_delay == timedelta(minutes=5)
+    assert retry_args(timedelta(seconds=10))["retries"] == 0

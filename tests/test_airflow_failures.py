@@ -1,6 +1,6 @@
 """Failures through Airflow's own ``dag.test()`` name their real cause in the audit log (which
 is what is reported to the central service): an ``OSError``, a task timeout; a killed
-execute task's ``on_kill`` removes the sandbox container and wipes the hop folder.
+run task's ``on_kill`` removes the sandbox container and wipes the hop folder.
 
 ``dag.test()`` swallows task exceptions, so every test asserts on the tasks' states and on
 the audit record.
@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO
 from support.stationkit import build_train, make_station, make_train_spec, sign_train
 
-from pht_airflow.airflow.operators import STARTED_KEY, ExecuteTrainOperator, _silent_end
+from pht_airflow.airflow.operators import STARTED_KEY, RunTrainOperator, _silent_end
 from pht_airflow.oci import Reference, RegistryClient
 from pht_airflow.station.audit import AuditLog
 from pht_airflow.station.sandbox import LABEL
@@ -73,7 +73,7 @@ def _run(
 ) -> dict[str, Any]:
     monkeypatch.setenv("PHT_STATION_CONFIG", str(station.config_path))
     dag = _dag()
-    task = dag.get_task("execute")
+    task = dag.get_task("run")
     task.retries = 0  # no 30 s wait for a retry inside dag.test()
     for key, value in execute.items():
         setattr(task, key, value)
@@ -83,6 +83,15 @@ def _run(
     return states
 
 
+def _plain_files(station: Any) -> list[str]:
+    """Files left under the station's work folder, but the pre-flight cache (no data)."""
+    return [
+        str(p.relative_to(station.root))
+        for p in (station.root / "work").rglob("*")
+        if not p.name.startswith(".pht-preflight-") and not p.is_dir()
+    ]
+
+
 def _no_sandbox_left(docker_client: Any, spec: Any) -> None:
     left = docker_client.containers.list(
         all=True, filters={"label": [LABEL, f"org.pht.sandbox.train-id={spec.id}"]}
@@ -90,28 +99,38 @@ def _no_sandbox_left(docker_client: Any, spec: Any) -> None:
     assert left == []
 
 
-def test_os_error_in_execute_is_audited_with_its_type_and_message(
+def test_os_error_in_run_is_audited_with_its_type_and_message(
     airflow_db: Path, docker_client: Any, client: Any, registry: Any, parties: Any,
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
+    """A full disk when the hop folder is made (injected: this machine's disk is not full)."""
+    import errno
+
+    from pht_airflow.station import hop
+
     station = _station(tmp_path, parties, registry)
-    (station.root / "work").write_text("not a folder\n")  # the hop folder cannot be made
     spec, ref = _train(docker_client, client, registry, parties)
 
+    def full(*_: Any, **__: Any) -> Any:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(hop, "open_work", full)
     states = _run(station, str(ref), monkeypatch)
     assert states["verify"] == "success"
-    assert states["execute"] == "failed"
+    assert states["run"] == "failed"
+    assert states["seal"] == "upstream_failed"
     assert states["record"] == "failed"
     record = AuditLog(station.audit_path).last()
     assert record is not None and record["outcome"] == "failure"
     failure = record["failure"]
-    assert failure["error"] == "FileExistsError"
-    assert "File exists" in failure["message"] and "(during execute)" in failure["message"]
+    assert failure["error"] == "OSError"
+    assert "No space left on device" in failure["message"]
+    assert "(during run)" in failure["message"]
     assert "did not run" not in failure["message"]
     _no_sandbox_left(docker_client, spec)
 
 
-def test_execute_timeout_is_audited_and_leaves_no_container_or_folder(
+def test_run_timeout_is_audited_and_leaves_no_container_or_folder(
     airflow_db: Path, docker_client: Any, client: Any, registry: Any, parties: Any,
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
@@ -119,13 +138,13 @@ def test_execute_timeout_is_audited_and_leaves_no_container_or_folder(
     spec, ref = _train(docker_client, client, registry, parties, script=SLEEPER)
 
     states = _run(station, str(ref), monkeypatch, execution_timeout=timedelta(seconds=20))
-    assert states["execute"] == "failed"
+    assert states["run"] == "failed"
     record = AuditLog(station.audit_path).last()
     assert record is not None and record["outcome"] == "failure"
     assert record["failure"]["error"] == "TaskTimeout"
-    assert "the execute task timed out after 0:00:20" in record["failure"]["message"]
+    assert "the run task timed out after 0:00:20" in record["failure"]["message"]
     _no_sandbox_left(docker_client, spec)
-    assert list((station.root / "work").iterdir()) == []
+    assert _plain_files(station) == []
 
 
 def test_on_kill_removes_the_running_sandbox_and_wipes_the_hop_folder(
@@ -140,7 +159,7 @@ def test_on_kill_removes_the_running_sandbox_and_wipes_the_hop_folder(
         work = tmp_path / "work" / "hop-x"
         (work / "output").mkdir(parents=True)
         (work / "output" / "plain.txt").write_text("plaintext\n")
-        op = ExecuteTrainOperator(task_id="execute", reference="r")
+        op = RunTrainOperator(task_id="run", reference="r")
         op._container, op._work = name, work
         op.on_kill()
         assert docker_client.containers.list(all=True, filters={"name": f"^{name}$"}) == []
@@ -166,25 +185,22 @@ class _XComs:
 
 
 def test_a_task_that_started_and_left_nothing_is_named_not_did_not_run() -> None:
-    verified = {"train_id": "t", "hop": 0}
-    started = _XComs({("verify", STARTED_KEY): "verify", ("execute", STARTED_KEY): "execute"})
-    failure = _silent_end(started, verified, "verify", "execute")
+    steps = ["verify", "run", "check_output", "seal"]
+    started = _XComs({
+        ("verify", STARTED_KEY): "verify", ("verify", "return_value"): {"hop": 0},
+        ("run", STARTED_KEY): "run",
+    })  # fmt: skip
+    failure = _silent_end(started, steps)
     assert failure is not None and failure["error"] == "TaskEnded"
-    assert failure["message"].startswith("the execute task ended without reporting (killed")
-    killed_verify = _silent_end(_XComs({("verify", STARTED_KEY): "verify"}), None, "v", "e")
-    assert killed_verify is None  # task ids differ: nothing of "v" started
-    killed_verify = _silent_end(
-        _XComs({("verify", STARTED_KEY): "verify"}), None, "verify", "execute"
-    )
+    assert failure["message"].startswith("the run task ended without reporting (killed")
+    killed_verify = _silent_end(_XComs({("verify", STARTED_KEY): "verify"}), steps)
     assert killed_verify is not None and "the verify task ended" in killed_verify["message"]
-    # Rejected or skipped: execute never started, so the hop did not run.
-    assert (
-        _silent_end(_XComs({("verify", STARTED_KEY): "verify"}), verified, "verify", "execute")
-        is None
-    )
+    # Rejected or skipped: nothing after verify started, so the hop did not run.
+    done = _XComs({("verify", STARTED_KEY): "verify", ("verify", "return_value"): {"hop": 0}})
+    assert _silent_end(done, steps) is None
 
 
-def test_sigterm_of_a_running_execute_task_is_audited_and_on_kill_cleans_up(
+def test_sigterm_of_a_running_run_task_is_audited_and_on_kill_cleans_up(
     airflow_db: Path, docker_client: Any, client: Any, registry: Any, parties: Any,
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
@@ -209,10 +225,10 @@ def test_sigterm_of_a_running_execute_task_is_audited_and_on_kill_cleans_up(
     finally:
         events.close()
         watcher.join()
-    assert states["execute"] == "failed"
+    assert states["run"] == "failed"
     record = AuditLog(station.audit_path).last()
     assert record is not None and record["outcome"] == "failure"
     assert record["failure"]["error"] == "TaskKilled", record["failure"]
     assert "stopped by a termination signal" in record["failure"]["message"]
     _no_sandbox_left(docker_client, spec)
-    assert list((station.root / "work").iterdir()) == []
+    assert _plain_files(station) == []

@@ -76,10 +76,15 @@ def test_two_stations_hop_by_hop(
     run, states = _run(dag, a, str(ref), monkeypatch)
     assert run.state == "success", states
     assert states == {
+        "preflight": "success",
         "verify": "success",
         "approval_gate": "skipped",
         "approve": "skipped",
-        "execute": "success",
+        "run": "success",
+        "check_output": "success",  # the train declares its counts: they pass
+        "release_gate": "skipped",
+        "release": "skipped",
+        "seal": "success",
         "record": "success",
     }
     assert "result-0" in client.list_tags(ref.repository)
@@ -111,7 +116,7 @@ def test_verification_failure_is_recorded_and_nothing_runs(
     run, states = _run(dag, a, str(ref), monkeypatch)
     assert run.state == "failed"
     assert states["verify"] == "failed"
-    assert states["execute"] == "upstream_failed"
+    assert states["run"] == "upstream_failed" and states["seal"] == "upstream_failed"
     assert states["record"] == "failed"  # it recorded the failure, then failed the run
     assert sorted(client.list_tags(ref.repository)) == tags_before
     record = AuditLog(a.audit_path).last()

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Param, TriggerRule
@@ -25,32 +26,76 @@ from .names import RUN_TRAIN, SELFTEST, dag_id_for
 from .operators import (
     CARD_KEY,
     ApprovalPolicyGate,
-    ExecuteTrainOperator,
+    CheckOutputOperator,
+    PreflightOperator,
     RecordHopOperator,
+    ReleasePolicyGate,
+    RunTrainOperator,
+    SealResultOperator,
     VerifyTrainOperator,
 )
 from .selftest_operators import StationSelfTestOperator
 
 _TRAIN = "{{ params.train }}"
 _VERIFIED = "ti.xcom_pull(task_ids='verify')"
+_CHECKED = "ti.xcom_pull(task_ids='check_output')"
+
+
+#: The longest a hop keeps retrying a registry or central-service outage at push time.
+DEFAULT_RETRY_TOTAL = timedelta(minutes=15)
+_FIRST_RETRY = timedelta(seconds=15)
+_MAX_RETRY_DELAY = timedelta(minutes=5)
+
+
+def retry_args(total: timedelta = DEFAULT_RETRY_TOTAL) -> dict[str, Any]:
+    """Airflow retry settings: exponential backoff (15 s, 30 s, 60 s, … at most 5 min apart)
+    with as many retries as fit in ``total`` (counting each wait at its shortest; Airflow adds
+    up to as much again as jitter)."""
+    retries, waited, delay = 0, 0.0, _FIRST_RETRY.total_seconds()
+    while waited + delay <= total.total_seconds():
+        waited += delay
+        retries += 1
+        delay = min(delay * 2, _MAX_RETRY_DELAY.total_seconds())
+    return {
+        "retries": retries,
+        "retry_delay": _FIRST_RETRY,
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": _MAX_RETRY_DELAY,
+    }
 
 
 def run_train_dag(
     dag_id: str = RUN_TRAIN, config_path: str | None = None, doc_md: str | None = None
 ) -> DAG:
-    """verify → approval_gate → approve (a person, when the policy asks) → execute → record.
+    """preflight → verify → approval_gate → approve → run → check_output → release_gate →
+    release → seal → record.
 
-    ``record`` runs whatever happened before it, so failures are audited too. Every task but
-    ``approve`` has the station policy's ``task_timeout`` as its ``execution_timeout``.
+    ``approve`` and ``release`` are a person's answers (Approve/Reject with a reason), asked
+    only when the policy (or, for ``release``, a disclosure check) says so. ``run`` runs the
+    train once and leaves its output encrypted to the station; ``seal`` pushes it and retries
+    registry outages with backoff without running the train again. ``record`` runs whatever
+    happened before it, so every outcome is audited. Every task but the two persons' steps
+    has the station policy's ``task_timeout`` as its ``execution_timeout``.
     """
     station = f" ({Path(config_path).stem})" if config_path else ""
     task_timeout = policy_task_timeout(config_path)
+    reason = {
+        "reason": Param(
+            "",
+            type="string",
+            maxLength=500,
+            title="Reason",
+            description="Why (recorded in the audit log and sent to the central service when "
+            "you reject).",
+        )
+    }
     with DAG(
         dag_id=dag_id,
-        description=f"Verify, approve, run and seal one hop of a PHT train{station}",
+        description=f"Verify, approve, run, check, release, seal a hop of a PHT train{station}",
         schedule=None,
         catchup=False,
         max_active_runs=4,
+        is_paused_upon_creation=False,
         tags=["pht"],
         doc_md=doc_md,
         params={
@@ -75,6 +120,7 @@ def run_train_dag(
             "execution_timeout": task_timeout,
         },
     ) as dag:
+        preflight = PreflightOperator(task_id="preflight", retries=0, config_path=config_path)
         verify = VerifyTrainOperator(
             task_id="verify",
             reference=_TRAIN,
@@ -87,15 +133,36 @@ def run_train_dag(
             # The card's text is made safe for display by the verify task (approval_card).
             subject=f"{{{{ {_VERIFIED}['{CARD_KEY}']['subject'] }}}}",
             body=f"{{{{ {_VERIFIED}['{CARD_KEY}']['body'] }}}}",
+            params=reason,
             response_timeout=timedelta(days=7),
             execution_timeout=None,  # a person's answer: bounded by response_timeout
             retries=0,
         )
-        execute = ExecuteTrainOperator(
-            task_id="execute",
+        run = RunTrainOperator(
+            task_id="run",
             reference=_TRAIN,
             config_path=config_path,
             trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+        )
+        check = CheckOutputOperator(
+            task_id="check_output", reference=_TRAIN, config_path=config_path, retries=0
+        )
+        release_gate = ReleasePolicyGate(task_id="release_gate", retries=0)
+        release = ApprovalOperator(
+            task_id="release",
+            subject=f"{{{{ {_CHECKED}['{CARD_KEY}']['subject'] }}}}",
+            body=f"{{{{ {_CHECKED}['{CARD_KEY}']['body'] }}}}",
+            params=reason,
+            response_timeout=timedelta(days=7),
+            execution_timeout=None,
+            retries=0,
+        )
+        seal = SealResultOperator(
+            task_id="seal",
+            reference=_TRAIN,
+            config_path=config_path,
+            trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
+            **retry_args(),
         )
         record = RecordHopOperator(
             task_id="record",
@@ -104,8 +171,10 @@ def run_train_dag(
             trigger_rule=TriggerRule.ALL_DONE,
             retries=3,
         )
-        verify >> gate >> approve >> execute >> record
-        verify >> execute
+        preflight >> verify >> gate >> approve >> run >> check >> release_gate >> release
+        release >> seal >> record
+        verify >> run
+        check >> seal
     return dag
 
 

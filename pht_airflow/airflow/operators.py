@@ -22,7 +22,7 @@ from airflow.sdk.exceptions import (
 )
 
 from ..errors import PhtError, RegistryError
-from ..station import hop
+from ..station import hop, rest
 from ..station.config import StationConfig, load_config
 from ..station.sandbox import LABEL
 from ..text import safe_text
@@ -181,8 +181,60 @@ class ApprovalPolicyGate(BaseOperator):
         return True
 
 
-class ExecuteTrainOperator(_HopOperator):
-    """The Execute step: decrypt input, sandbox, seal, push, sign, wipe, in one task.
+class PreflightOperator(BaseOperator):
+    """Pre-flight: the station's keys, data sets and registry account work, before anything
+    else (cached per config version). A station that fails it runs and reports nothing."""
+
+    template_fields = ("config_path",)
+
+    def __init__(self, *, config_path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config_path = config_path
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from ..station.preflight import preflight
+
+        try:
+            report = preflight(_config(self.config_path))
+        except PhtError as exc:
+            summary = hop.failure_summary(exc)
+            summary["station_fault"] = True  # the station's problem: nothing goes to central
+            context["ti"].xcom_push(key=FAILURE_KEY, value=summary)
+            for line in safe_text(exc, limit=8000, multiline=True).splitlines():
+                self.log.error("%s", line)
+            raise AirflowFailException(safe_text(exc, limit=4000)) from None
+        done = getattr(report, "summary", None)
+        return done() if callable(done) else {"ok": True}
+
+
+def _run_key(context: Any, verified: dict[str, Any]) -> str:
+    return rest.run_key(str(verified["train_id"]), int(verified["hop"]), str(context["run_id"]))
+
+
+def _user_name(answer: Any) -> str | None:
+    """The name of the person who answered a HITL step, from its XCom."""
+    if not isinstance(answer, dict):
+        return None
+    user = answer.get("responded_by_user") or answer.get("responded_by")
+    name = (user or {}).get("name") if isinstance(user, dict) else user
+    return safe_text(name, limit=200) if name else None
+
+
+def _decision(answer: Any) -> tuple[bool | None, str | None, str | None]:
+    """(approved?, by whom, reason) of a HITL Approve/Reject answer; ``None`` if no answer."""
+    if not isinstance(answer, dict) or not answer.get("chosen_options"):
+        return None, None, None
+    chosen = answer.get("chosen_options") or []
+    params = answer.get("params_input") or {}
+    reason = params.get("reason") if isinstance(params, dict) else None
+    approved = "Approve" in chosen
+    return approved, _user_name(answer), safe_text(reason, limit=500) if reason else None
+
+
+class RunTrainOperator(_HopOperator):
+    """The Run step: decrypt input, run the train in the sandbox, keep its output encrypted to
+    the station (:mod:`pht_airflow.station.rest`). A retry does not run the train again once
+    its output rests.
 
     ``on_kill`` (Airflow calls it on SIGTERM, a task kill and ``execution_timeout``) stops and
     removes the running sandbox container and wipes the hop's private folder."""
@@ -201,8 +253,12 @@ class ExecuteTrainOperator(_HopOperator):
         self._container = hop.sandbox_name(config, str(verified["train_id"]), verified["hop"])
         return self._guarded(
             context,
-            lambda: hop.execute_step(
-                config, verified, logger=_safe_log(self.log.info), on_work=self._set_work
+            lambda: hop.run_step(
+                config,
+                verified,
+                run_key=_run_key(context, verified),
+                logger=_safe_log(self.log.info),
+                on_work=self._set_work,
             ),
         )
 
@@ -234,14 +290,131 @@ class ExecuteTrainOperator(_HopOperator):
             self.log.warning("wiped the hop folder %s", self._work)
 
 
-def _silent_end(
-    ti: Any, verified: Any, verify_task_id: str, execute_task_id: str
-) -> dict[str, Any] | None:
+class CheckOutputOperator(_HopOperator):
+    """The disclosure checks on the resting output: verdicts (no content) as the XCom; a
+    ``block`` fails the hop with its reasons."""
+
+    def __init__(
+        self, *, verify_task_id: str = "verify", run_task_id: str = "run", **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.verify_task_id = verify_task_id
+        self.run_task_id = run_task_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        ti = context["ti"]
+        verified = ti.xcom_pull(task_ids=self.verify_task_id)
+        ran = ti.xcom_pull(task_ids=self.run_task_id)
+        if not verified or not ran:
+            raise AirflowFailException("the verify or run task left no summary")
+        config = _config(self.config_path)
+        summary: dict[str, Any] = self._guarded(
+            context,
+            lambda: hop.check_step(config, verified, ran, logger=_safe_log(self.log.info)),
+        )
+        return {**summary, CARD_KEY: release_card(summary, review_path(config, ran))}
+
+
+class ReleasePolicyGate(BaseOperator):
+    """Skips the person's release step unless the policy or a disclosure check asks for it."""
+
+    def __init__(self, *, check_task_id: str = "check_output", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.check_task_id = check_task_id
+
+    def execute(self, context: Any) -> bool:
+        checked = context["ti"].xcom_pull(task_ids=self.check_task_id) or {}
+        if not checked.get("release_needed"):
+            raise AirflowSkipException("the output passed every check: released automatically")
+        return True
+
+
+def review_path(config: StationConfig, ran: Any) -> str | None:
+    """The station dashboard's review page of a run's resting output (path on the API server)."""
+    key = ran.get("rest_key") if isinstance(ran, dict) else None
+    return f"/pht/dashboard/{config.station_id}/review/{key}" if key else None
+
+
+def release_card(checked: Any, review_url: str | None = None) -> dict[str, str]:
+    """The release step's card: the verdict and each file's verdict and reasons (no content;
+    the tables themselves are shown on the station dashboard's review page)."""
+    checked = checked if isinstance(checked, dict) else {}
+    files = checked.get("files")
+    files = files if isinstance(files, list) else []
+    lines = []
+    for item in files[:200]:
+        if not isinstance(item, dict):
+            continue
+        reasons = item.get("reasons")
+        reasons = reasons if isinstance(reasons, list) else []
+        why = "; ".join(markdown_text(r, limit=300) for r in reasons[:10])
+        lines.append(
+            f"- {markdown_text(item.get('path'))} ({markdown_text(item.get('bytes'))} bytes): "
+            f"**{markdown_text(item.get('verdict'), limit=20)}**{' - ' + why if why else ''}"
+        )
+    body = [
+        f"Disclosure verdict: **{markdown_text(checked.get('verdict'), limit=20)}**.",
+        "\n".join(lines) or "No files.",
+    ]
+    if review_url:
+        body.append(f"Review the tables before deciding: [{review_url}]({review_url})")
+    body.append("Approve seals and sends the output; Reject (give a reason) sends nothing.")
+    return {"subject": "Release this train's output?", "body": "\n\n".join(body)}
+
+
+class SealResultOperator(_HopOperator):
+    """The Seal step: seal the resting output for its recipients, push, sign, attest.
+
+    Idempotent (a result an earlier attempt pushed is found, not pushed again), so Airflow's
+    retries with backoff ride out a registry outage without running the train again."""
+
+    def __init__(
+        self,
+        *,
+        verify_task_id: str = "verify",
+        approve_task_id: str = "approve",
+        run_task_id: str = "run",
+        check_task_id: str = "check_output",
+        release_task_id: str = "release",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.verify_task_id = verify_task_id
+        self.approve_task_id = approve_task_id
+        self.run_task_id = run_task_id
+        self.check_task_id = check_task_id
+        self.release_task_id = release_task_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        ti = context["ti"]
+        verified = ti.xcom_pull(task_ids=self.verify_task_id)
+        ran = ti.xcom_pull(task_ids=self.run_task_id)
+        checked = ti.xcom_pull(task_ids=self.check_task_id)
+        if not verified or not ran:
+            raise AirflowFailException("the verify or run task left no summary")
+        approved_by = _user_name(ti.xcom_pull(task_ids=self.approve_task_id))
+        released, released_by, _ = _decision(ti.xcom_pull(task_ids=self.release_task_id))
+        config = _config(self.config_path)
+        return self._guarded(
+            context,
+            lambda: hop.seal_step(
+                config,
+                verified,
+                ran,
+                checked,
+                approved_by=approved_by,
+                released_by=released_by if released else None,
+                logger=_safe_log(self.log.info),
+            ),
+        )
+
+
+def _silent_end(ti: Any, task_ids: list[str]) -> dict[str, Any] | None:
     """The failure of a task that started but ended without a summary or a failure XCom:
     killed (by a signal, the out-of-memory killer or a person), timed out before its handler
     ran, or its process crashed. ``None`` when no task did that (the hop did not run)."""
-    for task_id in (execute_task_id,) if verified else (verify_task_id,):
-        if ti.xcom_pull(task_ids=task_id, key=STARTED_KEY):
+    for task_id in reversed(task_ids):
+        if ti.xcom_pull(task_ids=task_id, key=STARTED_KEY) and not ti.xcom_pull(task_ids=task_id):
             return {
                 "error": "TaskEnded",
                 "message": f"the {task_id} task ended without reporting (killed, timed out "
@@ -251,54 +424,97 @@ def _silent_end(
 
 
 class RecordHopOperator(_HopOperator):
-    """The Record step: appends the hop to the audit log, whatever happened before."""
+    """The Record step: appends the hop to the audit log, whatever happened before, removes
+    the resting output, and tells the central service of a final outcome that is not a
+    success (a failure that is the train's, a rejection, a withheld output)."""
 
     def __init__(
         self,
         *,
         verify_task_id: str = "verify",
         approve_task_id: str = "approve",
-        execute_task_id: str = "execute",
+        run_task_id: str = "run",
+        check_task_id: str = "check_output",
+        release_task_id: str = "release",
+        seal_task_id: str = "seal",
+        preflight_task_id: str = "preflight",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.preflight_task_id = preflight_task_id
         self.verify_task_id = verify_task_id
         self.approve_task_id = approve_task_id
-        self.execute_task_id = execute_task_id
+        self.run_task_id = run_task_id
+        self.check_task_id = check_task_id
+        self.release_task_id = release_task_id
+        self.seal_task_id = seal_task_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         ti = context["ti"]
+        steps = [self.verify_task_id, self.run_task_id, self.check_task_id, self.seal_task_id]
+        failure = ti.xcom_pull(task_ids=self.preflight_task_id, key=FAILURE_KEY)
         verified = ti.xcom_pull(task_ids=self.verify_task_id)
-        executed = ti.xcom_pull(task_ids=self.execute_task_id)
-        failure = ti.xcom_pull(task_ids=self.verify_task_id, key=FAILURE_KEY) or ti.xcom_pull(
-            task_ids=self.execute_task_id, key=FAILURE_KEY
-        )
+        ran = ti.xcom_pull(task_ids=self.run_task_id)
+        checked = ti.xcom_pull(task_ids=self.check_task_id)
+        sealed = ti.xcom_pull(task_ids=self.seal_task_id)
+        for task_id in steps:
+            failure = failure or ti.xcom_pull(task_ids=task_id, key=FAILURE_KEY)
         approval = ti.xcom_pull(task_ids=self.approve_task_id)
-        approved_by = None
-        if isinstance(approval, dict):
-            user = approval.get("responded_by_user") or approval.get("responded_by")
-            approved_by = (user or {}).get("name") if isinstance(user, dict) else user
-        if not executed and not failure:
-            failure = _silent_end(ti, verified, self.verify_task_id, self.execute_task_id) or {
+        approved, approver, approve_reason = _decision(approval)
+        released, releaser, release_reason = _decision(ti.xcom_pull(task_ids=self.release_task_id))
+        decision = None
+        if approved is False:
+            decision = {"outcome": "rejected", "by": approver, "reason": approve_reason}
+        elif released is False:
+            decision = {"outcome": "withheld", "by": releaser, "reason": release_reason}
+        executed = sealed or (ran if isinstance(ran, dict) and ran.get("result_digest") else None)
+        if not executed and not failure and decision is None:
+            failure = _silent_end(ti, steps) or {
                 "error": "NotRun",
-                "message": "the hop did not run (rejected, skipped or an upstream task failed)",
+                "message": "the hop did not run (skipped or an upstream task failed)",
+                "station_fault": True,
             }
-        record = hop.record_step(
-            _config(self.config_path),
-            reference=self.reference,
-            verified=verified,
-            executed=executed,
-            failure=failure,
-            approved_by=approved_by,
-            run_id=context["run_id"],
-            logger=_safe_log(self.log.info),
-        )
+        config = _config(self.config_path)
+        try:
+            record = hop.record_step(
+                config,
+                reference=self.reference,
+                verified=verified,
+                executed=executed,
+                failure=failure,
+                approved_by=approver if approved else None,
+                run_id=context["run_id"],
+                logger=_safe_log(self.log.info),
+                data=(ran or {}).get("data") if isinstance(ran, dict) else None,
+                decision=decision,
+                released_by=releaser if released else None,
+                disclosure=_disclosure(checked),
+            )
+        finally:
+            if hop.end_step(config, ran if isinstance(ran, dict) else None):
+                self.log.info("removed the hop's resting output")
         summary = {
             "outcome": record["outcome"],
             "seq": record.get("seq"),
             "failed_check": record.get("failed_check"),
         }
-        if record["outcome"] != "success":
+        if record["outcome"] in ("rejected", "withheld"):
+            what = "rejected by" if record["outcome"] == "rejected" else "withheld by"
+            self.log.info(
+                "%s",
+                safe_text(
+                    f"hop {record['outcome']}: {what} {decision and decision['by']}: "
+                    f"{decision and decision['reason']}",
+                    limit=1000,
+                ),
+            )
+        elif record["outcome"] != "success":
             message = safe_text(failure.get("message") if failure else "", limit=4000)
             raise AirflowFailException(f"hop failed: {message}")
         return summary
+
+
+def _disclosure(checked: Any) -> dict[str, Any] | None:
+    if not isinstance(checked, dict) or "verdict" not in checked:
+        return None
+    return {"verdict": checked.get("verdict"), "files": checked.get("files") or []}

@@ -22,8 +22,10 @@ ZERO_HASH = "0" * 64
 RESERVED_FIELDS = ("seq", "time", "prev")
 """Fields the log sets itself; a caller's record must not carry them."""
 
-Outcome = Literal["success", "failure"]
-OUTCOMES: tuple[str, ...] = ("success", "failure")
+Outcome = Literal["success", "failure", "rejected", "withheld"]
+#: ``rejected``: a person at the station refused to run the train; ``withheld``: the train ran
+#: and a person refused to release its output. Both carry ``decision`` (who and why).
+OUTCOMES: tuple[str, ...] = ("success", "failure", "rejected", "withheld")
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -166,6 +168,9 @@ def hop_record(
     result_digest: str | None = None,
     recipients: Sequence[str] = (),
     data: Mapping[str, Any] | None = None,
+    decision: Mapping[str, Any] | None = None,
+    released_by: str | None = None,
+    disclosure: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record of one hop, for :meth:`AuditLog.append` (``event`` = ``"hop"``).
 
@@ -177,6 +182,9 @@ def hop_record(
     sandbox's resource limits; ``recipients`` the age recipients the result was sealed to;
     ``data`` what the train saw at ``/pht/data`` (``digest``: ``sha256:`` over the sorted
     listing of its files' digests, sizes and names; ``files``, ``bytes``, ``kind``, ``tables``).
+    ``decision`` is a person's refusal (``{"by": user, "reason": text}``) of a ``rejected`` or
+    ``withheld`` hop; ``released_by`` who released the output; ``disclosure`` the output checks'
+    verdicts (file names, verdicts and reasons; never values).
     Every key is always present (``None``/empty when unknown), so records are easy to query.
     """
     if outcome not in OUTCOMES:
@@ -211,6 +219,9 @@ def hop_record(
         "result_digest": result_digest,
         "recipients": list(recipients),
         "data": dict(data) if data is not None else None,
+        "decision": dict(decision) if decision is not None else None,
+        "released_by": released_by,
+        "disclosure": dict(disclosure) if disclosure is not None else None,
     }
     _check_value(record, "record")
     return record

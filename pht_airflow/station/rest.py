@@ -1,0 +1,194 @@
+"""Where a hop's output rests between its tasks: encrypted to the station itself.
+
+The hop runs as separate tasks (``run`` → ``check_output`` → ``release`` → ``seal`` →
+``record``, :mod:`.hop`) so a failed push retries only the push. Between them the train's
+output exists only as an age file encrypted to the station's own recipient, in ``work_dir``
+(``rest-<key>.age``, mode 0600; the key from :func:`run_key`): the tar of the output folder
+(the same archive a result carries) and a small JSON file of facts about the run
+(exit code, times, what data the train saw; never values). A task that needs the plaintext
+decrypts it into a private hop folder (``work_dir/hop-…``, swept like any other if the task
+is killed) and wipes it when done (:func:`opened_output`).
+
+Workers that share ``work_dir`` (and the station's age identity) can pick up any task of a
+hop; nothing of the output passes through Airflow's database, XComs or logs.
+
+A resting output is written once (temporary name, then renamed with its facts last), so its
+presence means the train finished and passed the sandbox's checks: a retried ``run`` task
+finds it and does not run the train again. ``record`` removes it when the hop ends;
+:func:`sweep_rest` removes any whose hop ended without that (killed), once it is older than
+the longest a hop may wait (:data:`MAX_REST_AGE`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from ..errors import PhtError
+from ..results.archive import TarStream, plan_tar, safe_extract, tar_size
+from ..results.crypt import ChunkReader, decrypt_file, encrypt_stream
+from .config import StationConfig
+from .sweep import HOP_PREFIX, open_work, wipe_folder
+
+#: Resting outputs are files ``rest-<key>.age`` (and ``.json``) in ``work_dir``.
+REST_PREFIX = "rest-"
+#: A resting output older than this belongs to no running hop (a release may wait 7 days).
+MAX_REST_AGE = timedelta(days=8)
+_KEY = re.compile(r"^[a-z0-9][a-z0-9._-]{0,120}$")
+_MAX_FACTS = 256 * 1024
+
+
+def run_key(train_id: str, hop: int, run_id: str) -> str:
+    """The name of a run's resting output: train, hop and a digest of the Airflow run id."""
+    tag = hashlib.sha256(run_id.encode()).hexdigest()[:16]
+    safe_id = re.sub(r"[^a-z0-9-]", "-", train_id.lower())[:64].strip("-") or "train"
+    return f"{safe_id}-{int(hop)}-{tag}"
+
+
+def _paths(config: StationConfig, key: str) -> tuple[Path, Path]:
+    if not _KEY.match(key):
+        raise PhtError(f"not a resting output key: {key!r}")
+    folder = config.work_dir
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder / f"{REST_PREFIX}{key}.age", folder / f"{REST_PREFIX}{key}.json"
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def store_output(
+    config: StationConfig, key: str, output_dir: Path, facts: dict[str, Any]
+) -> dict[str, Any]:
+    """Encrypt ``output_dir`` to the station's own recipient and keep it under ``key``.
+
+    Returns ``facts`` with ``plaintext_bytes``, ``files`` and the ciphertext's digest added
+    (the JSON-safe summary the ``run`` task passes on; no content)."""
+    cipher_path, facts_path = _paths(config, key)
+    recipient = config.load_age_identity().recipient
+    entries = plan_tar(output_dir)
+    tmp = cipher_path.with_name(f".{cipher_path.name}.{os.getpid()}.tmp")
+    digest = hashlib.sha256()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in encrypt_stream(TarStream(entries), [recipient]):
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, cipher_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    stored = {
+        **facts,
+        "rest_key": key,
+        "plaintext_bytes": tar_size(entries),
+        "files": sum(1 for e in entries if not e.is_dir),
+        "ciphertext_sha256": digest.hexdigest(),
+    }
+    _write_new(facts_path, json.dumps(stored, sort_keys=True).encode())
+    return stored
+
+
+def load_facts(config: StationConfig, key: str) -> dict[str, Any] | None:
+    """The facts of a resting output stored under ``key``, or None if there is none."""
+    cipher_path, facts_path = _paths(config, key)
+    try:
+        with open(facts_path, "rb") as fh:
+            raw = fh.read(_MAX_FACTS + 1)
+    except FileNotFoundError:
+        return None
+    if len(raw) > _MAX_FACTS or not cipher_path.is_file():
+        return None
+    try:
+        facts = json.loads(raw)
+    except ValueError:
+        return None
+    return facts if isinstance(facts, dict) else None
+
+
+@contextlib.contextmanager
+def opened_output(config: StationConfig, key: str, train_id: str) -> Iterator[Path]:
+    """The resting output decrypted into a private hop folder, wiped on leaving.
+
+    The ciphertext's digest is checked against its facts before anything is decrypted.
+    """
+    facts = load_facts(config, key)
+    if facts is None:
+        raise PhtError(
+            f"the train's output for {key} is not in {config.work_dir} "
+            "(the run task did not finish, or the hop already ended); run the hop again"
+        )
+    cipher_path, _ = _paths(config, key)
+    identity = config.load_age_identity()
+    work, lock = open_work(config, f"{HOP_PREFIX}{train_id[:64]}-")
+    try:
+        with open(cipher_path, "rb") as fh:
+            digest = hashlib.sha256()
+            for block in iter(lambda: fh.read(1024 * 1024), b""):
+                digest.update(block)
+            if digest.hexdigest() != facts.get("ciphertext_sha256"):
+                raise PhtError(f"the resting output {cipher_path} was changed on disk")
+            fh.seek(0)
+            folder = work / "output"
+            folder.mkdir(mode=0o700)
+            plain = decrypt_file(fh, identity)
+            try:
+                safe_extract(
+                    io.BufferedReader(ChunkReader(plain), 1024 * 1024),
+                    folder,
+                    length=int(facts.get("plaintext_bytes") or 0) or None,
+                    max_bytes=max(config.limits.output_bytes * 2, 1 << 20),
+                )
+            finally:
+                plain.close()
+        yield folder
+    finally:
+        wipe_folder(work)
+        os.close(lock)
+
+
+def drop_output(config: StationConfig, key: str) -> bool:
+    """Remove a resting output (its facts first); True if there was one."""
+    cipher_path, facts_path = _paths(config, key)
+    found = False
+    for path in (facts_path, cipher_path):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            found = True
+    return found
+
+
+def sweep_rest(config: StationConfig, *, now: float | None = None) -> list[str]:
+    """Remove resting outputs (and half-written ones) older than :data:`MAX_REST_AGE`."""
+    folder = config.work_dir
+    if not folder.is_dir():
+        return []
+    limit = (now if now is not None else time.time()) - MAX_REST_AGE.total_seconds()
+    removed = []
+    for path in [*folder.glob(f"{REST_PREFIX}*"), *folder.glob(f".{REST_PREFIX}*.tmp")]:
+        try:
+            if path.lstat().st_mtime < limit:
+                path.unlink()
+                removed.append(path.name)
+        except FileNotFoundError:
+            continue
+    return removed
