@@ -103,7 +103,14 @@ def test_approve_shows_the_train_then_signs(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "build history" in result.output
-    assert "opt/train/analysis.py" in result.output
+    # The train's own code, not the base image's files: pht train build labels the base.
+    assert "base image: pht-local/python:3.11, 1 layer(s), not listed" in result.output
+    assert "files the train adds (1 shown):" in result.output
+    assert re.search(r"^ +\d+  opt/train/analysis\.py$", result.output, re.MULTILINE)
+    assert "usr/local/" not in result.output
+    assert re.search(r"^opt/train/analysis\.py \(\d+ bytes\) ─", result.output, re.MULTILINE)
+    assert "def count_rows(path: Path) -> int:\n" in result.output  # in full, never cropped
+    assert "adding to earlier hops.\n" in result.output
     assert "approved" in result.output
     result = _run(
         "train", "status", built["pinned"], "--key", str(key_files["pub"]),
@@ -111,6 +118,21 @@ def test_approve_shows_the_train_then_signs(
     )  # fmt: skip
     body = json.loads(result.stdout)
     assert sorted(s["role"] for s in body["signers"]) == ["approver", "creator"]
+
+
+def test_approve_all_layers_lists_the_base_images_files_too(
+    built: dict[str, Any], workspace: dict[str, Path], key_files: dict[str, Path]
+) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["train", "approve", built["pinned"], "--key", str(workspace["reviewer"]),
+         "--all-layers", "--max-files", "50", "--passphrase-file", str(key_files["passphrase"])],
+        input="n\n",
+    )  # fmt: skip
+    assert result.exit_code == 1  # declined: nothing signed
+    assert "files (51 shown):" in result.output  # 50 names and the count of the rest
+    assert re.search(r"^  … \d+ more$", result.output, re.MULTILINE)
+    assert "base image:" not in result.output
 
 
 def test_approve_declined_adds_nothing(

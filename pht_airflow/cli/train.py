@@ -6,9 +6,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from .options import (
@@ -220,6 +221,12 @@ def train_build(
 @click.option("--yes", is_flag=True, help="Approve without asking (after showing the train).")
 @click.option("--no-files", is_flag=True, help="Do not list the image's files (skips layers).")
 @click.option("--max-files", default=200, show_default=True, help="List at most this many files.")
+@click.option(
+    "--all-layers",
+    is_flag=True,
+    help="List the files of every layer, the base image's too (default: only the train's own "
+    "layers, with its small text files shown).",
+)
 @passphrase_options
 @registry_options
 def train_approve(
@@ -229,15 +236,20 @@ def train_approve(
     yes: bool,
     no_files: bool,
     max_files: int,
+    all_layers: bool,
     passphrase_file: Path | None,
     username: str | None,
     insecure: bool,
 ) -> None:
-    """Show a train for review (spec, build history, files), then sign it as approver."""
+    """Show a train for review (spec, build history, the files and code it adds on top of its
+    base image), then sign it as approver."""
     from ..keys import load_signing_key
     from ..oci import Reference
-    from ..researcher.inspect import describe_image, image_files, read_train
+    from ..researcher.inspect import describe_image, image_files, read_train, train_code
     from ..signing import sign
+
+    if max_files < 1:
+        raise click.UsageError("--max-files must be at least 1")
 
     key = load_signing_key(key_path, read_passphrase(passphrase_file))
     with registry_client(Reference.parse(ref), username, insecure) as client:
@@ -255,18 +267,65 @@ def train_approve(
         out.print(f"entrypoint: {entrypoint}  cmd: {cmd}", markup=False)
         for label, value in sorted(image.labels.items()):
             out.print(f"label {plain(label)} = {plain(value, limit=1000)}", markup=False)
-        if not no_files:
+        if not no_files and all_layers:
             with err.status("listing the image's files"):
                 files = image_files(client, pinned, image.manifest, max_files)
             out.print(f"files ({len(files)} shown):", markup=False)
             for name in files:
                 out.print(f"  {plain(name, limit=1000)}", markup=False)
+        elif not no_files:
+            with err.status("reading the train's own layers"):
+                code = train_code(client, pinned, image.manifest, max_files=max_files)
+            print_train_code(code.to_dict())
         question = f"Approve train {plain(spec.id)} ({plain(digest)})?"
         if not yes and not click.confirm(question, default=False):
             err.print("not approved")
             sys.exit(EXIT_ERROR)
         sign(client, pinned, key, role="approver", signer=signer or key_path.name.split(".")[0])
     out.print(f"approved {pinned.name}@{digest} with {key.key_id}", markup=False)
+
+
+def print_train_code(code: dict[str, Any]) -> None:
+    """The train's own code (:meth:`pht_airflow.traincode.TrainCode.to_dict`, already safe
+    text): its base image, its layers with their build steps, the files it adds, and its
+    small text files in full."""
+    from rich.text import Text
+
+    base = code.get("base")
+    if base:
+        digest = f" ({base['digest']})" if base.get("digest") else ""
+        out.print(
+            f"base image: {base.get('name') or 'unnamed'}{digest}, {base['layers']} layer(s), "
+            "not listed (--all-layers lists them)",
+            markup=False,
+        )
+    if code.get("base_problem"):
+        out.print(Text(f"note: {code['base_problem']}", style="yellow"))
+    layers = Table(title="the train's own layers", title_justify="left")
+    layers.add_column("layer")
+    layers.add_column("build step")
+    layers.add_column("entries")
+    for layer in code.get("layers", []):
+        entries = str(layer["entries"]) if layer["read"] else "not read (over the read limit)"
+        layers.add_row(str(layer["index"]), escape(layer["step"] or "?"), entries)
+    out.print(layers)
+    files = code.get("files", [])
+    out.print(f"files the train adds ({len(files)} shown):", markup=False)
+    for f in files:
+        if f["kind"] == "link":
+            out.print(f"  {'link':>10}  {f['path']} -> {f['target']}", markup=False)
+        elif f["kind"] == "file":
+            out.print(f"  {f['size']:>10}  {f['path']}", markup=False)
+        else:
+            out.print(f"  {f['kind']:>10}  {f['path']}", markup=False)
+    if code.get("more_files"):
+        out.print(f"  … {code['more_files']} more", markup=False)
+    for f in code.get("inline", []):
+        # Printed as it is (soft-wrapped by the terminal, never cropped): every line counts.
+        out.rule(Text(f"{f['path']} ({f['size']} bytes)"), align="left")
+        out.print(f["text"].rstrip("\n"), markup=False)
+    if code.get("inline"):
+        out.rule()
 
 
 @train.command("status")
