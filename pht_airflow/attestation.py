@@ -96,6 +96,7 @@ __all__ = [
     "Attestation",
     "attest",
     "attestation_tag",
+    "check_hop",
     "hop_predicate",
     "make_statement",
     "open_envelope",
@@ -494,6 +495,29 @@ def verify_attestation(
         f"{where} has no valid attestation by the station's key: {best.message}",
         [p.message for p in problems],
     )
+
+
+def check_hop(statement: Mapping[str, Any], *, station: str, hop: int, train_digest: str) -> None:
+    """A verified hop-run statement must be about this hop: its predicate names ``station``,
+    ``hop`` and the train digest (the signer's own words, so a mismatch is a station's bug or
+    a reused statement). Raises :class:`VerificationError` (``check="attestation"``)."""
+    p = statement.get("predicate")
+    p = p if isinstance(p, Mapping) else {}
+    train = p.get("train")
+    named = train.get("digest") if isinstance(train, Mapping) else None
+    problems = []
+    if p.get("station") != station:
+        problems.append(f"station {_shown(p.get('station'))}, not {station!r}")
+    if p.get("hop") != hop or type(p.get("hop")) is not int:
+        problems.append(f"hop {_shown(p.get('hop'))}, not {hop}")
+    if named != train_digest:
+        problems.append(f"train {_shown(named)}, not {train_digest}")
+    if problems:
+        raise VerificationError(
+            f"the run attestation of hop {hop} ({station}) names " + "; ".join(problems),
+            digest=train_digest,
+            check="attestation",
+        )
 
 
 # --- the predicate --------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -60,9 +60,13 @@ def results_fetch(
     username: str | None,
     insecure: bool,
 ) -> None:
-    """Verify the train, every result and the chain; decrypt what is addressed to you.
+    """Verify the train, every result, the chain and each result's run attestation;
+    decrypt what is addressed to you.
 
-    A verification failure writes nothing and exits 3 with the reason.
+    Each result must carry a run attestation signed by its station's key from the train
+    spec and naming that result; a summary of each (station, hop, data set, disclosure
+    verdict, who approved and released, exit code, times) is printed. A verification failure
+    writes nothing and exits 3 with the reason.
     """
     from rich.progress import (
         BarColumn,
@@ -71,6 +75,7 @@ def results_fetch(
         TransferSpeedColumn,
     )
 
+    from ..attestation import summary
     from ..keys import load_age_identity, load_public_key
     from ..oci import Reference
     from ..researcher.collect import collect_results
@@ -107,6 +112,7 @@ def results_fetch(
                 visible=True,
             )
 
+        attested: list[tuple[AcceptedResult, dict[str, Any]]] = []
         placed = collect_results(
             client,
             ref,
@@ -116,7 +122,15 @@ def results_fetch(
             max_bytes=max_bytes,
             progress=lambda n: bar.advance(task, n),
             on_result=started,
+            on_attestation=lambda result, statement: attested.append((result, statement)),
         )
+    for result, statement in attested:
+        out.print(
+            f"hop {result.hop} ({plain(result.station)}): run attestation verified", markup=False
+        )
+        for label, value in summary(statement).items():
+            if label not in ("station", "hop"):
+                out.print(f"  {label}: {plain(value)}", markup=False)
     for result, path in placed:
         out.print(
             f"hop {result.hop} ({plain(result.station)}) -> {plain(path, limit=None)}", markup=False

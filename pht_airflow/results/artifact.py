@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from ..attestation import attest, hop_predicate, verify_attestation
+from ..attestation import attest, check_hop, hop_predicate, verify_attestation
 from ..errors import DigestMismatchError, PhtError, UnsafeArchiveError
 from ..keys import AgeIdentity, SigningKey, public_key_from_pem
 from ..oci import OCI_MANIFEST, Descriptor, Manifest, Reference, RegistryClient, sha256_digest
@@ -314,6 +314,8 @@ def fetch_results(
     """
     if out_dir.exists() and any(out_dir.iterdir()):
         raise PhtError(f"{out_dir} is not empty; fetch into a new or empty folder")
+    if train.digest is None:
+        raise PhtError("fetch_results needs the train reference pinned to its digest")
     accepted = verify_chain(client, train, spec)
     mine = [r for r in accepted if identity.recipient in r.recipients]
     if not mine:
@@ -321,10 +323,13 @@ def fetch_results(
             f"no verified result of train {spec.id} is addressed to {identity.recipient} "
             f"({len(accepted)} verified result(s) in total)"
         )
-    statements = [
-        (r, verify_attestation(client, r.reference, public_key_from_pem(spec.route[r.hop].key)))
-        for r in accepted
-    ]
+    statements = []
+    for r in accepted:
+        statement = verify_attestation(
+            client, r.reference, public_key_from_pem(spec.route[r.hop].key)
+        )
+        check_hop(statement, station=r.station, hop=r.hop, train_digest=train.digest)
+        statements.append((r, statement))
     if on_attestation is not None:
         for result, statement in statements:
             on_attestation(result, statement)
