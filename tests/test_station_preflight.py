@@ -510,3 +510,37 @@ def test_the_engine_check_names_an_engine_that_is_gone(
     assert not engine.ok
     assert engine.problems[0].text.startswith("cannot reach the Docker engine")
     assert "start dockerd, or set DOCKER_HOST" in engine.problems[0].fix
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.one_of(
+        st.binary(max_size=400),
+        st.sampled_from(
+            [
+                b"-----BEGIN PUBLIC KEY-----\n",
+                b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n",
+                b"age-encryption.org/v1\n-> scrypt",
+                b"AGE-SECRET-KEY-1QQQ",
+                b"age1qqq",
+                b"# x\n",
+            ]
+        ).flatmap(lambda head: st.binary(max_size=200).map(lambda tail: head + tail)),
+    )
+)
+def test_any_bytes_as_a_key_file_give_problems_never_a_crash(
+    tmp_path_factory: pytest.TempPathFactory, parties: Any, data: bytes
+) -> None:
+    """Whatever a key file holds, pre-flight names a problem with what to do (or opens it)."""
+    root = tmp_path_factory.mktemp("hostile")
+    station = _station(root, parties, "127.0.0.1:5000")
+    config = station.config()
+    for name in ("station.key", "station.age"):
+        (station.root / "keys" / name).write_bytes(data)
+    _, _, problems = pf.open_keys(config)
+    assert len(problems) == 2
+    for problem in problems:
+        assert problem.text and problem.fix
+        assert PASSPHRASE not in problem.line()
