@@ -46,20 +46,28 @@ def test_station_run_then_audit_verify(
     runner = CliRunner()
     config = str(station.config_path)
 
+    # Dry by default: verified, run and checked; nothing pushed, recorded or reported.
     result = runner.invoke(main, ["station", "run", str(ref), "--config", config])
+    assert result.exit_code == 0, result.output
+    assert "counted 5 rows at station-a" in result.output
+    assert "dry-run; disclosure pass; dry run: nothing pushed; not recorded" in result.stdout
+    with RegistryClient(registry.host) as client:
+        assert "result-0" not in client.list_tags(ref.repository)
+    assert not station.audit_path.exists()
+    result = runner.invoke(main, ["station", "run", str(ref), "--config", config, "--record"])
+    assert result.exit_code == 2 and "--record needs --push" in result.output
+
+    push = ["station", "run", str(ref), "--config", config, "--push", "--record"]
+    result = runner.invoke(main, push)
     assert result.exit_code == 1
     assert "requires a person's approval" in result.output
 
-    result = runner.invoke(
-        main, ["station", "run", str(ref), "--config", config, "--approved-by", "dr-staff"]
-    )
+    result = runner.invoke(main, [*push, "--approved-by", "dr-staff"])
     assert result.exit_code == 0, result.output
     assert "success" in result.stdout
     assert "counted 5 rows at station-a" in result.output
 
-    result = runner.invoke(
-        main, ["station", "run", str(ref), "--config", config, "--approved-by", "dr-staff"]
-    )
+    result = runner.invoke(main, [*push, "--approved-by", "dr-staff"])
     assert result.exit_code == 3
     assert "[already-done]" in result.output
 

@@ -42,24 +42,60 @@ def station() -> None:
 @click.option("--rerun", is_flag=True, help="Run a train this station already completed.")
 @click.option(
     "--approved-by",
-    help="Who approved this run (required when the station's policy asks for approval).",
+    help="Who approved this run (needed with --push when the policy asks for approval).",
 )
-def station_run(ref: str, config_path: Path, rerun: bool, approved_by: str | None) -> None:
-    """Verify, run, seal and record one hop of the train REF, exactly as the DAG does."""
+@click.option(
+    "--released-by",
+    help="Who reviewed and released the output (needed with --push when a disclosure check "
+    "asks for review or the policy asks for a release).",
+)
+@click.option("--push", is_flag=True, help="Seal, push and sign the result (default: dry run).")
+@click.option("--record", is_flag=True, help="Append the hop to the station's audit log.")
+@click.option("--report", is_flag=True, help="Tell the central service of a failed hop.")
+def station_run(
+    ref: str,
+    config_path: Path,
+    rerun: bool,
+    approved_by: str | None,
+    released_by: str | None,
+    push: bool,
+    record: bool,
+    report: bool,
+) -> None:
+    """Verify and run one hop of the train REF by hand, for debugging a train.
+
+    Dry by default: the train is verified, run in the sandbox and its output checked by the
+    station's disclosure control, and nothing leaves the station or is written down: no
+    result pushed, no audit record, no report to the central service. --push, --record and
+    --report do each of those, as the DAG does."""
     from ..station.config import load_config
     from ..station.hop import run_hop
 
+    if report and not record:
+        raise click.UsageError("--report needs --record (a report is sent from the audit record)")
+    if record and not push:
+        raise click.UsageError("--record needs --push (a dry run is not a hop to audit)")
     config = load_config(config_path, _lookups())
-    record = run_hop(
+    done = run_hop(
         config,
         ref,
         rerun=rerun,
         approved_by=approved_by,
+        released_by=released_by,
+        push=push,
+        record=record,
+        report=report,
         logger=lambda line: err.print(plain(line, limit=None, multiline=True), markup=False),
     )
+    disclosure = done.get("disclosure") or {}
+    verdict = disclosure.get("verdict") if isinstance(disclosure, dict) else None
+    what = f"result {done.get('result_digest')}" if push else "dry run: nothing pushed"
+    seq = f"audit seq {done['seq']}" if done.get("seq") is not None else "not recorded"
     out.print(
-        f"hop {record['hop']} of train {record['train_id']} at {config.station_id}: "
-        f"{record['outcome']}; result {record['result_digest']}; audit seq {record['seq']}",
+        plain(
+            f"hop {done.get('hop')} of train {done.get('train_id')} at {config.station_id}: "
+            f"{done.get('outcome')}; disclosure {verdict or '-'}; {what}; {seq}"
+        ),
         markup=False,
     )
 
