@@ -358,6 +358,17 @@ def test_a_missing_data_folder_fails_preflight(station: Station, docker_client: 
         pf.preflight(config, docker_client=docker_client, cache=False)
 
 
+def test_a_data_folder_given_as_a_link_is_judged_by_its_target(tmp_path: Path) -> None:
+    target = tmp_path / "real"
+    target.mkdir()
+    os.chmod(target, 0o700)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    looked, bad, first = pf.scan_dataset(link, 65534, 65534)
+    assert (looked, bad) == (1, 1)
+    assert first is not None and first.startswith("the folder itself (mode 0700")
+
+
 def test_an_acl_is_not_judged_by_mode_bits(tmp_path: Path) -> None:
     folder = tmp_path / "ds"
     folder.mkdir()

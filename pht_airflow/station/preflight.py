@@ -465,13 +465,17 @@ def scan_dataset(folder: Path, uid: int, gid: int) -> tuple[int, int, str | None
 
     Returns (entries looked at, entries not readable, a description of the first one). Only
     the folder itself and what is below it count: the sandbox bind-mounts the folder, so the
-    folders above it on the host need not be open to the sandbox user. Links are skipped; so
-    is an entry carrying a POSIX ACL (not judged here). At most :data:`SCAN_ENTRIES` entries.
+    folders above it on the host need not be open to the sandbox user. The folder itself is
+    followed if it is a link (as the bind mount does); links inside it are skipped, and so is
+    an entry carrying a POSIX ACL (not judged here). At most :data:`SCAN_ENTRIES` entries.
     Supplementary groups and user-namespace mappings are not seen: the self-test's probe
     container is the real test.
     """
     looked = bad = 0
     first: str | None = None
+    # The engine follows a link given as the folder itself when it bind-mounts it; so do we.
+    with contextlib.suppress(OSError, RuntimeError):
+        folder = folder.resolve()
     stack: list[tuple[Path, str]] = [(folder, ".")]
     while stack and looked < SCAN_ENTRIES:
         path, rel = stack.pop()
