@@ -16,9 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pht_airflow.errors import TrainExitError
-from pht_airflow.researcher.train import init_train
+from pht_airflow.protocol import (
+    BASE_DIGEST_LABEL,
+    BASE_LAYERS_LABEL,
+    BASE_NAME_LABEL,
+    BASE_TOP_LAYER_LABEL,
+)
+from pht_airflow.researcher.train import base_image_name, base_labels, init_train
 from pht_airflow.station.data import DataSet, data_view, parse_datasets
 from pht_airflow.station.sandbox import Limits, run_train
 
@@ -96,3 +104,49 @@ def test_the_starter_reads_parquet_with_pyarrow(source: Path, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     state = json.loads((out / "state.json").read_text())
     assert state["hops"][0]["tables"] == {"person": 3}
+
+
+# --- which layers are the base image's (pht train build labels them) --------------------------
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "base"),
+    [
+        ("FROM pht-local/python:3.11\nCOPY a.py /opt/\n", "pht-local/python:3.11"),
+        ("# c\nfrom  --platform=linux/amd64 r-base:4 AS b\nRUN x\n", "r-base:4"),
+        ("ARG BASE=python:3.12\nFROM ${BASE} AS build\nRUN make\nFROM build\n", "python:3.12"),
+        ("FROM a:1 AS one\nFROM b:2\nCOPY --from=one /x /x\n", "b:2"),
+        ("FROM \\\n  c:3\n", "c:3"),
+        ("ARG V\nFROM python:$V\n", None),
+        ("FROM scratch\nCOPY x /\n", "scratch"),
+        ("RUN echo no from\n", None),
+    ],
+)
+def test_the_base_image_a_dockerfile_builds_on(dockerfile: str, base: str | None) -> None:
+    assert base_image_name(dockerfile) == base
+
+
+@given(st.text(max_size=400))
+@settings(max_examples=300, deadline=None)
+def test_base_image_name_never_raises(text: str) -> None:
+    result = base_image_name(text)
+    assert result is None or isinstance(result, str)
+
+
+@pytest.mark.docker
+def test_base_labels_from_the_engine(docker_client: Any) -> None:
+    image = docker_client.images.get("pht-local/python:3.11")
+    layers = image.attrs["RootFS"]["Layers"]
+    labels = base_labels(docker_client, "pht-local/python:3.11")
+    assert labels == {
+        BASE_NAME_LABEL: "pht-local/python:3.11",
+        BASE_LAYERS_LABEL: str(len(layers)),
+        BASE_TOP_LAYER_LABEL: layers[-1],
+    }  # a local image has no manifest digest: no BASE_DIGEST_LABEL
+    assert BASE_DIGEST_LABEL not in labels
+    assert base_labels(docker_client, "scratch") == {
+        BASE_NAME_LABEL: "scratch",
+        BASE_LAYERS_LABEL: "0",
+    }
+    assert base_labels(docker_client, f"pht-local/absent-{uuid.uuid4().hex[:8]}:1") == {}
+    assert base_labels(docker_client, None) == {}

@@ -360,3 +360,27 @@ def test_sizes_durations_and_positions_for_people() -> None:
         "90 s", "1 min", "30 min", "2 h", "0.5 s",
     ]  # fmt: skip
     assert position_text(["a", "b", "c"], 1, "sequential") == "hop 2 of 3: a → [b] → c"
+
+
+def test_a_layer_altered_in_transit_is_not_shown(
+    station_a: Station, client: RegistryClient, registry: Any, docker_client: Any, parties: Any
+) -> None:
+    """The train's layer comes back with its gzip trailer changed (tar readers ignore it, the
+    files parse the same): the layer is read to its end, its digest fails, and the card shows
+    none of it, only why."""
+    from support.authservers import Lie, LyingProxy
+
+    ref, _ = code_train(docker_client, client, registry, parties, "station-a", ["station-a"])
+    layer = client.get_manifest(ref.repository, ref.reference).layers[-1]
+    raw = client.get_blob(ref.repository, layer.digest, max_bytes=layer.size)
+    altered = raw[:-1] + bytes([raw[-1] ^ 0xFF])
+    blob_path = f"/v2/{ref.repository}/blobs/{layer.digest}"
+    with LyingProxy(registry.url) as proxy:
+        proxy.rule = lambda m, path: Lie(body=altered) if m == "GET" and path == blob_path else None
+        with RegistryClient(proxy.host) as lied_to:
+            proxied = Reference(proxy.host, ref.repository, digest=ref.digest)
+            verified = verified_at(station_a, lied_to, proxied)
+            facts = card_facts(station_a.config(), verified, lied_to)
+        assert proxy.served == 1
+    assert set(facts["code"]) == {"error"}
+    assert "it was altered in storage or in transit" in facts["code"]["error"]
