@@ -32,7 +32,14 @@ import pytest
 from support.hostile_tar import CASES, large_pax_stream
 from support.stationkit import sandbox_containers, signed_train
 
-from pht_airflow.errors import ChainError, DigestMismatchError, PhtError, UnsafeArchiveError
+from pht_airflow.attestation import attest, attestation_tag, hop_predicate, verify_attestation
+from pht_airflow.errors import (
+    ChainError,
+    DigestMismatchError,
+    PhtError,
+    UnsafeArchiveError,
+    VerificationError,
+)
 from pht_airflow.oci import OCI_MANIFEST, Reference, RegistryClient
 from pht_airflow.protocol import RESULT_CONFIG_MEDIA_TYPE, RESULT_MEDIA_TYPE, TRAIN_LABEL
 from pht_airflow.researcher.train import StationInfo, make_spec
@@ -213,6 +220,98 @@ def test_valid_chain_and_fetch(new_train: Any, client: Any, parties: Any, tmp_pa
     assert json.loads((tmp_path / "got" / "2-station-c" / "result.json").read_text()) == {
         "text": "c"
     }
+
+
+# --- run attestations --------------------------------------------------------------------------
+
+
+def test_seal_attests_the_result_with_the_callers_predicate(
+    new_train: Any, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    train = new_train()
+    predicate = hop_predicate(
+        train={"id": train.spec.id, "name": train.spec.name, "digest": train.ref.digest},
+        station="station-a", hop=0, dataset={"name": "cohort", "digest": "sha256:" + "1" * 64},
+        sandbox={"memory": "256m", "gpus": None}, disclosure={"verdict": "pass", "files": []},
+        approved_by="dora", released_by=None, started="2026-12-05T06:00:00Z",
+        finished="2026-12-05T06:00:03Z", exit_code=0,
+    )  # fmt: skip
+    sealed = seal(client, train.ref, train.manifest, train.spec, hop=0,
+                  output_dir=_output(tmp_path / "o"), key=parties["station-a"].key,
+                  previous=None, predicate=predicate)  # fmt: skip
+    statement = verify_attestation(client, sealed.reference, parties["station-a"].public)
+    assert statement["predicate"] == predicate
+    assert statement["subject"][0]["digest"]["sha256"] == sealed.digest.split(":")[1]
+
+
+def test_seal_without_a_predicate_attests_what_it_knows(
+    new_train: Any, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    train = new_train()
+    sealed = _seal(client, train, parties, 1, None, _output(tmp_path / "o"))
+    predicate = verify_attestation(client, sealed.reference, parties["station-b"].public)[
+        "predicate"
+    ]
+    assert predicate["train"] == {
+        "id": train.spec.id, "name": "sealing-test", "digest": train.ref.digest
+    }  # fmt: skip
+    assert (predicate["station"], predicate["hop"]) == ("station-b", 1)
+    assert predicate["dataset"] == {"name": "cohort", "digest": None}
+    assert predicate["disclosure"] is None and predicate["exit_code"] is None
+
+
+class _Recording(RegistryClient):
+    """The real client, noting the tag or digest of every manifest it puts."""
+
+    puts: list[str]
+
+    def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> str:
+        self.puts.append(reference)
+        return super().put_manifest(repository, reference, raw, media_type)
+
+
+def test_the_attestation_is_in_place_before_the_result_tag(
+    new_train: Any, registry: Any, parties: Any, tmp_path: Path
+) -> None:
+    train = new_train()
+    with _Recording(registry.host) as client:
+        client.puts = []
+        sealed = _seal(client, train, parties, 0, None, _output(tmp_path / "o"))
+    order = [sealed.digest, signature_tag(sealed.digest), attestation_tag(sealed.digest),
+             "result-0"]  # fmt: skip
+    assert client.puts == order
+
+
+def test_fetch_refuses_a_result_without_attestation_before_writing(
+    new_train: Any, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    train = new_train("parallel")
+    sealed = _seal(client, train, parties, 0, None, _output(tmp_path / "o"))
+    repo = train.ref.repository
+    client.delete_manifest(repo, client.resolve(repo, attestation_tag(sealed.digest)))
+    with pytest.raises(VerificationError) as info:
+        fetch_results(client, train.ref, train.spec, parties["alice"].age, tmp_path / "got")
+    assert info.value.check == "attestation"
+    assert f"{repo}@{sealed.digest} has no attestation" in info.value.reason
+    assert not (tmp_path / "got").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]
+
+
+def test_fetch_refuses_a_result_attested_by_the_next_stations_key(
+    new_train: Any, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    train = new_train("parallel")
+    sealed = _seal(client, train, parties, 0, None, _output(tmp_path / "o"))
+    repo = train.ref.repository
+    client.delete_manifest(repo, client.resolve(repo, attestation_tag(sealed.digest)))
+    attest(client, repo, sealed.digest, {"station": "station-a", "hop": 0},
+           parties["station-b"].key)  # fmt: skip
+    with pytest.raises(VerificationError) as info:
+        fetch_results(client, train.ref, train.spec, parties["alice"].age, tmp_path / "got")
+    assert f"signed by another key (it names key {parties['station-b'].key.key_id})" in (
+        info.value.reason
+    )
+    assert not (tmp_path / "got").exists()
 
 
 # --- rejections ------------------------------------------------------------------------------
