@@ -1,0 +1,164 @@
+"""``traincode``: what a train adds on top of its base image, read from the real registry.
+
+The image here is made by hand (OCI layers as plain tar) so that every kind of entry a layer
+can hold is present: files, a symbolic and a hard link, a FIFO, a whiteout of a base file,
+an opaque folder, and a later layer overriding an earlier one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pht_airflow.oci import Reference, RegistryClient
+from pht_airflow.protocol import BASE_LAYERS_LABEL, BASE_NAME_LABEL, BASE_TOP_LAYER_LABEL
+from pht_airflow.traincode import _declared_base, read_train_code
+
+pytestmark = pytest.mark.registry
+
+LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def _tar(entries: list[tuple[str, Any]]) -> bytes:
+    """A tar of (name, bytes | ("symlink"|"hardlink", target) | "fifo" | "dir")."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, what in entries:
+            info = tarfile.TarInfo(name)
+            if isinstance(what, bytes):
+                info.size = len(what)
+                tar.addfile(info, io.BytesIO(what))
+                continue
+            if what == "dir":
+                info.type = tarfile.DIRTYPE
+            elif what == "fifo":
+                info.type = tarfile.FIFOTYPE
+            else:
+                info.type = tarfile.SYMTYPE if what[0] == "symlink" else tarfile.LNKTYPE
+                info.linkname = what[1]
+            tar.addfile(info)
+    return out.getvalue()
+
+
+def _push_image(client: RegistryClient, registry: Any, layers: list[bytes], labels: Any) -> Any:
+    repository = f"traincode/t{uuid.uuid4().hex[:12]}"
+    descriptors = [client.upload_bytes(repository, layer, LAYER) for layer in layers]
+    diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    if callable(labels):
+        labels = labels(diff_ids)
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Labels": labels, "Entrypoint": ["python3", "/opt/train/analysis.py"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [
+            {"created_by": "/bin/sh -c #(nop) ADD file:base in / "},
+            {"created_by": "ENV X=1", "empty_layer": True},
+            {"created_by": "COPY src/ /opt/train/ # buildkit"},
+            {"created_by": "/bin/sh -c make"},
+        ],
+    }
+    config_desc = client.upload_bytes(
+        repository, json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json"
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config_desc.to_dict(),
+        "layers": [d.to_dict() for d in descriptors],
+    }
+    media = "application/vnd.oci.image.manifest.v1+json"
+    digest = client.put_manifest(repository, "train", json.dumps(manifest).encode(), media)
+    ref = Reference(registry.host, repository, digest=digest)
+    return ref, client.get_manifest(repository, digest)
+
+
+BASE_LAYER = _tar(
+    [("usr/lib/a.py", b"base\n"), ("opt/train/old.py", b"old\n"), ("opt/keep/x.txt", b"x\n")]
+)
+COPY_LAYER = _tar(
+    [
+        ("opt/train", "dir"),
+        ("./opt/train/analysis.py", b"print('first')\n"),
+        ("opt/train/link", ("symlink", "analysis.py")),
+        ("opt/train/hard", ("hardlink", "opt/train/analysis.py")),
+        ("opt/train/.wh.old.py", b""),
+        ("opt/keep/.wh..wh..opq", b""),
+    ]
+)
+RUN_LAYER = _tar([("opt/train/analysis.py", b"print('second')\n"), ("opt/train/pipe", "fifo")])
+
+
+def _labels(diff_ids: list[str]) -> dict[str, str]:
+    return {
+        BASE_NAME_LABEL: "example/base:1",
+        BASE_LAYERS_LABEL: "1",
+        BASE_TOP_LAYER_LABEL: diff_ids[0],
+    }
+
+
+def test_every_kind_of_entry_the_train_adds(client: RegistryClient, registry: Any) -> None:
+    ref, manifest = _push_image(client, registry, [BASE_LAYER, COPY_LAYER, RUN_LAYER], _labels)
+    code = read_train_code(client, ref, manifest).to_dict()
+    assert code["base"] == {"name": "example/base:1", "digest": None, "layers": 1}
+    assert [(layer["index"], layer["step"], layer["read"]) for layer in code["layers"]] == [
+        (1, "COPY src/ /opt/train/ # buildkit", True),
+        (2, "RUN make", True),
+    ]
+    files = {f["path"]: (f["kind"], f["layer"], f["target"]) for f in code["files"]}
+    assert files == {
+        "opt/keep/": ("removed", 1, None),
+        "opt/train/analysis.py": ("file", 2, None),  # the later layer's version
+        "opt/train/hard": ("link", 1, "opt/train/analysis.py"),
+        "opt/train/link": ("link", 1, "analysis.py"),
+        "opt/train/old.py": ("removed", 1, None),
+        "opt/train/pipe": ("other", 2, None),
+    }
+    assert "usr/lib/a.py" not in files  # the base's
+    assert code["inline"] == [
+        {"path": "opt/train/analysis.py", "size": 16, "text": "print('second')\n"}
+    ]
+    assert code["entrypoint"] == ["python3", "/opt/train/analysis.py"]
+
+
+def test_the_limits_bound_what_is_listed_held_and_read(
+    client: RegistryClient, registry: Any
+) -> None:
+    ref, manifest = _push_image(client, registry, [BASE_LAYER, COPY_LAYER, RUN_LAYER], _labels)
+    few = read_train_code(client, ref, manifest, max_files=2, inline_files=0).to_dict()
+    assert [f["path"] for f in few["files"]] == ["opt/keep/", "opt/train/analysis.py"]
+    assert few["more_files"] > 0 and few["inline"] == []
+    budget = manifest.layers[1].size
+    part = read_train_code(client, ref, manifest, max_read_bytes=budget).to_dict()
+    assert [layer["read"] for layer in part["layers"]] == [True, False]
+    assert part["layers"][1]["entries"] == 0
+    with pytest.raises(ValueError, match="must be positive"):
+        read_train_code(client, ref, manifest, max_files=0)
+
+
+@given(
+    labels=st.dictionaries(
+        st.sampled_from([BASE_LAYERS_LABEL, BASE_TOP_LAYER_LABEL, BASE_NAME_LABEL, "x"]),
+        st.one_of(st.text(max_size=20), st.integers(), st.none()),
+    ),
+    layers=st.integers(min_value=0, max_value=5),
+    diff_ids=st.one_of(st.none(), st.lists(st.text(max_size=10), max_size=6)),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_base_declaration_is_used_only_when_it_fits(
+    labels: dict[str, Any], layers: int, diff_ids: Any
+) -> None:
+    base, problem = _declared_base(labels, layers, diff_ids)
+    assert (base is None) != (problem is None)
+    if base is not None:
+        assert 0 <= base.layers <= layers
+        if base.layers:
+            assert diff_ids[base.layers - 1] == labels[BASE_TOP_LAYER_LABEL]
