@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 from support.stationkit import make_station, signed_train
 
+from pht_airflow.attestation import attestation_tag
 from pht_airflow.cli import main
 from pht_airflow.dev.localregistry import LocalRegistry, start_registry
 from pht_airflow.errors import PhtError
@@ -204,6 +205,7 @@ def test_round_trip_through_an_air_gap(
         signature_tag(train_digest),
         "result-0",
         signature_tag(result_digest),
+        attestation_tag(result_digest),  # the station's run attestation travels with it
     }
 
     # Carried back with an extra unsigned result: refused, nothing pushed.
