@@ -51,6 +51,8 @@ command -v skopeo >/dev/null 2>&1 || need_pkgs+=(skopeo)
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 # PostgreSQL: the central service's production database; the router tests run on it too.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_pkgs+=(postgresql)
+# stress-ng loads the machine while the suite runs (issue 14: the suite must not flake).
+command -v stress-ng >/dev/null 2>&1 || need_pkgs+=(stress-ng)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if is_root && is_debian; then
     say "installing ${need_pkgs[*]} (apt-get)"
