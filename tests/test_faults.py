@@ -1,0 +1,469 @@
+"""Fault tests on the real parts (issue 14's Must show, issue 12's seal-kill test).
+
+One Airflow deployment (:mod:`pht_airflow.dev.localairflow`, as the end-to-end tests use)
+hosts station-a; its registry is a real ``docker-registry`` of this module's own (so it can
+be stopped and its storage read) behind :class:`~support.faults.GateProxy`, a byte relay that
+can hold the one request a test is waiting for. Trains are built on the Python base image,
+pushed, signed, and removed from the engine, so the hop really pulls them.
+
+Every test asserts, after the run ends: the run's final state and the audit record's outcome
+and reason; exactly as many result manifests in the registry's storage as the hop should
+have made (tagged or not); no file left under the station's folders; no sandbox container
+and no pulled train image left; ``pht audit verify`` passes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+import yaml
+from support.faults import (
+    GateProxy,
+    fill,
+    holders_of,
+    leftover_files,
+    pid_of_peer,
+    result_manifests,
+    sandbox_starts,
+    tmpfs,
+)
+from support.stationkit import (
+    ANALYSIS,
+    Station,
+    build_train,
+    make_station,
+    make_train_spec,
+    sign_train,
+)
+
+from pht_airflow.dev.localairflow import LocalAirflow, session_pids, start_airflow
+from pht_airflow.dev.localregistry import LocalRegistry, start_registry
+from pht_airflow.errors import ServiceError
+from pht_airflow.oci import Reference, RegistryClient
+from pht_airflow.spec import TrainSpec
+from pht_airflow.station.audit import AuditLog
+
+pytestmark = [pytest.mark.faults, pytest.mark.airflow, pytest.mark.docker, pytest.mark.registry]
+
+DAG_ID = "pht_run_train"
+RUN_TIMEOUT = 300.0
+PHT = Path(sys.executable).parent / "pht"
+
+# A train that waits for a file the test puts in the station's data folder (a live, read-only
+# bind mount), so a test can kill its task while the container runs.
+WAITING = (
+    "import pathlib, time\nwhile not pathlib.Path('/pht/data/go').exists():\n    time.sleep(0.2)\n"
+) + ANALYSIS
+
+# Writes 200 MiB, ignoring every write error, then exits 0.
+FLOOD = r"""
+import pathlib
+chunk = b"x" * (1 << 20)
+with open("/pht/output/big.bin", "wb", buffering=0) as out:
+    for _ in range(200):
+        try:
+            out.write(chunk)
+        except OSError:
+            pass
+"""
+
+# A small valid output, then a log it appends to slowly until the disk is full; the write
+# error is ignored and the train exits 0, as if its output were complete.
+IGNORES_ENOSPC = (
+    ANALYSIS
+    + r"""
+import time
+with open("/pht/output/progress.log", "ab", buffering=0) as out:
+    while True:
+        try:
+            out.write(b"." * 4096)
+        except OSError:
+            break
+        time.sleep(0.05)
+"""
+)
+
+
+@dataclass
+class Stack:
+    airflow: LocalAirflow
+    station: Station
+    registry: LocalRegistry
+    proxy: GateProxy
+
+    def client(self) -> httpx.Client:
+        return self.airflow.client()
+
+
+def _start_registry(root: Path, port: int | None = None) -> LocalRegistry:
+    return start_registry(root, port=port)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, parties: Any) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("faults")
+    registry = _start_registry(root / "registry")
+    proxy = GateProxy(registry.port)
+    station = make_station(
+        root / "station-a",
+        parties["station-a"],
+        proxy.host,
+        creators=[parties["alice"].public.pem],
+        approvers=[parties["reviewer"].public.pem],
+    )
+    env = {"PHT_STATION_CONFIG": str(station.config_path)}
+    try:
+        airflow = start_airflow(root / "airflow-home", env=env, log_dir=root)
+    except ServiceError as exc:
+        proxy.close()
+        registry.stop()
+        pytest.fail(str(exc), pytrace=False)
+    stack = Stack(airflow, station, registry, proxy)
+    try:
+        airflow.wait_for_dag(DAG_ID)
+        yield stack
+    except ServiceError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    finally:
+        airflow.stop()
+        proxy.close()
+        stack.registry.stop()
+
+
+@dataclass
+class Train:
+    ref: Reference
+    spec: TrainSpec
+    digest: str
+
+    @property
+    def sandbox_prefix(self) -> str:
+        return f"pht-station-a-{self.spec.id[:8]}-"
+
+
+def _train(stack: Stack, docker_client: Any, parties: Any, script: str = ANALYSIS) -> Train:
+    """Build, push and sign a one-hop train for station-a; drop the local image so the hop
+    pulls it from the registry like a station that never saw it."""
+    spec = make_train_spec(parties, ["station-a"])
+    ref = Reference(stack.proxy.host, f"station-a/{spec.id}", tag="train")
+    digest = build_train(docker_client, ref, spec, script=script)
+    with RegistryClient(stack.proxy.host) as client:
+        sign_train(client, ref.with_digest(digest), parties, "alice", "reviewer")
+    docker_client.images.remove(str(ref))
+    return Train(ref, spec, digest)
+
+
+def _run_url(run_id: str) -> str:
+    return f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
+
+
+def _trigger(stack: Stack, train: Train) -> str:
+    with stack.client() as http:
+        resp = http.post(
+            f"/api/v2/dags/{DAG_ID}/dagRuns",
+            json={"logical_date": None, "conf": {"train": str(train.ref), "rerun": False}},
+        )
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["dag_run_id"])
+
+
+def _tasks(stack: Stack, run_id: str) -> dict[str, dict[str, Any]]:
+    with stack.client() as http:
+        resp = http.get(f"{_run_url(run_id)}/taskInstances")
+    resp.raise_for_status()
+    return {t["task_id"]: t for t in resp.json()["task_instances"]}
+
+
+def _wait(stack: Stack, what: str, probe: Any, timeout: float = RUN_TIMEOUT) -> Any:
+    try:
+        return stack.airflow.wait(what, probe, timeout)
+    except ServiceError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def _finish(stack: Stack, run_id: str) -> str:
+    def finished() -> str | None:
+        with stack.client() as http:
+            state = http.get(_run_url(run_id)).json()["state"]
+        return str(state) if state in ("success", "failed") else None
+
+    return str(_wait(stack, f"run {run_id} to finish", finished))
+
+
+def _record(stack: Stack, run_id: str) -> dict[str, Any]:
+    records = [r for r in AuditLog(stack.station.audit_path).entries() if r.get("run_id") == run_id]
+    assert len(records) == 1, records
+    return records[0]
+
+
+def _task_pid(stack: Stack, train: Train, exclude: set[int]) -> int:
+    """The hop task process running ``train``'s container (it holds its locked work folder)."""
+    import docker
+
+    work = stack.station.config().work_dir
+
+    def running() -> int | None:
+        engine = docker.from_env(timeout=60)
+        try:
+            up = engine.containers.list(filters={"label": "org.pht.sandbox", "status": "running"})
+        finally:
+            engine.close()
+        if not any(c.name.startswith(train.sandbox_prefix) for c in up):
+            return None
+        ours = holders_of(work) & session_pids(stack.airflow.pids)
+        ours -= exclude
+        return min(ours) if len(ours) == 1 else None
+
+    return int(_wait(stack, "the train's container to run", running))
+
+
+def _assert_nothing_left(
+    stack: Stack, docker_client: Any, train: Train, results: int, keep: tuple[str, ...] = ()
+) -> None:
+    stored = result_manifests(stack.registry.storage, train.ref.repository)
+    assert len(stored) == results, stored
+    assert leftover_files(stack.station.root, keep) == []
+    containers = docker_client.containers.list(all=True, filters={"label": "org.pht.sandbox"})
+    assert [c.name for c in containers if c.name.startswith(train.sandbox_prefix)] == []
+    repo = f"{train.ref.registry}/{train.ref.repository}"
+    images = [
+        name
+        for image in docker_client.api.images()
+        for name in (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
+        if name.startswith(repo)
+    ]
+    assert images == []
+    verified = subprocess.run(
+        [str(PHT), "audit", "verify", str(stack.station.audit_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def _cleanups_since(stack: Stack, seq: int) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in AuditLog(stack.station.audit_path).entries()
+        if r.get("event") == "cleanup" and int(r.get("seq") or 0) > seq
+    ]
+
+
+def _last_seq(stack: Stack) -> int:
+    entries = list(AuditLog(stack.station.audit_path).entries())
+    return int(entries[-1].get("seq") or 0) if entries else 0
+
+
+# --- 1. the seal task killed after its push started (issue 12) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "mode"),
+    [
+        ("blobs/uploads/", "request"),  # its first blob upload, not yet at the registry
+        ("manifests/", "response"),  # the result's manifest stored, the answer not yet read
+    ],
+)
+def test_seal_killed_mid_push_retries_to_exactly_one_result(
+    stack: Stack, docker_client: Any, parties: Any, where: str, mode: str
+) -> None:
+    train = _train(stack, docker_client, parties)
+    since = time.time()
+    verb = "POST" if where.startswith("blobs") else "PUT"
+    stack.proxy.arm(f"{verb} /v2/{train.ref.repository}/{where}".encode(), mode)
+    run_id = _trigger(stack, train)
+    _wait(stack, "the seal task's push", lambda: True if stack.proxy.held.is_set() else None)
+    assert stack.proxy.held_peer is not None
+    os.kill(pid_of_peer(stack.proxy.held_peer), signal.SIGKILL)
+    stack.proxy.release()
+
+    state = _finish(stack, run_id)
+    tasks = _tasks(stack, run_id)
+    assert state == "success", {t: i["state"] for t, i in tasks.items()}
+    assert tasks["seal"]["try_number"] >= 2
+    assert tasks["run"]["try_number"] == 1
+    assert sandbox_starts(docker_client, train.sandbox_prefix, since) == 1  # ran once
+    record = _record(stack, run_id)
+    assert record["outcome"] == "success", record
+    assert record["result_digest"] in result_manifests(stack.registry.storage, train.ref.repository)
+    _assert_nothing_left(stack, docker_client, train, results=1)
+
+
+# --- 2. the run task SIGKILLed while its container runs -------------------------------------
+
+
+@pytest.fixture()
+def go(stack: Stack) -> Iterator[Path]:
+    path = stack.station.root / "data" / "cohort" / "go"
+    path.unlink(missing_ok=True)
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def test_run_killed_with_a_retry_left_runs_again_and_sweeps_the_killed_attempt(
+    stack: Stack, docker_client: Any, parties: Any, go: Path
+) -> None:
+    train = _train(stack, docker_client, parties, WAITING)
+    since, seq = time.time(), _last_seq(stack)
+    run_id = _trigger(stack, train)
+    killed = _task_pid(stack, train, set())
+    work = stack.station.config().work_dir
+    folders = sorted(p.name for p in work.glob("hop-*"))
+    os.kill(killed, signal.SIGKILL)
+    go.write_text("")
+
+    state = _finish(stack, run_id)
+    tasks = _tasks(stack, run_id)
+    assert state == "success", {t: i["state"] for t, i in tasks.items()}
+    assert tasks["run"]["try_number"] == 2
+    assert sandbox_starts(docker_client, train.sandbox_prefix, since) == 2
+    record = _record(stack, run_id)
+    assert record["outcome"] == "success", record
+    swept = [f for c in _cleanups_since(stack, seq) for f in c["removed"]["folders"]]
+    assert set(folders) <= set(swept), (folders, swept)
+    go.unlink()
+    _assert_nothing_left(stack, docker_client, train, results=1)
+
+
+def test_run_killed_without_a_retry_left_is_audited_as_killed_and_leaves_nothing(
+    stack: Stack, docker_client: Any, parties: Any, go: Path
+) -> None:
+    train = _train(stack, docker_client, parties, WAITING)
+    since = time.time()
+    run_id = _trigger(stack, train)
+    first = _task_pid(stack, train, set())
+    os.kill(first, signal.SIGKILL)
+    second = _task_pid(stack, train, {first})  # the retry, killed too: no retry left
+    os.kill(second, signal.SIGKILL)
+
+    state = _finish(stack, run_id)
+    tasks = _tasks(stack, run_id)
+    assert state == "failed", {t: i["state"] for t, i in tasks.items()}
+    assert tasks["run"]["state"] == "failed"
+    assert tasks["seal"]["state"] == "upstream_failed"
+    assert sandbox_starts(docker_client, train.sandbox_prefix, since) == 2
+    record = _record(stack, run_id)
+    assert record["outcome"] == "failure"
+    assert record["failure"]["error"] == "TaskEnded", record["failure"]
+    assert "the run task ended without reporting" in record["failure"]["message"]
+    _assert_nothing_left(stack, docker_client, train, results=0)
+
+
+# --- 3. the registry down for 90 s at push time ---------------------------------------------
+
+OUTAGE_SECONDS = 90.0
+
+
+def test_registry_down_for_90_seconds_at_push_time(
+    stack: Stack, docker_client: Any, parties: Any
+) -> None:
+    train = _train(stack, docker_client, parties)
+    since = time.time()
+    stack.proxy.arm(f"POST /v2/{train.ref.repository}/blobs/uploads/".encode())
+    run_id = _trigger(stack, train)
+    _wait(stack, "the seal task's push", lambda: True if stack.proxy.held.is_set() else None)
+    port, root = stack.registry.port, stack.registry.root
+    stack.registry.stop()
+    down = time.monotonic()
+    stack.proxy.release()  # the push's connection ends; every new one is refused
+    time.sleep(OUTAGE_SECONDS)  # the outage under test, not a wait for another party
+    assert time.monotonic() - down >= OUTAGE_SECONDS
+    stack.registry = _start_registry(root, port)
+
+    state = _finish(stack, run_id)
+    tasks = _tasks(stack, run_id)
+    assert state == "success", {t: i["state"] for t, i in tasks.items()}
+    assert tasks["seal"]["try_number"] >= 3  # it failed during the outage, more than once
+    assert tasks["run"]["try_number"] == 1
+    assert sandbox_starts(docker_client, train.sandbox_prefix, since) == 1
+    record = _record(stack, run_id)
+    assert record["outcome"] == "success", record
+    _assert_nothing_left(stack, docker_client, train, results=1)
+
+
+# --- 4. the work folder on a small tmpfs ----------------------------------------------------
+
+
+@contextmanager
+def _work_on_tmpfs(stack: Stack, size: str) -> Iterator[Path]:
+    """station-a's work_dir on a fresh tmpfs of ``size`` for one test (the config is read
+    when each task runs)."""
+    path = stack.station.config_path
+    original = path.read_text()
+    mount = stack.station.root / "work-tmpfs"
+    with tmpfs(mount, size):
+        config = yaml.safe_load(original)
+        config["work_dir"] = str(mount)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        try:
+            yield mount
+        finally:
+            path.write_text(original)
+    mount.rmdir()
+
+
+def _failed_run(stack: Stack, run_id: str) -> dict[str, Any]:
+    state = _finish(stack, run_id)
+    tasks = _tasks(stack, run_id)
+    assert state == "failed", {t: i["state"] for t, i in tasks.items()}
+    assert tasks["run"]["state"] == "failed"
+    assert tasks["seal"]["state"] == "upstream_failed"
+    record = _record(stack, run_id)
+    assert record["outcome"] == "failure"
+    return dict(record["failure"])
+
+
+def test_train_writing_past_a_small_work_disk_fails_and_seals_nothing(
+    stack: Stack, docker_client: Any, parties: Any
+) -> None:
+    train = _train(stack, docker_client, parties, FLOOD)
+    with _work_on_tmpfs(stack, "96m"):
+        run_id = _trigger(stack, train)
+        failure = _failed_run(stack, run_id)
+        assert failure["error"] == "OutputTooLargeError" or "disk filled" in failure["message"]
+        assert "output limit" in failure["message"] or "disk filled" in failure["message"]
+        _assert_nothing_left(stack, docker_client, train, results=0)
+
+
+def test_train_ignoring_enospc_fails_with_disk_filled_and_seals_nothing(
+    stack: Stack, docker_client: Any, parties: Any
+) -> None:
+    train = _train(stack, docker_client, parties, IGNORES_ENOSPC)
+    with _work_on_tmpfs(stack, "96m") as work:
+        run_id = _trigger(stack, train)
+        _task_pid(stack, train, set())  # its container runs: now the disk fills
+        filler = fill(work)
+        failure = _failed_run(stack, run_id)
+        filler.unlink()
+        assert failure["error"] == "PolicyError", failure
+        assert "the station's disk filled while the train ran" in failure["message"]
+        _assert_nothing_left(stack, docker_client, train, results=0)
+
+
+def test_full_work_disk_fails_before_the_train_runs(
+    stack: Stack, docker_client: Any, parties: Any
+) -> None:
+    train = _train(stack, docker_client, parties)
+    since = time.time()
+    with _work_on_tmpfs(stack, "96m") as work:
+        filler = fill(work)
+        run_id = _trigger(stack, train)
+        failure = _failed_run(stack, run_id)
+        filler.unlink()
+        assert failure["error"] == "PolicyError", failure
+        assert "bytes free, less than the output cap plus a working margin" in failure["message"]
+        assert sandbox_starts(docker_client, train.sandbox_prefix, since) == 0
+        _assert_nothing_left(stack, docker_client, train, results=0)
