@@ -8,7 +8,8 @@ Folders are roles, and imports point one way (import-linter contracts in ``setup
               results/ (archive, crypt, artifact, chain), hopreport (the hop outcome report's wire
               format), schemadoc (a station's signed data set description), webhooks
               (registry notifications), central_client (the central API),
-              text (untrusted text made safe to show)
+              text (untrusted text made safe to show), attestation (a result's signed
+              run attestation: in-toto statement in a DSSE envelope, cosign's .att)
     roles     station/ (config, verify, sandbox, hop, audit, self-test)
               central/ (directory and router, registry admin, onboarding)
               researcher/ (build, inspect and approve trains; follow and collect results)
