@@ -92,7 +92,7 @@ def test_verify_builds_a_safe_approval_card_and_the_dag_shows_it(
     )
     pushed: dict[str, Any] = {}
     ti = SimpleNamespace(xcom_push=lambda key, value: pushed.__setitem__(key, value))
-    summary = operator.execute({"ti": ti})  # Airflow's context always carries the task instance
+    summary = operator.execute({"ti": ti, "run_id": "manual__card"})  # as Airflow gives it
     assert STARTED_KEY in pushed  # the task said it started (how a silent end is told apart)
     card = summary[CARD_KEY]
     assert summary["signers"][0]["signer"] == HOSTILE  # the facts stay as they are

@@ -22,8 +22,9 @@ from airflow.sdk.exceptions import (
 )
 
 from ..errors import PhtError, RegistryError
-from ..station import hop, rest
+from ..station import active, hop, rest
 from ..station.config import StationConfig, load_config
+from ..station.explain import failure_lines
 from ..station.sandbox import LABEL
 from ..text import safe_text
 from .lookups import AIRFLOW_LOOKUPS
@@ -89,6 +90,16 @@ def _config(path: str | None) -> StationConfig:
     return load_config(path or None, AIRFLOW_LOOKUPS)
 
 
+def log_failure(logger: Any, exc: BaseException, config_path: str | None) -> None:
+    """Log ``exc`` as :func:`~pht_airflow.station.explain.failure_lines` (one error line each)."""
+    try:
+        config: StationConfig | None = _config(config_path)
+    except PhtError:
+        config = None
+    for line in failure_lines(exc, config):
+        logger.error("%s", line)
+
+
 class _HopOperator(BaseOperator):
     template_fields: tuple[str, ...] = ("reference", "config_path")
 
@@ -105,7 +116,7 @@ class _HopOperator(BaseOperator):
         except PhtError as exc:
             ti.xcom_push(key=FAILURE_KEY, value=self._killed_summary() or hop.failure_summary(exc))
             message = safe_text(exc, limit=4000)
-            self.log.error("%s", message)
+            self._explain(exc)
             if isinstance(exc, RegistryError) and exc.retryable:
                 raise  # a network or server hiccup: let Airflow's retries have a go
             raise AirflowFailException(message) from None
@@ -127,6 +138,11 @@ class _HopOperator(BaseOperator):
             )
             ti.xcom_push(key=FAILURE_KEY, value=self._killed_summary() or summary)
             raise
+
+    def _explain(self, exc: BaseException) -> None:
+        """Log an expected failure as plain lines: the check and the reason first, then the
+        digest and key (named from the trust store), then what to do (station.explain)."""
+        log_failure(self.log, exc, self.config_path)
 
     def _killed_summary(self) -> dict[str, Any] | None:
         """After ``on_kill`` (SIGTERM) the step's own error is a consequence: say what it was."""
@@ -153,16 +169,31 @@ class VerifyTrainOperator(_HopOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         rerun = self.rerun in (True, "True", "true", "1")
-        summary: dict[str, Any] = self._guarded(
-            context,
-            lambda: hop.verify_step(
-                _config(self.config_path),
-                self.reference,
-                rerun=rerun,
-                logger=_safe_log(self.log.info),
-            ),
-        )
+        config = _config(self.config_path)
+
+        def verify() -> dict[str, Any]:
+            done = hop.verify_step(
+                config, self.reference, rerun=rerun, logger=_safe_log(self.log.info)
+            )
+            # One active run per train here: a second trigger says which run has it.
+            active.claim(config, str(done["digest"]), str(context["run_id"]), self._active(context))
+            return done
+
+        summary: dict[str, Any] = self._guarded(context, verify)
         return {**summary, CARD_KEY: approval_card(summary)}
+
+    def _active(self, context: Any) -> Callable[[str], bool]:
+        ti, dag_id = context["ti"], self.dag_id
+
+        def is_active(run_id: str) -> bool:
+            try:
+                state = ti.get_dagrun_state(dag_id=dag_id, run_id=run_id)
+            except Exception as exc:  # noqa: BLE001 - a run that is gone holds nothing
+                self.log.info("run %s holds no claim (%s)", run_id, type(exc).__name__)
+                return False
+            return str(state) in ("queued", "running", "DagRunState.QUEUED", "DagRunState.RUNNING")
+
+        return is_active
 
 
 class ApprovalPolicyGate(BaseOperator):
@@ -200,8 +231,7 @@ class PreflightOperator(BaseOperator):
             summary = hop.failure_summary(exc)
             summary["station_fault"] = True  # the station's problem: nothing goes to central
             context["ti"].xcom_push(key=FAILURE_KEY, value=summary)
-            for line in safe_text(exc, limit=8000, multiline=True).splitlines():
-                self.log.error("%s", line)
+            log_failure(self.log, exc, self.config_path)
             raise AirflowFailException(safe_text(exc, limit=4000)) from None
         done = getattr(report, "summary", None)
         return done() if callable(done) else {"ok": True}
@@ -493,6 +523,8 @@ class RecordHopOperator(_HopOperator):
         finally:
             if hop.end_step(config, ran if isinstance(ran, dict) else None):
                 self.log.info("removed the hop's resting output")
+            if isinstance(verified, dict):
+                active.give_back(config, verified.get("digest"), str(context["run_id"]))
         summary = {
             "outcome": record["outcome"],
             "seq": record.get("seq"),

@@ -41,6 +41,7 @@ from ..protocol import RETRY_TAG
 from ..results import accept_hop, find_results, open_result, seal
 from ..text import safe_text
 from . import rest
+from .active import DuplicateRunError
 from .audit import AuditLog, hop_record
 from .config import StationConfig
 from .data import data_view
@@ -624,7 +625,9 @@ _STATION_FAULTS: tuple[type[BaseException], ...] = (ConfigError, KeyFileError, A
 def _station_fault(exc: BaseException) -> bool:
     if isinstance(exc, RegistryError):
         return exc.retryable or isinstance(exc, RegistryAuthError)
-    return isinstance(exc, (*_STATION_FAULTS, WrongProjectError, AlreadyDoneError))
+    return isinstance(
+        exc, (*_STATION_FAULTS, WrongProjectError, AlreadyDoneError, DuplicateRunError)
+    )
 
 
 def failure_summary(exc: BaseException) -> dict[str, Any]:
