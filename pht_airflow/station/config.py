@@ -677,7 +677,7 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
         problem(
             ("policy", "task_timeout"),
             f"must be longer than sandbox.wall_time ({limits.wall_seconds:g} s): the hop's "
-            "execute task pulls, runs and seals within it",
+            "run task pulls and runs the train within it",
         )
 
     audit_log = resolve_path(data.get("audit_log", "audit.jsonl"), ("audit_log",))

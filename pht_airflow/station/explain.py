@@ -165,7 +165,7 @@ def _sandbox_hint(exc: SandboxError, config: StationConfig | None) -> tuple[str,
     if isinstance(exc, TrainExitError):
         return (
             f"the train exited with code {exc.exit_code}",
-            "this is the train's own failure: its output is in the execute task's log; tell "
+            "this is the train's own failure: its output is in the run task's log; tell "
             "the researcher",
         )
     if isinstance(exc, TrainTimeoutError):

@@ -1,14 +1,18 @@
-"""A station's hop as plain Python: verify → approve? → execute → record.
+"""A station's hop as plain Python: verify → approve? → run → check_output → release? → seal →
+record.
 
 The same functions back the Airflow tasks (``pht_airflow.airflow.operators``) and
 ``pht station run`` (for operators debugging a train without the scheduler). Each step
 returns a JSON-safe summary (no secrets, no data) that the next step takes as input, so an
 Airflow XCom never carries anything sensitive.
 
-``execute`` does decrypt-input, sandbox, release check, seal, push, sign and wipe in one
-call, so plaintext never crosses a task boundary. It is idempotent: if a valid result of
-this hop, signed by this station, is already in the registry (a retried task whose first
-attempt pushed before failing), it returns that result instead of running again.
+``run_step`` decrypts the input, runs the sandbox and leaves the output encrypted to the
+station's own age recipient in its work folder (:mod:`.rest`); ``check_step`` runs the
+disclosure checks on it (:mod:`.disclosure`); ``seal_step`` seals it for the hop's recipients,
+pushes, signs and attests. Plaintext exists only inside one step's private, wiped folder.
+Every step is idempotent: a valid result of this hop already in the registry is returned
+instead of running or pushing again, and an output already resting is not made again, so a
+retried push never re-runs the train.
 """
 
 from __future__ import annotations
