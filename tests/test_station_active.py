@@ -58,3 +58,22 @@ def test_a_hostile_digest_never_names_a_file(config: Any) -> None:
     with pytest.raises(PolicyError, match="not a train digest"):
         active.claim(config, "sha256:../../etc/passwd", "r", lambda run: False)
     assert active.give_back(config, "../x", "r") is False
+
+
+def test_resting_outputs_of_hops_that_ended_long_ago_are_swept(config: Any) -> None:
+    import os
+    import time
+
+    from pht_airflow.station import rest
+
+    config.work_dir.mkdir(parents=True, exist_ok=True)
+    old = config.work_dir / "rest-t-0-aaaa.age"
+    new = config.work_dir / "rest-t-0-bbbb.age"
+    half = config.work_dir / ".rest-t-0-cccc.age.99.tmp"
+    for path in (old, new, half):
+        path.write_bytes(b"age ciphertext")
+    long_ago = time.time() - rest.MAX_REST_AGE.total_seconds() - 60
+    os.utime(old, (long_ago, long_ago))
+    os.utime(half, (long_ago, long_ago))
+    assert sorted(rest.sweep_rest(config)) == sorted([old.name, half.name])
+    assert new.exists() and not old.exists() and not half.exists()

@@ -289,6 +289,8 @@ def run_step(
         raise PolicyError(f"data set {verified.spec.dataset!r} is not offered here")
     engine = docker_client or docker.from_env(timeout=300)
     sweep(config, engine, logger=logger)  # leftovers of hops that are not running
+    for name in rest.sweep_rest(config):  # outputs of hops that ended without record
+        _say(logger, f"removed the stale resting output {name}")
     image = f"{ref.registry}/{ref.repository}@{verified.digest}"
     username, password = config.registry.credentials()
     auth = {"username": username, "password": password} if username else None
