@@ -54,6 +54,8 @@ from rich.table import Table
 from ..airflow.names import dag_id_for
 from ..central_client import CentralClient
 from ..errors import PhtError, ServiceError
+from ..station.audit import AuditLog
+from ..text import safe_text
 from .localairflow import LocalAirflow, start_airflow
 from .localpostgres import LocalPostgres, start_postgres, stop_leftover
 from .localregistry import Endpoint, LocalRegistry, free_port, start_registry
@@ -67,10 +69,18 @@ PUBLISHED = ("aachen", "cologne")  # publish_schema: true (bonn keeps its shape 
 DATASET = "cohort"
 OMOP_TABLES = ["person", "condition_occurrence", "measurement"]
 STAGE_SOURCE = "tumour stage"  # measurement_source_value of the stage measurements
-AGE_BINS = [(lo, lo + 9) for lo in range(0, 90, 10)]
+# Age bins: everyone under 30 in one bin, since a few patients in their teens would be a cell
+# the stations' disclosure control flags (below min_cell_count) and a person would have to
+# release the result; the smallest cell of any hop is then well above it (see DISCLOSURE).
+AGE_BINS = ["<30"] + [f"{lo}-{lo + 9}" for lo in range(30, 90, 10)] + ["90+"]
 STAGES = ["I", "II", "III", "IV"]
 DIAGNOSES = ["C18 colon", "C34 lung", "C50 breast", "C61 prostate", "C43 melanoma"]
 HOP_TIMEOUT = 600.0  # seconds for a whole route, on a busy 2-core machine
+# The stations' disclosure control (policy.disclosure, README "Disclosure control"): the train
+# may only hand out JSON (its result and its output manifest), and every count it declares must
+# be 0 or at least MIN_CELL_COUNT. The demo cohorts' smallest cell is 24 (cologne, age <30).
+MIN_CELL_COUNT = 10
+DISCLOSURE = {"allowed_types": ["json"], "max_files": 2}
 
 # The train's analysis: Python's standard library only (the image has nothing else).
 ANALYSIS = '''\
@@ -81,7 +91,8 @@ condition_occurrence.csv, measurement.csv: age at diagnosis from year_of_birth a
 condition_start_date, the stage from the tumour-stage measurement) or flat files
 (*.csv with columns age and stage), and /pht/input/result.json (the previous hop's result,
 absent at the first hop and in parallel mode); writes /pht/output/result.json. Only
-aggregate counts leave the station.
+aggregate counts leave the station, and /pht/output/pht-output.json declares every number
+in the result a count, so the station's disclosure control checks each one.
 """
 
 import csv
@@ -89,12 +100,14 @@ import json
 import os
 from pathlib import Path
 
-BINS = [f"{lo}-{lo + 9}" for lo in range(0, 90, 10)] + ["90+"]
+BINS = ["<30"] + [f"{lo}-{lo + 9}" for lo in range(30, 90, 10)] + ["90+"]
 DATA = Path("/pht/data")
+OUTPUT = Path("/pht/output")
+COUNTS = ["patients", "age_histogram", "stage_counts", "stations"]
 
 
 def age_bin(age):
-    return BINS[min(age // 10, len(BINS) - 1)]
+    return BINS[min(max(age // 10 - 2, 0), len(BINS) - 1)]
 
 
 def table(path):
@@ -124,15 +137,18 @@ def main():
         result = json.loads(previous.read_text())
     else:
         result = {"patients": 0, "age_histogram": {b: 0 for b in BINS}, "stage_counts": {},
-                  "stations": []}
+                  "stations": {}}
     counted = 0
     for age, stage in patients():
         counted += 1
         result["age_histogram"][age_bin(age)] += 1
         result["stage_counts"][stage] = result["stage_counts"].get(stage, 0) + 1
     result["patients"] += counted
-    result["stations"].append({"station": os.environ["PHT_STATION_ID"], "patients": counted})
-    Path("/pht/output/result.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    result["stations"][os.environ["PHT_STATION_ID"]] = counted  # in visiting order
+    (OUTPUT / "result.json").write_text(json.dumps(result, indent=2))
+    manifest = {"version": 1,
+                "tables": {"result.json": {"kind": "frequency", "count_fields": COUNTS}}}
+    (OUTPUT / "pht-output.json").write_text(json.dumps(manifest))
     print(f"{os.environ['PHT_STATION_ID']}: added {counted} patients (hop {os.environ['PHT_HOP']})")
 
 
@@ -144,8 +160,7 @@ main()
 
 
 def age_bin(age: int) -> str:
-    labels = [f"{lo}-{hi}" for lo, hi in AGE_BINS] + ["90+"]
-    return labels[min(age // 10, len(labels) - 1)]
+    return AGE_BINS[min(max(age // 10 - 2, 0), len(AGE_BINS) - 1)]
 
 
 def cohort(station: str, rows: int) -> list[dict[str, Any]]:
@@ -229,7 +244,7 @@ def direct_statistic(server_url: str, csv_paths: list[Path]) -> dict[str, Any]:
     the OMOP databases, and the CSV files read directly."""
     import psycopg
 
-    hist: Counter[str] = Counter({age_bin(lo): 0 for lo, _ in AGE_BINS} | {"90+": 0})
+    hist: Counter[str] = Counter(dict.fromkeys(AGE_BINS, 0))
     stages: Counter[str] = Counter()
     patients = 0
     found: list[tuple[int, str]] = []
@@ -264,7 +279,7 @@ def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
         "patients": sum(r["patients"] for r in results),
         "age_histogram": dict(hist),
         "stage_counts": dict(stages),
-        "stations": [s for r in results for s in r["stations"]],
+        "stations": {s: n for r in results for s, n in r["stations"].items()},
     }
 
 
@@ -292,6 +307,32 @@ def result_table(title: str, stat: dict[str, Any], direct: dict[str, Any]) -> Ta
         mark = "" if got == want else " [red]≠[/red]"
         table.add_row(name, f"{got}{mark}", str(want))
     return table
+
+
+def verdict_line(record: dict[str, Any]) -> str:
+    """One hop's disclosure verdict from its station's audit record, e.g. ``aachen hop 0:
+    disclosure pass (result.json: pass, pht-output.json: pass)``; control characters escaped."""
+    disclosure = record.get("disclosure") or {}
+    files = ", ".join(
+        f"{safe_text(f.get('path'), limit=80)}: {safe_text(f.get('verdict'), limit=10)}"
+        for f in disclosure.get("files") or []
+        if isinstance(f, dict)
+    )
+    verdict = safe_text(disclosure.get("verdict") or "not checked", limit=20)
+    station = safe_text(record.get("station"), limit=40)
+    head = f"{station} hop {record.get('hop')}: disclosure {verdict}"
+    released = record.get("released_by")
+    tail = f"; released by {safe_text(released, limit=80)}" if released else ""
+    return f"{head} ({files or 'no files'}){tail}; outcome {record.get('outcome')}"
+
+
+def hop_records(audit_logs: dict[str, Path], train_id: str) -> list[dict[str, Any]]:
+    """The audit records of ``train_id``'s hops at each station, in hop order."""
+    found = []
+    for path in audit_logs.values():
+        if path.exists():
+            found += [r for r in AuditLog(path).entries() if r.get("train_id") == train_id]
+    return sorted(found, key=lambda r: r.get("hop") if isinstance(r.get("hop"), int) else -1)
 
 
 # --- running things ----------------------------------------------------------------------
@@ -428,7 +469,13 @@ class Demo:
                 },  # fmt: skip
                 # A scripted demo has nobody to click Approve; stations default to asking.
                 # Published row counts are rounded down to multiples of min_cell_count.
-                "policy": {"require_approval": False, "min_cell_count": 10},
+                # Every count the train declares is checked against min_cell_count; a smaller
+                # one would need a person's release (the release step), which nobody gives here.
+                "policy": {
+                    "require_approval": False,
+                    "min_cell_count": MIN_CELL_COUNT,
+                    "disclosure": DISCLOSURE,
+                },
                 "audit_log": str(rel / "station-state" / station / "audit.jsonl"),
                 "work_dir": str(rel / "station-state" / station / "work"),
                 "webhook": {"secret": {"file": str(rel / "secrets" / secret_path.name)}},
@@ -565,6 +612,10 @@ class Demo:
                  "--key", str(self.keys / "alice.pub"))  # fmt: skip
 
         info = self.follow(train["id"])
+        audit_logs = {s: self.root / "station-state" / s / "audit.jsonl" for s in STATIONS}
+        console.print("each hop's disclosure control, from the station's audit log:")
+        for record in hop_records(audit_logs, train["id"]):
+            console.print(f"  {verdict_line(record)}", markup=False)
         if info["status"] != "done":
             raise PhtError(f"train {train['id']} {info['status']}: {info.get('reason')}")
 
@@ -724,7 +775,7 @@ def main() -> int:
             if ok:
                 console.print(f"[bold green]{mode}: matches direct computation[/bold green] "
                               f"({stat['patients']} patients from "
-                              f"{', '.join(s['station'] for s in stat['stations'])})")  # fmt: skip
+                              f"{', '.join(stat['stations'])})")  # fmt: skip
             else:
                 console.print(f"[bold red]{mode}: does NOT match direct computation[/bold red]")
     except PhtError as exc:
