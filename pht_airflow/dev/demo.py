@@ -332,7 +332,12 @@ def hop_records(audit_logs: dict[str, Path], train_id: str) -> list[dict[str, An
     for path in audit_logs.values():
         if path.exists():
             found += [r for r in AuditLog(path).entries() if r.get("train_id") == train_id]
-    return sorted(found, key=lambda r: r.get("hop") if isinstance(r.get("hop"), int) else -1)
+    return sorted(found, key=_hop_number)
+
+
+def _hop_number(record: dict[str, Any]) -> int:
+    hop = record.get("hop")
+    return hop if isinstance(hop, int) else -1
 
 
 # --- running things ----------------------------------------------------------------------
