@@ -40,6 +40,7 @@ from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, Reference, RegistryClient
 from pht_airflow.results import fetch_results
 from pht_airflow.signing import sign, signature_tag, verify
 from pht_airflow.spec import TrainSpec
+from pht_airflow.station.audit import AuditLog
 from pht_airflow.station.hop import run_hop
 from pht_airflow.web.central_app import create_app
 
@@ -780,3 +781,42 @@ def test_a_push_to_incoming_by_an_unregistered_creator_is_refused(
     # Registering a key needs the API token.
     body = {"name": "m", "role": "creator", "key": parties["mallory"].public.pem}
     assert central.http.post(f"{central.url}/keys", json=body).status_code == 401
+
+
+def test_a_station_operators_mistaken_trigger_leaves_the_train_routing(
+    central: Central, stations: dict[str, Station], docker_client: Any,
+    client: RegistryClient, route_registry: LocalRegistry, parties: Any,
+) -> None:  # fmt: skip
+    """station-a's operator triggers the train with a reference in another project (and
+    then once more while it is already done there): both are the station's mistakes, audited
+    at the station and never reported, so the researcher's train routes on to done."""
+    import yaml
+
+    from pht_airflow.errors import AlreadyDoneError, PolicyError
+
+    for station in stations.values():  # every station reports to this central service
+        data = yaml.safe_load(station.config_path.read_text())
+        data["central"] = {"url": central.url}
+        station.config_path.write_text(yaml.safe_dump(data))
+    spec, ref = _push_train(docker_client, client, route_registry, parties)
+    _submit(central, ref, parties)
+    a = stations["station-a"]
+    _wait("the train in station-a", lambda: "train" in _tags(client, f"station-a/{spec.id}"))
+    wrong = f"{route_registry.host}/station-b/{spec.id}:train"
+    with pytest.raises(PolicyError, match="not in this station's project 'station-a'"):
+        run_hop(a.config(), wrong, docker_client=docker_client)
+    record = AuditLog(a.audit_path).last()
+    assert record is not None and record["failure"]["station_fault"] is True
+    info = central.train(spec.id)
+    assert info["status"] == "routing", info
+    assert "hop-failed" not in _kinds(info) and "failed" not in _kinds(info)
+
+    _run_station(central, a, client, route_registry, spec.id, docker_client)
+    with pytest.raises(AlreadyDoneError):
+        run_hop(a.config(), f"{route_registry.host}/station-a/{spec.id}:train",
+                docker_client=docker_client)  # fmt: skip
+    for name in STATIONS[1:]:
+        _run_station(central, stations[name], client, route_registry, spec.id, docker_client)
+    info = _wait_status(central, spec.id, "done")
+    assert [h["state"] for h in info["hops"]] == ["done", "done", "done"]
+    assert "hop-failed" not in _kinds(info) and "failed" not in _kinds(info)
