@@ -48,10 +48,13 @@ it; a field the sealing station did not know is ``null``):
 ``sandbox``         the sandbox settings the container ran with: an object of the station's
                     limits (``memory``, ``cpus``, ``pids``, ``timeout``, ``max_output_bytes``,
                     ``user``, …) and ``gpus`` (``null`` or none when no accelerator was passed)
-``disclosure``      ``{"verdict", "files"}``: the station's automatic disclosure check of the
-                    output: ``verdict`` is ``pass`` | ``review`` | ``block`` (the worst file);
-                    ``files`` lists ``{"path", "bytes", "kind", "verdict", "reasons"}`` per
-                    output file. Reasons name positions and thresholds only, never values.
+``disclosure``      ``{"verdict", "reasons", "min_cell_count", "files"}``: the station's
+                    automatic disclosure check of the output: ``verdict`` is ``pass`` |
+                    ``review`` | ``block`` (the worst file, or the output as a whole);
+                    ``reasons`` those about the whole output; ``min_cell_count`` the
+                    threshold the tables were checked against; ``files`` lists
+                    ``{"path", "bytes", "kind", "verdict", "reasons"}`` per output file.
+                    Reasons name positions and thresholds only, never values.
 ``approved_by``     who approved running the train at the station (an Airflow user), or
                     ``null`` when the station's policy did not ask for a person
 ``released_by``     who released the output after review (an Airflow user), or ``null`` when
@@ -610,7 +613,18 @@ def _disclosure(disclosure: Mapping[str, Any] | None) -> dict[str, Any] | None:
                 "reasons": [_text(r, f"{where}.reasons", optional=False) for r in reasons],
             }
         )
-    return {"verdict": _verdict(disclosure.get("verdict"), "disclosure.verdict"), "files": out}
+    reasons = disclosure.get("reasons") or []
+    if not isinstance(reasons, list | tuple) or len(reasons) > _MAX_ITEMS:
+        raise PhtError("hop_predicate: disclosure.reasons must be a list of strings")
+    threshold = disclosure.get("min_cell_count")
+    if threshold is not None and (type(threshold) is not int or threshold < 0):
+        raise PhtError("hop_predicate: disclosure.min_cell_count must be a whole number")
+    return {
+        "verdict": _verdict(disclosure.get("verdict"), "disclosure.verdict"),
+        "reasons": [_text(r, "disclosure.reasons", optional=False) for r in reasons],
+        "min_cell_count": threshold,
+        "files": out,
+    }
 
 
 def hop_predicate(
@@ -631,10 +645,11 @@ def hop_predicate(
 
     ``train`` is ``{"id", "name", "digest"}``; ``dataset`` ``{"name", "digest"}``;
     ``sandbox`` the limits the container ran with (JSON data, including ``gpus``);
-    ``disclosure`` the disclosure report's summary (``{"verdict", "files"}``, files as a
-    list or a mapping by path; only ``path``, ``bytes``, ``kind``, ``verdict`` and
-    ``reasons`` of each file are kept); times are timezone-aware datetimes or RFC 3339 text
-    (stored as UTC ``…Z``). Raises :class:`PhtError` naming the field that is wrong.
+    ``disclosure`` the disclosure report's summary (``DisclosureReport.summary()``: only
+    ``verdict``, ``reasons``, ``min_cell_count`` and ``files`` are kept, files as a list or a
+    mapping by path, of each only ``path``, ``bytes``, ``kind``, ``verdict`` and
+    ``reasons``); times are timezone-aware datetimes or RFC 3339 text (stored as UTC ``…Z``).
+    Raises :class:`PhtError` naming the field that is wrong.
     """
     digest = train.get("digest")
     if not isinstance(digest, str):

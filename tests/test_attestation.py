@@ -119,8 +119,13 @@ def test_hop_predicate_normalises_and_keeps_only_documented_file_fields() -> Non
     }  # fmt: skip
     assert set(p) == {"train", "station", "hop", "dataset", "sandbox", "disclosure",
                       "approved_by", "released_by", "started", "finished", "exit_code"}  # fmt: skip
-    by_path = _predicate(disclosure={"verdict": "pass", "files": {"a.csv": {"verdict": "pass"}}})
+    assert p["disclosure"]["reasons"] == [] and p["disclosure"]["min_cell_count"] is None
+    by_path = _predicate(disclosure={"verdict": "pass", "files": {"a.csv": {"verdict": "pass"}},
+                                     "reasons": ["2 files"], "min_cell_count": 10,
+                                     "policy": {"not": "carried"}})  # fmt: skip
     assert by_path["disclosure"]["files"][0]["path"] == "a.csv"
+    assert set(by_path["disclosure"]) == {"verdict", "reasons", "min_cell_count", "files"}
+    assert by_path["disclosure"]["min_cell_count"] == 10
     minimal = hop_predicate(train={"id": "t", "digest": TRAIN_DIGEST}, station="s", hop=2)
     assert minimal["dataset"] == {"name": None, "digest": None}
     assert minimal["disclosure"] is None and minimal["released_by"] is None
