@@ -264,3 +264,26 @@ def test_train_from_another_project_is_refused(docker_client: Any, client: Any, 
     ref, _ = signed_train(docker_client, client, registry, parties, "station-b", ["station-a"])
     with pytest.raises(PolicyError, match="not in this station's project"):
         run_hop(stations["station-a"].config(), str(ref), docker_client=docker_client)
+
+
+def test_passed_checks_read_as_statements(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any
+) -> None:
+    """A train that passes: each check as it passes (the ids the audit log keeps) reads as a
+    statement of what holds, in order; none reads like a failure ("expired")."""
+    from pht_airflow.station.verify import CHECKS, Trust, check_statement, verify_train
+
+    ref, _ = signed_train(docker_client, client, registry, parties, "station-a", ["station-a"])
+    config = stations["station-a"].config()
+    passed: list[str] = []
+    verified = verify_train(
+        client, ref, station_id="station-a", station_key=config.public_key,
+        trust=Trust(config.trust.creators, config.trust.approvers, 1), on_check=passed.append,
+    )  # fmt: skip
+    assert passed == verified.passed == list(CHECKS)
+    assert [check_statement(c) for c in passed] == [
+        "pinned to its digest", "train spec valid", "signatures valid", "creator trusted",
+        "enough trusted approvals", "this station is on the route",
+        "route names this station's key", "not expired", "not run here before",
+        "earlier hops' results verified",
+    ]  # fmt: skip
