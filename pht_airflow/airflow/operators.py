@@ -521,7 +521,9 @@ class RecordHopOperator(_HopOperator):
                 disclosure=_disclosure(checked),
             )
         finally:
-            if hop.end_step(config, ran if isinstance(ran, dict) else None):
+            if hop.end_step(
+                config, ran if isinstance(ran, dict) else None, logger=_safe_log(self.log.info)
+            ):
                 self.log.info("removed the hop's resting output")
             if isinstance(verified, dict):
                 active.give_back(config, verified.get("digest"), str(context["run_id"]))

@@ -539,10 +539,21 @@ def _gpus(config: StationConfig) -> Any:
     return getattr(config.limits, "gpus", None) or "none"
 
 
-def end_step(config: StationConfig, run_summary: dict[str, Any] | None) -> bool:
-    """Remove the hop's resting output, whatever the outcome (``record`` calls it)."""
+def end_step(
+    config: StationConfig, run_summary: dict[str, Any] | None, *, logger: Log | None = None
+) -> bool:
+    """Remove the hop's resting output, whatever the outcome (``record`` calls it), and sweep
+    what killed attempts of this or any other finished hop left (:func:`.sweep.sweep`): a
+    SIGKILLed ``seal`` leaves the output it decrypted, a SIGKILLed ``run`` its input, output
+    and container, and no later task of the hop would otherwise remove them. True if a
+    resting output was removed."""
     key = (run_summary or {}).get("rest_key")
-    return bool(key) and rest.drop_output(config, str(key))
+    dropped = bool(key) and rest.drop_output(config, str(key))
+    try:
+        sweep(config, logger=logger)
+    except Exception as exc:  # noqa: BLE001 - the engine being down must not fail the record
+        _say(logger, f"could not sweep leftovers ({type(exc).__name__}: {exc}); the next hop will")
+    return dropped
 
 
 def _flagged(checked: dict[str, Any]) -> str:
