@@ -526,7 +526,7 @@ def _predicate(
             "network": "none",
             "gpus": _gpus(config),
         },
-        disclosure={"verdict": check.get("verdict"), "files": check.get("files") or []},
+        disclosure=check or None,
         approved_by=approved_by,
         released_by=released_by,
         started=run_summary.get("started"),
