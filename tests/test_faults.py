@@ -31,12 +31,12 @@ import pytest
 import yaml
 from support.faults import (
     GateProxy,
+    SandboxStarts,
     fill,
     holders_of,
     leftover_files,
     pid_of_peer,
     result_manifests,
-    sandbox_starts,
     tmpfs,
 )
 from support.stationkit import (
@@ -109,6 +109,12 @@ class Stack:
 
 def _start_registry(root: Path, port: int | None = None) -> LocalRegistry:
     return start_registry(root, port=port)
+
+
+@pytest.fixture()
+def starts(docker_client: Any) -> Iterator[SandboxStarts]:
+    with SandboxStarts(docker_client) as watcher:
+        yield watcher
 
 
 @pytest.fixture(scope="module")
@@ -278,10 +284,9 @@ def _last_seq(stack: Stack) -> int:
     ],
 )
 def test_seal_killed_mid_push_retries_to_exactly_one_result(
-    stack: Stack, docker_client: Any, parties: Any, where: str, mode: str
+    stack: Stack, docker_client: Any, parties: Any, starts: SandboxStarts, where: str, mode: str
 ) -> None:
     train = _train(stack, docker_client, parties)
-    since = time.time()
     verb = "POST" if where.startswith("blobs") else "PUT"
     stack.proxy.arm(f"{verb} /v2/{train.ref.repository}/{where}".encode(), mode)
     run_id = _trigger(stack, train)
@@ -295,7 +300,7 @@ def test_seal_killed_mid_push_retries_to_exactly_one_result(
     assert state == "success", {t: i["state"] for t, i in tasks.items()}
     assert tasks["seal"]["try_number"] >= 2
     assert tasks["run"]["try_number"] == 1
-    assert sandbox_starts(docker_client, train.sandbox_prefix, since) == 1  # ran once
+    assert starts.count(train.sandbox_prefix, 1) == 1  # ran once
     record = _record(stack, run_id)
     assert record["outcome"] == "success", record
     assert record["result_digest"] in result_manifests(stack.registry.storage, train.ref.repository)
@@ -314,10 +319,10 @@ def go(stack: Stack) -> Iterator[Path]:
 
 
 def test_run_killed_with_a_retry_left_runs_again_and_sweeps_the_killed_attempt(
-    stack: Stack, docker_client: Any, parties: Any, go: Path
+    stack: Stack, docker_client: Any, parties: Any, starts: SandboxStarts, go: Path
 ) -> None:
     train = _train(stack, docker_client, parties, WAITING)
-    since, seq = time.time(), _last_seq(stack)
+    seq = _last_seq(stack)
     run_id = _trigger(stack, train)
     killed = _task_pid(stack, train, set())
     work = stack.station.config().work_dir
@@ -329,7 +334,7 @@ def test_run_killed_with_a_retry_left_runs_again_and_sweeps_the_killed_attempt(
     tasks = _tasks(stack, run_id)
     assert state == "success", {t: i["state"] for t, i in tasks.items()}
     assert tasks["run"]["try_number"] == 2
-    assert sandbox_starts(docker_client, train.sandbox_prefix, since) == 2
+    assert starts.count(train.sandbox_prefix, 2) == 2
     record = _record(stack, run_id)
     assert record["outcome"] == "success", record
     swept = [f for c in _cleanups_since(stack, seq) for f in c["removed"]["folders"]]
@@ -339,10 +344,9 @@ def test_run_killed_with_a_retry_left_runs_again_and_sweeps_the_killed_attempt(
 
 
 def test_run_killed_without_a_retry_left_is_audited_as_killed_and_leaves_nothing(
-    stack: Stack, docker_client: Any, parties: Any, go: Path
+    stack: Stack, docker_client: Any, parties: Any, starts: SandboxStarts, go: Path
 ) -> None:
     train = _train(stack, docker_client, parties, WAITING)
-    since = time.time()
     run_id = _trigger(stack, train)
     first = _task_pid(stack, train, set())
     os.kill(first, signal.SIGKILL)
@@ -354,7 +358,7 @@ def test_run_killed_without_a_retry_left_is_audited_as_killed_and_leaves_nothing
     assert state == "failed", {t: i["state"] for t, i in tasks.items()}
     assert tasks["run"]["state"] == "failed"
     assert tasks["seal"]["state"] == "upstream_failed"
-    assert sandbox_starts(docker_client, train.sandbox_prefix, since) == 2
+    assert starts.count(train.sandbox_prefix, 2) == 2
     record = _record(stack, run_id)
     assert record["outcome"] == "failure"
     assert record["failure"]["error"] == "TaskEnded", record["failure"]
@@ -368,10 +372,9 @@ OUTAGE_SECONDS = 90.0
 
 
 def test_registry_down_for_90_seconds_at_push_time(
-    stack: Stack, docker_client: Any, parties: Any
+    stack: Stack, docker_client: Any, parties: Any, starts: SandboxStarts
 ) -> None:
     train = _train(stack, docker_client, parties)
-    since = time.time()
     stack.proxy.arm(f"POST /v2/{train.ref.repository}/blobs/uploads/".encode())
     run_id = _trigger(stack, train)
     _wait(stack, "the seal task's push", lambda: True if stack.proxy.held.is_set() else None)
@@ -388,7 +391,7 @@ def test_registry_down_for_90_seconds_at_push_time(
     assert state == "success", {t: i["state"] for t, i in tasks.items()}
     assert tasks["seal"]["try_number"] >= 3  # it failed during the outage, more than once
     assert tasks["run"]["try_number"] == 1
-    assert sandbox_starts(docker_client, train.sandbox_prefix, since) == 1
+    assert starts.count(train.sandbox_prefix, 1) == 1
     record = _record(stack, run_id)
     assert record["outcome"] == "success", record
     _assert_nothing_left(stack, docker_client, train, results=1)
@@ -427,19 +430,20 @@ def _failed_run(stack: Stack, run_id: str) -> dict[str, Any]:
 
 
 def test_train_writing_past_a_small_work_disk_fails_and_seals_nothing(
-    stack: Stack, docker_client: Any, parties: Any
+    stack: Stack, docker_client: Any, parties: Any, starts: SandboxStarts
 ) -> None:
     train = _train(stack, docker_client, parties, FLOOD)
     with _work_on_tmpfs(stack, "96m"):
         run_id = _trigger(stack, train)
         failure = _failed_run(stack, run_id)
+        assert starts.count(train.sandbox_prefix, 1) == 1
         assert failure["error"] == "OutputTooLargeError" or "disk filled" in failure["message"]
         assert "output limit" in failure["message"] or "disk filled" in failure["message"]
         _assert_nothing_left(stack, docker_client, train, results=0)
 
 
 def test_train_ignoring_enospc_fails_with_disk_filled_and_seals_nothing(
-    stack: Stack, docker_client: Any, parties: Any
+    stack: Stack, docker_client: Any, parties: Any, starts: SandboxStarts
 ) -> None:
     train = _train(stack, docker_client, parties, IGNORES_ENOSPC)
     with _work_on_tmpfs(stack, "96m") as work:
@@ -450,14 +454,14 @@ def test_train_ignoring_enospc_fails_with_disk_filled_and_seals_nothing(
         filler.unlink()
         assert failure["error"] == "PolicyError", failure
         assert "the station's disk filled while the train ran" in failure["message"]
+        assert starts.count(train.sandbox_prefix, 1) == 1
         _assert_nothing_left(stack, docker_client, train, results=0)
 
 
 def test_full_work_disk_fails_before_the_train_runs(
-    stack: Stack, docker_client: Any, parties: Any
+    stack: Stack, docker_client: Any, parties: Any, starts: SandboxStarts
 ) -> None:
     train = _train(stack, docker_client, parties)
-    since = time.time()
     with _work_on_tmpfs(stack, "96m") as work:
         filler = fill(work)
         run_id = _trigger(stack, train)
@@ -465,5 +469,5 @@ def test_full_work_disk_fails_before_the_train_runs(
         filler.unlink()
         assert failure["error"] == "PolicyError", failure
         assert "bytes free, less than the output cap plus a working margin" in failure["message"]
-        assert sandbox_starts(docker_client, train.sandbox_prefix, since) == 0
+        assert starts.count(train.sandbox_prefix, 0) == 0
         _assert_nothing_left(stack, docker_client, train, results=0)

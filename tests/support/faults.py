@@ -7,7 +7,7 @@
   process made it (:func:`pid_of_peer`).
 * :func:`result_manifests`: the result manifests of a repository as the registry stores them
   (tagged or not), read from its storage folder, not through its API.
-* :func:`sandbox_starts`: sandbox container starts from the engine's event log.
+* :class:`SandboxStarts`: sandbox container starts from the engine's live event stream.
 * :func:`holders_of`: the processes holding a file descriptor under a folder (a running hop
   task holds its locked work folder).
 * :func:`leftover_files`: every file under a station's folders besides its keys, data,
@@ -188,17 +188,42 @@ def result_manifests(storage: Path, repository: str) -> list[str]:
     return found
 
 
-def sandbox_starts(docker_client: Any, prefix: str, since: float) -> int:
-    """How many times a sandbox container whose name starts with ``prefix`` started since
-    ``since`` (epoch seconds), from the engine's event log."""
-    events = docker_client.events(
-        since=int(since) - 1,
-        until=int(time.time()) + 1,
-        filters={"type": "container", "event": "start", "label": "org.pht.sandbox"},
-        decode=True,
-    )
-    names = [str((e.get("Actor") or {}).get("Attributes", {}).get("name")) for e in events]
-    return sum(1 for n in names if n.startswith(prefix))
+class SandboxStarts:
+    """Counts sandbox container starts as the engine announces them, from a live event stream
+    (the engine keeps only its last 256 events for a ``since`` query, and other tests make
+    many). Use as a context manager; :meth:`count` the starts of names with a prefix."""
+
+    def __init__(self, docker_client: Any) -> None:
+        self._stream = docker_client.events(
+            filters={"type": "container", "event": "start", "label": "org.pht.sandbox"},
+            decode=True,
+        )
+        self._names: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(Exception):
+            for event in self._stream:
+                name = (event.get("Actor") or {}).get("Attributes", {}).get("name")
+                self._names.append(str(name))
+
+    def count(self, prefix: str, expect: int = 0, within: float = 30.0) -> int:
+        """Starts of containers named ``prefix…``; waits up to ``within`` seconds for the
+        stream to deliver ``expect`` of them (events arrive asynchronously), never longer."""
+        deadline = time.monotonic() + within
+        while True:
+            found = sum(1 for n in list(self._names) if n.startswith(prefix))
+            if found >= expect or time.monotonic() > deadline:
+                return found
+            time.sleep(0.2)
+
+    def __enter__(self) -> SandboxStarts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self._stream.close()
 
 
 #: What a station's root legitimately holds between hops.
@@ -213,6 +238,8 @@ def leftover_files(root: Path, keep: tuple[str, ...] = ()) -> list[str]:
         rel = path.relative_to(root)
         if rel.parts[0] in STATION_FILES or str(rel) in keep or rel.parts[0].startswith("audit"):
             continue
+        if rel.name.startswith(".pht-preflight-"):
+            continue  # the pre-flight's cache of passed checks (summaries, no data)
         if path.is_dir() and not path.is_symlink() and any(path.iterdir()):
             continue  # listed through its contents
         if path.is_dir() and rel.parts[-1] in ("work", "work-tmpfs"):
