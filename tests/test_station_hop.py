@@ -53,6 +53,16 @@ def test_two_station_sequential_route(
     signer = verify(client, Reference(registry.host, ref.repository, digest=result0.digest),
                     [parties["station-a"].public])  # fmt: skip
     assert signer[0].role == "station"
+    # The hop's signed run attestation: what ran, on what data, under which checks.
+    from pht_airflow.attestation import verify_attestation
+
+    attested = Reference(registry.host, ref.repository, digest=result0.digest)
+    predicate = verify_attestation(client, attested, parties["station-a"].public)["predicate"]
+    assert predicate["train"]["digest"] == record["train_digest"]
+    assert (predicate["station"], predicate["hop"], predicate["exit_code"]) == ("station-a", 0, 0)
+    assert predicate["dataset"]["digest"] == record["data"]["digest"]
+    assert predicate["disclosure"]["verdict"] == "pass"
+    assert predicate["sandbox"]["network"] == "none"
     # The result of hop 0 is for station-b only (sequential, visibility "final").
     assert record["recipients"] == [parties["station-b"].age.recipient]
 
