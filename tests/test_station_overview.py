@@ -54,7 +54,9 @@ def test_trains_seen_newest_first_named_and_cleaned(tmp_path: Path, parties: Any
     # Control and format characters are shown as escapes, never passed on.
     assert first["train_name"] == "<script>alert(1)</script>\\x1b[31mred\\u202eevil"
     assert first["approved_by"] == "nurse\\x1b]0;x\\x07"
+    assert first["released_by"] == "dr-release" and first["rejected_by"] is None
     rejected = trains[1]
+    assert rejected["outcome"] == "rejected"
     assert rejected["rejected_by"] == "dr-house"
     assert rejected["reason"] == "cell <b>3</b> is below 10\\x07"
     failed = trains[0]

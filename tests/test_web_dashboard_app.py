@@ -114,7 +114,8 @@ def test_station_page_escapes_everything_and_runs_no_script(http: TestClient) ->
     assert "&lt;script&gt;alert(1)&lt;/script&gt;\\x1b[31mred\\u202eevil" in body
     assert "\x1b" not in body and "\u202e" not in body and "\x07" not in body
     assert "cell &lt;b&gt;3&lt;/b&gt; is below 10\\x07" in body
-    assert "rejected by dr-house" in body
+    assert "rejected by dr-house: cell &lt;b&gt;3&lt;/b&gt; is below 10\\x07" in body
+    assert "released by dr-release" in body
     assert "approved by nurse\\x1b]0;x\\x07" in body
     assert 'Signed in as <span id="user">nurse\\x1b[2J</span>' in body
     assert "3 record" not in body and "4 record(s), hash chain intact" in body

@@ -15,9 +15,9 @@ Hop records are read field by field with defaults, so records written before a f
 still show. Fields read (see :func:`~pht_airflow.station.audit.hop_record`): ``time``,
 ``run_id``, ``train_id``, ``train_digest``, ``hop``, ``outcome``, ``signers`` (the creator is
 the ``role: creator`` signer, named from the trust store), ``approved_by``, ``failure``
-(``error``, ``message``), ``result_digest``, ``recipients``, ``dataset``, and when present
-``train_name``, ``rejected_by`` and ``reason`` (a rejection), ``recipient_names`` (age
-recipient -> party name).
+(``error``, ``message``), ``decision`` (``by``, ``reason``: who refused a ``rejected`` or
+``withheld`` hop and why), ``released_by``, ``result_digest``, ``recipients``, ``dataset``,
+and when present ``train_name`` and ``recipient_names`` (age recipient -> party name).
 
 :func:`release_review` checks and cleans the release review dict (files, verdicts, bounded
 table previews with flagged cells) that :func:`pht_airflow.station.release.review` returns.
@@ -94,6 +94,8 @@ def _train(record: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any
         if isinstance(s, Mapping) and s.get("role") == "approver"
     ]
     failure = record.get("failure") if isinstance(record.get("failure"), Mapping) else None
+    raw_decision = record.get("decision")
+    decision: Mapping[str, Any] = raw_decision if isinstance(raw_decision, Mapping) else {}
     recipient_names = record.get("recipient_names")
     if not isinstance(recipient_names, Mapping):
         recipient_names = {}
@@ -110,8 +112,11 @@ def _train(record: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any
         "creators": creators,
         "approvers": approvers,
         "approved_by": _text(record.get("approved_by"), 120),
-        "rejected_by": _text(record.get("rejected_by"), 120),
-        "reason": _text(record.get("reason"), 500),
+        # A person's refusal: ``decision`` {by, reason} (``rejected``: not run; ``withheld``:
+        # run, output not released).
+        "rejected_by": _text(decision.get("by"), 120),
+        "reason": _text(decision.get("reason"), 500),
+        "released_by": _text(record.get("released_by"), 120),
         "failure": (
             {
                 "error": _text(failure.get("error"), 80),

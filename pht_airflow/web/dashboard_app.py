@@ -108,12 +108,14 @@ _STATION = """{% extends "base.html" %}
 <span class="mono muted" title="{{ c.key_id }}">{{ c.key_id|short }}</span>
 {% if not loop.last %}<br>{% endif %}{% endfor %}</td>
 <td>{{ t.hop if t.hop is not none else '' }}</td>
-<td class="outcome {{ 'ok' if t.outcome == 'success' else 'bad' }}">{{ t.outcome or '' }}
+<td class="outcome {{ 'ok' if t.outcome == 'success' else 'warn'
+ if t.outcome in ('rejected', 'withheld') else 'bad' }}">{{ t.outcome or '' }}
 {% if t.failure %}<br><span class="muted">{{ t.failure.error }}: {{ t.failure.message }}</span>
 {% endif %}</td>
-<td>{% if t.approved_by %}approved by {{ t.approved_by }}{% endif %}
-{% if t.rejected_by %}rejected by {{ t.rejected_by }}{% if t.reason %}: {{ t.reason }}{% endif %}
-{% elif t.reason %}{{ t.reason }}{% endif %}</td>
+<td>{% if t.approved_by %}approved by {{ t.approved_by }}<br>{% endif %}
+{% if t.released_by %}released by {{ t.released_by }}<br>{% endif %}
+{% if t.rejected_by %}{{ 'withheld' if t.outcome == 'withheld' else 'rejected' -}}
+{{ ' by ' }}{{ t.rejected_by }}{% if t.reason %}: {{ t.reason }}{% endif %}{% endif %}</td>
 <td class="mono" title="{{ t.result_digest or '' }}">{{ t.result_digest|short }}</td>
 <td>{% for r in t.recipients %}{% if r.name %}{{ r.name }} {% endif %}
 <span class="mono muted" title="{{ r.recipient }}">{{ r.recipient|short }}</span><br>

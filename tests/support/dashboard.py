@@ -22,7 +22,8 @@ RESULT = "sha256:" + "d" * 64
 
 def dashboard_station(root: Path, parties: Any) -> Station:
     """A station trusting alice (creator) and reviewer (approver) by key file, with three hops
-    in its audit log: a success with a hostile train name, a rejection, a failure."""
+    in its audit log: a success with a hostile train name (approved and released), a
+    rejection with a reason, a failure."""
     trust = root / "trust"
     trust.mkdir(parents=True)
     for name in ("alice", "reviewer"):
@@ -51,6 +52,7 @@ def dashboard_station(root: Path, parties: Any) -> Station:
                 run_id="pht__run-1",
                 signers=signers,
                 approved_by="nurse\x1b]0;x\x07",
+                released_by="dr-release",
                 dataset="cohort",
                 result_digest=RESULT,
                 recipients=[bob],
@@ -60,19 +62,16 @@ def dashboard_station(root: Path, parties: Any) -> Station:
         }
     )
     log.append(
-        {
-            **hop_record(
-                train_id="train-2",
-                train_digest=DIGESTS[1],
-                station="station-a",
-                outcome="failure",
-                hop=0,
-                run_id="pht__run-2",
-                signers=signers,
-            ),
-            "rejected_by": "dr-house",
-            "reason": HOSTILE_REASON,
-        }
+        hop_record(
+            train_id="train-2",
+            train_digest=DIGESTS[1],
+            station="station-a",
+            outcome="rejected",
+            hop=0,
+            run_id="pht__run-2",
+            signers=signers,
+            decision={"by": "dr-house", "reason": HOSTILE_REASON},
+        )
     )
     log.append(
         hop_record(
