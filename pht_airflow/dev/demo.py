@@ -617,9 +617,8 @@ class Demo:
                  "--key", str(self.keys / "alice.pub"))  # fmt: skip
 
         info = self.follow(train["id"])
-        audit_logs = {s: self.root / "station-state" / s / "audit.jsonl" for s in STATIONS}
         console.print("each hop's disclosure control, from the station's audit log:")
-        for record in hop_records(audit_logs, train["id"]):
+        for record in self.wait_for_records(train["id"], info["hops"]):
             console.print(f"  {verdict_line(record)}", markup=False)
         if info["status"] != "done":
             raise PhtError(f"train {train['id']} {info['status']}: {info.get('reason')}")
@@ -638,6 +637,21 @@ class Demo:
         else:
             stat = combine(decrypted)
         return stat
+
+    def wait_for_records(self, train_id: str, hops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each hop's audit record: the central service may see a hop's result before the
+        station's ``record`` task has appended it, so wait for them (up to a minute)."""
+        audit_logs = {s: self.root / "station-state" / s / "audit.jsonl" for s in STATIONS}
+        expected = {(h["station"], h["hop"]) for h in hops}
+        deadline = time.monotonic() + 60
+        while True:
+            records = hop_records(audit_logs, train_id)
+            if expected <= {(r.get("station"), r.get("hop")) for r in records}:
+                return records
+            if time.monotonic() > deadline:
+                console.print("(some stations have not recorded their hop yet)")
+                return records
+            time.sleep(1)
 
     def follow(self, train_id: str) -> dict[str, Any]:
         """Print the train's timeline (central) and its stations' Airflow runs as they move."""
