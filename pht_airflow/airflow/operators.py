@@ -9,16 +9,17 @@ the task without retries: a verification failure does not get better by trying a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import (
     AirflowFailException,
     AirflowSkipException,
     AirflowTaskTimeout,
+    DownstreamTasksSkipped,
 )
 
 from ..errors import PhtError, RegistryError
@@ -27,6 +28,7 @@ from ..station.config import StationConfig, load_config
 from ..station.explain import failure_lines
 from ..station.sandbox import LABEL
 from ..text import safe_text
+from .card import approval_card, markdown_text
 from .lookups import AIRFLOW_LOOKUPS
 
 FAILURE_KEY = "failure"
@@ -36,49 +38,17 @@ STARTED_KEY = "started"
 #: The key of the verify task's XCom that holds the approval card (subject and body).
 CARD_KEY = "card"
 
-# Characters Markdown gives a meaning to (links, images, emphasis, code, HTML, headings).
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~&:])")
 
-
-def markdown_text(value: object, *, limit: int = 200) -> str:
-    """Untrusted ``value`` as Markdown that renders it literally, on one line: control and
-    format characters shown escaped (:func:`~pht_airflow.text.safe_text`), then every Markdown
-    character backslash-escaped, so ``[x](http://…)`` or ``<img>`` shows as written."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", safe_text(value, limit=limit))
-
-
-def approval_card(summary: dict[str, Any]) -> dict[str, str]:
-    """The approval card for a verified train: a plain-text subject and a Markdown body.
-
-    Everything in ``summary`` came from the train and the registry, so every value is made
-    safe for its medium here; the DAG only places the two strings."""
-    signers = summary.get("signers")
-    signers = signers if isinstance(signers, list) else []
-    signed = ", ".join(
-        f"{markdown_text(s.get('signer') or '?')} "
-        f"({markdown_text(s.get('role'), limit=20)}, key {markdown_text(s.get('key_id'))})"
-        for s in signers
-        if isinstance(s, dict)
-    )
-    checks = summary.get("checks_passed")
-    checks = checks if isinstance(checks, list) else []
-    passed = ", ".join(markdown_text(c, limit=80) for c in checks)
-    hop, length = summary.get("hop"), summary.get("route_length")
-    body = "\n\n".join(
-        [
-            f"Train {markdown_text(summary.get('train_name'))} "
-            f"(id {markdown_text(summary.get('train_id'))}), "
-            f"digest {markdown_text(summary.get('digest'))}.",
-            f"Hop {markdown_text(hop)} of {markdown_text(length)} "
-            f"({markdown_text(summary.get('mode'))}), data set "
-            f"{markdown_text(summary.get('dataset'))}, expires "
-            f"{markdown_text(summary.get('expires'))}.",
-            f"Signed by: {signed or 'nobody'}.",
-            f"Every check passed: {passed}.",
-        ]
-    )
-    subject = f"Run train {safe_text(summary.get('train_name'), limit=120)} at this station?"
-    return {"subject": subject, "body": body}
+def _facts_of(summary: dict[str, Any]) -> dict[str, Any]:
+    """Card facts from the verified summary alone (no approval asked: the card is not shown)."""
+    return {
+        "train": {
+            "name": summary.get("train_name"),
+            "id": summary.get("train_id"),
+            "digest": summary.get("digest"),
+            "expires": summary.get("expires"),
+        },
+    }
 
 
 def _safe_log(emit: Callable[..., Any]) -> Callable[[str], None]:
@@ -173,14 +143,19 @@ class VerifyTrainOperator(_HopOperator):
 
         def verify() -> dict[str, Any]:
             done = hop.verify_step(
-                config, self.reference, rerun=rerun, logger=_safe_log(self.log.info)
+                config,
+                self.reference,
+                rerun=rerun,
+                logger=_safe_log(self.log.info),
+                card=config.policy.require_approval,  # the card reads the train's own layers
             )
             # One active run per train here: a second trigger says which run has it.
             active.claim(config, str(done["digest"]), str(context["run_id"]), self._active(context))
             return done
 
         summary: dict[str, Any] = self._guarded(context, verify)
-        return {**summary, CARD_KEY: approval_card(summary)}
+        facts = summary.pop("card_facts", None) or _facts_of(summary)
+        return {**summary, CARD_KEY: approval_card(facts)}
 
     def _active(self, context: Any) -> Callable[[str], bool]:
         ti, dag_id = context["ti"], self.dag_id
@@ -259,6 +234,38 @@ def _decision(answer: Any) -> tuple[bool | None, str | None, str | None]:
     reason = params.get("reason") if isinstance(params, dict) else None
     approved = "Approve" in chosen
     return approved, _user_name(answer), safe_text(reason, limit=500) if reason else None
+
+
+#: The XCom key under which a person's step keeps its answer (:class:`PersonsAnswerOperator`).
+ANSWER_KEY = "answer"
+
+
+class PersonsAnswerOperator(ApprovalOperator):
+    """Airflow's ApprovalOperator (Approve/Reject) that keeps a Reject's answer as an XCom.
+
+    On Reject the ApprovalOperator skips its downstream tasks by raising
+    ``DownstreamTasksSkipped``, so its return value (the options chosen, the reason, who
+    answered) is never pushed and the ``record`` task cannot tell a rejection from a hop that
+    did not run. The validated answer is pushed under :data:`ANSWER_KEY` before the skip."""
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        try:
+            return super().execute_complete(context=context, event=event)
+        except DownstreamTasksSkipped:
+            context["ti"].xcom_push(
+                key=ANSWER_KEY,
+                value={
+                    "chosen_options": list(event.get("chosen_options") or []),
+                    "params_input": dict(event.get("params_input") or {}),
+                    "responded_by_user": event.get("responded_by_user"),
+                },
+            )
+            raise
+
+
+def _answer(ti: Any, task_id: str) -> Any:
+    """A person's step's answer: its return value (Approve) or its :data:`ANSWER_KEY` XCom."""
+    return ti.xcom_pull(task_ids=task_id, key=ANSWER_KEY) or ti.xcom_pull(task_ids=task_id)
 
 
 class RunTrainOperator(_HopOperator):
@@ -422,8 +429,8 @@ class SealResultOperator(_HopOperator):
         checked = ti.xcom_pull(task_ids=self.check_task_id)
         if not verified or not ran:
             raise AirflowFailException("the verify or run task left no summary")
-        approved_by = _user_name(ti.xcom_pull(task_ids=self.approve_task_id))
-        released, released_by, _ = _decision(ti.xcom_pull(task_ids=self.release_task_id))
+        approved_by = _user_name(_answer(ti, self.approve_task_id))
+        released, released_by, _ = _decision(_answer(ti, self.release_task_id))
         config = _config(self.config_path)
         return self._guarded(
             context,
@@ -489,9 +496,9 @@ class RecordHopOperator(_HopOperator):
         sealed = ti.xcom_pull(task_ids=self.seal_task_id)
         for task_id in steps:
             failure = failure or ti.xcom_pull(task_ids=task_id, key=FAILURE_KEY)
-        approval = ti.xcom_pull(task_ids=self.approve_task_id)
+        approval = _answer(ti, self.approve_task_id)
         approved, approver, approve_reason = _decision(approval)
-        released, releaser, release_reason = _decision(ti.xcom_pull(task_ids=self.release_task_id))
+        released, releaser, release_reason = _decision(_answer(ti, self.release_task_id))
         decision = None
         if approved is False:
             decision = {"outcome": "rejected", "by": approver, "reason": approve_reason}

@@ -47,12 +47,13 @@ from ..text import safe_text
 from . import rest
 from .active import DuplicateRunError
 from .audit import AuditLog, hop_record
+from .card import card_facts
 from .config import StationConfig
 from .data import data_view
 from .sandbox import run_train
 from .sweep import HOP_PREFIX, open_work, sweep
 from .sweep import wipe_folder as _wipe
-from .verify import Trust, VerifiedTrain, verify_train
+from .verify import Trust, VerifiedTrain, check_statement, verify_train
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def _verify(
         already_done=done,
         rerun=rerun,
         retry=retry,
-        on_check=lambda check: _say(logger, f"check passed: {check}"),
+        on_check=lambda check: _say(logger, f"check passed: {check_statement(check)}"),
     )
 
 
@@ -175,23 +176,33 @@ def _explicit_retry(client: RegistryClient, ref: Reference) -> tuple[str, int] |
 
 
 def verify_step(
-    config: StationConfig, reference: str, *, rerun: bool = False, logger: Log | None = None
+    config: StationConfig,
+    reference: str,
+    *,
+    rerun: bool = False,
+    logger: Log | None = None,
+    card: bool = False,
 ) -> dict[str, Any]:
     """The Verify step. Returns the verified train's summary; raises a VerificationError.
 
     A reference with a ``retry-<k>-<n>`` tag is an explicit retry: it may repeat a hop this
     station completed or refused before, once per retry tag (the audit log remembers).
+    With ``card`` the summary has ``card_facts``: what a person approving the run is shown
+    (:func:`.card.card_facts`, including the train's own code read from its layers).
     """
     ref = parse_train_reference(config, reference)
     with registry_client(config) as client:
         retry = _explicit_retry(client, ref)
         verified = _verify(config, client, ref, rerun=rerun, logger=logger, retry=retry)
-    if verified.spec.dataset not in config.datasets:
-        raise PolicyError(
-            f"the train asks for data set {verified.spec.dataset!r}, which this station does "
-            f"not offer ({', '.join(sorted(config.datasets))})"
-        )
+        if verified.spec.dataset not in config.datasets:
+            raise PolicyError(
+                f"the train asks for data set {verified.spec.dataset!r}, which this station "
+                f"does not offer ({', '.join(sorted(config.datasets))})"
+            )
+        facts = card_facts(config, verified, client) if card else None
     summary = verified.summary()
+    if facts is not None:
+        summary["card_facts"] = facts
     _say(logger, f"verified train {verified.spec.id} at hop {verified.hop}: {verified.digest}")
     return summary
 
