@@ -8,84 +8,44 @@ audit log, and check that no process started here listens on anything but the lo
 address. With ``policy.require_approval`` switched on (the config is read when each task runs),
 a run waits at ``approve`` until a person answers through the REST API (what the UI's
 Approve and Reject buttons call): approved, it runs and the audit log names the approver;
-rejected, nothing runs and the rejection is audited.
+rejected (with a reason), nothing runs and the rejection is audited as an outcome with who
+and why, not a failure.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
 import yaml
 from conftest import VECTORS
-from support.stationkit import Station, build_train, make_station, make_train_spec, sign_train
+from support.airflowstack import (
+    DAG_ID,
+    TASKS,
+    AirflowStack,
+    airflow_stack,
+    answer,
+    assert_loopback_only,
+    audit_record,
+    task_states,
+    trigger,
+    wait_for_end,
+    wait_for_person,
+    wait_for_success,
+)
+from support.stationkit import build_train, make_station, make_train_spec, sign_train
 
-from pht_airflow.dev.localairflow import LocalAirflow, session_pids, start_airflow
-from pht_airflow.errors import ServiceError
 from pht_airflow.oci import Reference, RegistryClient
-from pht_airflow.station.audit import AuditLog
 
 pytestmark = [pytest.mark.airflow, pytest.mark.docker, pytest.mark.registry]
 
-DAG_ID = "pht_run_train"
-RUN_TIMEOUT = 240.0  # one run, verify to record
 RUN_ID_RE = re.compile(r"pht__sha256_[0-9a-f]{64}")
-LOOPBACK = {"127.0.0.1", "[::1]", "::1"}
-
-
-@dataclass
-class AirflowStack:
-    airflow: LocalAirflow
-    station: Station
-    secret: str
-
-    @property
-    def url(self) -> str:
-        return self.airflow.url
-
-    def client(self) -> httpx.Client:
-        return self.airflow.client()
-
-    def diagnostics(self) -> str:
-        return self.airflow.diagnostics(dag_id=DAG_ID)
-
-
-def _listening(pids: set[int]) -> list[tuple[str, str, str]]:
-    """``(protocol, local address, process)`` of every listening socket the pids hold."""
-    out = subprocess.run(
-        ["ss", "-H", "-l", "-t", "-u", "-n", "-p"], capture_output=True, text=True, check=True
-    ).stdout
-    found = []
-    for line in out.splitlines():
-        cols = line.split()
-        if len(cols) < 7:
-            continue
-        owners = {int(p) for p in re.findall(r"pid=(\d+)", " ".join(cols[6:]))}
-        if owners & pids:
-            found.append((cols[0], cols[4], " ".join(cols[6:])))
-    return found
-
-
-def _host(address: str) -> str:
-    return address.rsplit(":", 1)[0].split("%", 1)[0]
-
-
-def _assert_loopback_only(stack: AirflowStack) -> list[tuple[str, str, str]]:
-    """Fail if any process started here (or a child, a task) listens beyond loopback."""
-    sockets = _listening(session_pids(stack.airflow.pids))
-    wide = [s for s in sockets if _host(s[1]) not in LOOPBACK]
-    assert not wide, "listening beyond 127.0.0.1:\n" + "\n".join(" ".join(s) for s in sockets)
-    return sockets
 
 
 @pytest.fixture(scope="module")
@@ -101,19 +61,8 @@ def stack(
         approvers=[parties["reviewer"].public.pem],
         overrides={"webhook": {"secret": {"env": "PHT_WEBHOOK_SECRET"}}},
     )
-    secret = secrets.token_urlsafe(24)
-    env = {"PHT_STATION_CONFIG": str(station.config_path), "PHT_WEBHOOK_SECRET": secret}
-    try:
-        airflow = start_airflow(root / "airflow-home", env=env, log_dir=root)
-    except ServiceError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        airflow.wait_for_dag(DAG_ID)
-        yield AirflowStack(airflow, station, secret)
-    except ServiceError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    finally:
-        airflow.stop()
+    with airflow_stack(root, station) as stack:
+        yield stack
 
 
 # --- helpers for the scenario ---------------------------------------------------------------
@@ -136,40 +85,6 @@ def _train(
     return ref, digest
 
 
-def _run_url(run_id: str) -> str:
-    return f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
-
-
-def _wait_for_run(stack: AirflowStack, http: httpx.Client, run_id: str) -> dict[str, Any]:
-    def finished() -> dict[str, Any] | None:
-        _assert_loopback_only(stack)  # also while the tasks run
-        resp = http.get(_run_url(run_id))
-        assert resp.status_code == 200, resp.text
-        run = dict(resp.json())
-        return run if run["state"] in ("success", "failed") else None
-
-    try:
-        run = stack.airflow.wait(f"run {run_id} to finish", finished, RUN_TIMEOUT)
-    except ServiceError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    if run["state"] != "success":
-        tis = http.get(f"{_run_url(run_id)}/taskInstances").json()
-        states = {t["task_id"]: t["state"] for t in tis.get("task_instances", [])}
-        pytest.fail(f"run {run_id} ended {run['state']}: {states}\n{stack.diagnostics()}")
-    return run
-
-
-def _task_states(http: httpx.Client, run_id: str) -> dict[str, str]:
-    tis = http.get(f"{_run_url(run_id)}/taskInstances").json()["task_instances"]
-    return {t["task_id"]: t["state"] for t in tis}
-
-
-def _audit_record(station: Station, run_id: str) -> dict[str, Any]:
-    records = [r for r in AuditLog(station.audit_path).entries() if r.get("run_id") == run_id]
-    assert len(records) == 1, records
-    return records[0]
-
-
 def _harbor_push(registry_host: str, repository: str, digest: str, tag: str) -> bytes:
     """Harbor's default PUSH_ARTIFACT payload (the vector's shape) for one pushed tag."""
     doc = json.loads((VECTORS / "harbor" / "push_artifact_default.json").read_text())
@@ -185,10 +100,15 @@ def _harbor_push(registry_host: str, repository: str, digest: str, tag: str) -> 
 
 
 EXPECTED_STATES = {
+    "preflight": "success",
     "verify": "success",
     "approval_gate": "skipped",
     "approve": "skipped",
-    "execute": "success",
+    "run": "success",
+    "check_output": "success",  # the train declares its counts: they pass
+    "release_gate": "skipped",
+    "release": "skipped",
+    "seal": "success",
     "record": "success",
 }
 
@@ -201,19 +121,15 @@ def test_rest_api_run(
 ) -> None:
     ref, digest = _train(docker_client, client, registry, parties)
     with stack.client() as http:
-        resp = http.post(
-            f"/api/v2/dags/{DAG_ID}/dagRuns",
-            json={"logical_date": None, "conf": {"train": str(ref), "rerun": False}},
-        )
-        assert resp.status_code == 200, f"{resp.text}\n{stack.diagnostics()}"
-        run_id = resp.json()["dag_run_id"]
-        _wait_for_run(stack, http, run_id)
-        assert _task_states(http, run_id) == EXPECTED_STATES
+        run_id = trigger(http, ref)
+        wait_for_success(stack, http, run_id)
+        assert task_states(http, run_id) == EXPECTED_STATES
 
     assert "result-0" in client.list_tags(ref.repository)
-    record = _audit_record(stack.station, run_id)
+    record = audit_record(stack.station, run_id)
     assert record["outcome"] == "success"
     assert record["train_digest"] == digest
+    assert record["disclosure"]["verdict"] == "pass"
 
 
 def test_webhook_run_once_per_digest(
@@ -244,12 +160,12 @@ def test_webhook_run_once_per_digest(
         runs = http.get(f"/api/v2/dags/{DAG_ID}/dagRuns", params={"limit": 100}).json()
         assert [r["dag_run_id"] for r in runs["dag_runs"]].count(run_id) == 1
 
-        run = _wait_for_run(stack, http, run_id)
+        run = wait_for_success(stack, http, run_id)
         assert run["conf"]["train"] == f"{registry.host}/{ref.repository}@{digest}"
-        assert _task_states(http, run_id) == EXPECTED_STATES
+        assert task_states(http, run_id) == EXPECTED_STATES
 
     assert "result-0" in client.list_tags(ref.repository)
-    record = _audit_record(stack.station, run_id)
+    record = audit_record(stack.station, run_id)
     assert record["outcome"] == "success"
     assert record["train_digest"] == digest
 
@@ -268,63 +184,28 @@ def _approval_required(stack: AirflowStack) -> Iterator[None]:
         path.write_text(original)
 
 
-def _trigger_and_wait_for_approval(stack: AirflowStack, http: httpx.Client, ref: Reference) -> str:
-    resp = http.post(
-        f"/api/v2/dags/{DAG_ID}/dagRuns",
-        json={"logical_date": None, "conf": {"train": str(ref), "rerun": False}},
-    )
-    assert resp.status_code == 200, resp.text
-    run_id = str(resp.json()["dag_run_id"])
-
-    def waiting() -> bool | None:
-        # Airflow 3.3 parks a human-in-the-loop task as "awaiting_input" (older: "deferred").
-        state = _task_states(http, run_id).get("approve")
-        return True if state in ("awaiting_input", "deferred") else None
-
-    # Answer only once the scheduler has taken the worker's exit of the parked task: an answer
-    # that lands before it makes the scheduler fail the task ("executor reports success"
-    # for a task that is no longer running); a person never answers within that second.
-    scheduler_log = next(c.log for c in stack.airflow.components if c.name == "scheduler")
-    finished = f"TaskInstance Finished: dag_id={DAG_ID}, task_id=approve, run_id={run_id},"
-
-    def parked() -> bool | None:
-        return True if finished in scheduler_log.read_text(errors="replace") else None
-
-    try:
-        stack.airflow.wait(f"run {run_id} to wait for approval", waiting, RUN_TIMEOUT)
-        stack.airflow.wait("the scheduler to see the approval step parked", parked, 60)
-    except ServiceError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    return run_id
-
-
-def _answer(http: httpx.Client, run_id: str, option: str) -> dict[str, Any]:
-    resp = http.patch(
-        f"{_run_url(run_id)}/taskInstances/approve/-1/hitlDetails",
-        json={"chosen_options": [option]},
-    )
-    assert resp.status_code == 200, resp.text
-    return dict(resp.json())
-
-
 def test_run_waits_for_a_persons_approval(
     stack: AirflowStack, docker_client: Any, client: RegistryClient, registry: Any, parties: Any
 ) -> None:
     ref, digest = _train(docker_client, client, registry, parties)
     with _approval_required(stack), stack.client() as http:
-        run_id = _trigger_and_wait_for_approval(stack, http, ref)
-        states = _task_states(http, run_id)
+        run_id = trigger(http, ref)
+        wait_for_person(stack, http, run_id, "approve")
+        states = task_states(http, run_id)
         assert states["verify"] == "success" and states["approval_gate"] == "success"
-        assert states["execute"] in (None, "none", "scheduled"), states
+        assert states["run"] in (None, "none", "scheduled"), states
         assert "result-0" not in client.list_tags(ref.repository)  # nothing ran yet
 
-        answer = _answer(http, run_id, "Approve")
-        assert answer["responded_by"]["name"] == "admin"
-        _wait_for_run(stack, http, run_id)
-        assert set(_task_states(http, run_id).values()) == {"success"}
+        answered = answer(http, run_id, "approve", "Approve")
+        assert answered["responded_by"]["name"] == "admin"
+        wait_for_success(stack, http, run_id)
+        states = task_states(http, run_id)
+    assert states == {
+        **EXPECTED_STATES, "approval_gate": "success", "approve": "success"
+    }  # fmt: skip
 
     assert "result-0" in client.list_tags(ref.repository)
-    record = _audit_record(stack.station, run_id)
+    record = audit_record(stack.station, run_id)
     assert record["outcome"] == "success"
     assert record["approved_by"] == "admin"
     assert record["train_digest"] == digest
@@ -335,30 +216,31 @@ def test_rejected_run_runs_nothing_and_is_audited(
 ) -> None:
     ref, digest = _train(docker_client, client, registry, parties)
     tags_before = sorted(client.list_tags(ref.repository))
+    reason = "not this cohort\x1b[2J"
     with _approval_required(stack), stack.client() as http:
-        run_id = _trigger_and_wait_for_approval(stack, http, ref)
-        _answer(http, run_id, "Reject")
-
-        def finished() -> dict[str, Any] | None:
-            run = http.get(_run_url(run_id)).json()
-            return run if run["state"] in ("success", "failed") else None
-
-        run = stack.airflow.wait(f"run {run_id} to finish", finished, RUN_TIMEOUT)
-        states = _task_states(http, run_id)
-    assert run["state"] == "failed", states
+        run_id = trigger(http, ref)
+        wait_for_person(stack, http, run_id, "approve")
+        answer(http, run_id, "approve", "Reject", reason)
+        run = wait_for_end(stack, http, run_id)
+        states = task_states(http, run_id)
+    # A rejection is an outcome, not a crash: the run ends green, the hop's tasks skipped.
+    assert run["state"] == "success", f"{states}\n{stack.diagnostics()}"
     assert states["approve"] == "success"  # the person answered; the answer was "Reject"
-    assert states["execute"] == "skipped"
-    assert states["record"] == "failed"  # it audited the hop that did not run
+    for task in ("run", "check_output", "release_gate", "release", "seal"):
+        assert states[task] == "skipped", states
+    assert states["record"] == "success"
+    assert set(states) == set(TASKS)
     assert sorted(client.list_tags(ref.repository)) == tags_before
-    record = _audit_record(stack.station, run_id)
-    assert record["outcome"] == "failure"
+    record = audit_record(stack.station, run_id)
+    assert record["outcome"] == "rejected"
     assert record["train_digest"] == digest
-    # Rejected: the one case the generic "did not run" text is for (no hop task started).
-    assert record["failure"]["error"] == "NotRun", record["failure"]
+    assert record["decision"] == {"by": "admin", "reason": "not this cohort\\x1b[2J"}
+    assert record["approved_by"] is None
+    assert record.get("failure") is None
 
 
 def test_nothing_listens_beyond_loopback(stack: AirflowStack) -> None:
-    sockets = _assert_loopback_only(stack)
+    sockets = assert_loopback_only(stack)
     listing = "\n".join(" ".join(s) for s in sockets)
     print(f"listening sockets of the Airflow components:\n{listing}")
     port = stack.url.rsplit(":", 1)[1]
