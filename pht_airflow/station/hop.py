@@ -189,8 +189,15 @@ def verify_step(
     station completed or refused before, once per retry tag (the audit log remembers).
     With ``card`` the summary has ``card_facts``: what a person approving the run is shown
     (:func:`.card.card_facts`, including the train's own code read from its layers).
+
+    A work folder's filesystem without room for the output cap plus a working margin fails
+    here, before anything is written there (:func:`_check_free_space`; ``run`` checks again).
     """
     ref = parse_train_reference(config, reference)
+    existing = config.work_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    _check_free_space(config, existing)
     with registry_client(config) as client:
         retry = _explicit_retry(client, ref)
         verified = _verify(config, client, ref, rerun=rerun, logger=logger, retry=retry)
