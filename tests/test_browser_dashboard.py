@@ -30,6 +30,7 @@ from pht_airflow.oci import Reference, RegistryClient
 pytestmark = [pytest.mark.browser, pytest.mark.airflow, pytest.mark.docker, pytest.mark.registry]
 
 DAG_ID = "pht_run_train"
+SELFTEST = "pht_station_selftest"
 DASHBOARD = "/pht-dashboard"
 RUN_TIMEOUT = 240.0
 
@@ -41,6 +42,24 @@ class Deployment:
     train_id: str
     train_digest: str
     run_id: str
+    selftest: dict[str, Any]  # the self-test run's state and its tasks' states (REST API)
+
+
+def _run_selftest(airflow: LocalAirflow) -> dict[str, Any]:
+    """Trigger pht_station_selftest through the REST API and wait for it to finish."""
+    airflow.wait_for_dag(SELFTEST)
+    with airflow.client() as http:
+        resp = http.post(f"/api/v2/dags/{SELFTEST}/dagRuns", json={"logical_date": None})
+        assert resp.status_code == 200, resp.text
+        run_id = str(resp.json()["dag_run_id"])
+        url = f"/api/v2/dags/{SELFTEST}/dagRuns/{quote(run_id, safe='')}"
+
+        def finished() -> str | None:
+            state = http.get(url).json()["state"]
+            return str(state) if state in ("success", "failed") else None
+
+        state = airflow.wait(f"self-test run {run_id} to finish", finished, RUN_TIMEOUT)
+    return {"state": state, "checks": airflow.task_states(SELFTEST, run_id)}
 
 
 def _run_train(airflow: LocalAirflow, ref: Reference) -> str:
@@ -94,7 +113,8 @@ def deployment(
         with RegistryClient(registry.host) as client:
             sign_train(client, ref.with_digest(digest), parties, "alice", "reviewer")
         run_id = _run_train(airflow, ref)
-        yield Deployment(airflow, station, spec.id, digest, run_id)
+        selftest = _run_selftest(airflow)
+        yield Deployment(airflow, station, spec.id, digest, run_id, selftest)
     except ServiceError as exc:
         pytest.fail(str(exc), pytrace=False)
     finally:
@@ -132,7 +152,12 @@ def test_anonymous_requests_are_refused(deployment: Deployment, browser: Any) ->
     with deployment.airflow.client() as signed_in:
         resp = signed_in.get(f"{DASHBOARD}/api/stations/station-a/overview")
         assert resp.status_code == 200, resp.text
-        assert [t["train_id"] for t in resp.json()["trains"]] == [deployment.train_id]
+        found = resp.json()
+        assert [t["train_id"] for t in found["trains"]] == [deployment.train_id]
+        # The last self-test, as Airflow's REST API reports that run.
+        assert found["self_test"]["state"] == deployment.selftest["state"]
+        assert found["self_test"]["checks"] == deployment.selftest["checks"]
+        assert set(found["self_test"]["checks"]) >= {"engine", "registry", "keys", "datasets"}
 
     page = new_page(browser)  # a fresh context: no cookie
     try:
@@ -165,6 +190,7 @@ def test_signed_in_user_sees_the_trains(deployment: Deployment, browser: Any) ->
         trust = page.locator("#trust").inner_text()
         assert "alice" in trust and "reviewer" in trust
         assert "cohort" in page.locator("#datasets").inner_text()
+        assert page.locator("#selftest").inner_text().startswith(deployment.selftest["state"])
         screenshot(page, "dashboard", full_page=True)
     finally:
         page.context.close()
