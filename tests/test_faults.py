@@ -427,11 +427,11 @@ def _work_on_tmpfs(stack: Stack, size: str) -> Iterator[Path]:
     mount.rmdir()
 
 
-def _failed_run(stack: Stack, run_id: str) -> dict[str, Any]:
+def _failed_run(stack: Stack, run_id: str, task: str = "run") -> dict[str, Any]:
     state = _finish(stack, run_id)
     tasks = _tasks(stack, run_id)
     assert state == "failed", {t: i["state"] for t, i in tasks.items()}
-    assert tasks["run"]["state"] == "failed"
+    assert tasks[task]["state"] == "failed"
     assert tasks["seal"]["state"] == "upstream_failed"
     record = _record(stack, run_id)
     assert record["outcome"] == "failure"
@@ -474,7 +474,7 @@ def test_full_work_disk_fails_before_the_train_runs(
     with _work_on_tmpfs(stack, "96m") as work:
         filler = fill(work)
         run_id = _trigger(stack, train)
-        failure = _failed_run(stack, run_id)
+        failure = _failed_run(stack, run_id, "verify")  # the hop's first step on the station
         filler.unlink()
         assert failure["error"] == "PolicyError", failure
         assert "bytes free, less than the output cap plus a working margin" in failure["message"]
