@@ -27,8 +27,10 @@ Per hop: ``total`` = from just before the trigger request to the ``record`` task
 after); ``overhead`` = total − container. ``tasks`` is how many task instances ran (not
 skipped); ``in tasks`` is the sum of their run times minus the container's (work inside task
 processes: interpreter, imports, DAG parse, verification, extraction, sealing, pushing);
-``between`` is the rest (the scheduler queuing and starting task processes). The first
-``--warmup`` hops of each deployment are not counted. Median, min and max of ``--repeat``
+``between`` is the rest (the scheduler queuing and starting task processes). Both deployments run at
+the same time and their hops alternate (before, after, before, …), so the machine's other
+load falls on both alike; each idles while the other's hop runs. The first ``--warmup`` hops
+of each deployment are not counted. Median, min and max of ``--repeat``
 hops. No time is asserted anywhere.
 """
 
@@ -273,27 +275,38 @@ def run_hop(airflow: LocalAirflow, reference: str, container_task: str) -> Hop:
     return Hop(total, container, len(ran), in_tasks, per_task)
 
 
-def measure(variant: Variant, repeat: int, warmup: int) -> list[Hop]:
-    config = variant.prepare()
-    print(f"[{variant.name}] building {warmup + repeat} trains with {variant.src}", flush=True)
-    refs = [variant.build_train(n) for n in range(warmup + repeat)]
-    print(f"[{variant.name}] starting Airflow", flush=True)
-    airflow = variant.start_airflow(config)
-    hops: list[Hop] = []
+def measure(variants: list[Variant], repeat: int, warmup: int) -> dict[str, list[Hop]]:
+    """Both deployments run side by side (both idle but for the hop being measured); their
+    hops alternate, so a change in the machine's other load falls on both alike."""
+    configs = {v.name: v.prepare() for v in variants}
+    refs: dict[str, list[str]] = {}
+    for v in variants:
+        print(f"[{v.name}] building {warmup + repeat} trains with {v.src}", flush=True)
+        refs[v.name] = [v.build_train(n) for n in range(warmup + repeat)]
+    airflows: dict[str, LocalAirflow] = {}
+    hops: dict[str, list[Hop]] = {v.name: [] for v in variants}
     try:
-        airflow.wait_for_dag(DAG_ID)
-        container_task = "execute" if variant.name == "before" else "run"
-        for n, ref in enumerate(refs):
-            hop = run_hop(airflow, ref, container_task)
-            counted = n >= warmup
-            print(f"[{variant.name}] hop {n}{'' if counted else ' (warm-up)'}: total "
-                  f"{hop.total:.1f} s, container {hop.container:.1f} s, overhead "
-                  f"{hop.overhead:.1f} s ({hop.tasks} tasks, {hop.in_tasks:.1f} s in tasks, "
-                  f"{hop.between:.1f} s between)", flush=True)  # fmt: skip
-            if counted:
-                hops.append(hop)
+        for v in variants:
+            print(f"[{v.name}] starting Airflow", flush=True)
+            airflows[v.name] = v.start_airflow(configs[v.name])
+        for v in variants:
+            airflows[v.name].wait_for_dag(DAG_ID)
+        for n in range(warmup + repeat):
+            for v in variants:
+                task = "execute" if v.name == "before" else "run"
+                hop = run_hop(airflows[v.name], refs[v.name][n], task)
+                counted = n >= warmup
+                print(f"[{v.name}] hop {n}{'' if counted else ' (warm-up)'}: total "
+                      f"{hop.total:.1f} s, container {hop.container:.1f} s, overhead "
+                      f"{hop.overhead:.1f} s ({hop.tasks} tasks, {hop.in_tasks:.1f} s in "
+                      f"tasks, {hop.between:.1f} s between; "
+                      + ", ".join(f"{t} {d:.1f}" for t, d in hop.per_task.items())
+                      + ")", flush=True)  # fmt: skip
+                if counted:
+                    hops[v.name].append(hop)
     finally:
-        airflow.stop()
+        for airflow in airflows.values():
+            airflow.stop()
     return hops
 
 
@@ -357,10 +370,12 @@ def main() -> int:
         )  # fmt: skip
         registry = start_registry(tmp / "registry")
         sides = {"before": worktree, "after": ROOT}
-        for name, src in sides.items():
-            if args.only in (None, name):
-                variant = Variant(name, src, tmp / name, registry.host)
-                results[name] = measure(variant, args.repeat, args.warmup)
+        variants = [
+            Variant(name, src, tmp / name, registry.host)
+            for name, src in sides.items()
+            if args.only in (None, name)
+        ]
+        results = measure(variants, args.repeat, args.warmup)
     finally:
         if registry is not None:
             with contextlib.suppress(Exception):
