@@ -36,6 +36,7 @@ import httpx
 import pytest
 import requests
 import uvicorn
+import yaml
 from click.testing import CliRunner
 from support.airflowstack import (
     AirflowStack,
@@ -336,6 +337,34 @@ def test_a_clean_frequency_table_is_released_without_a_person(
     assert (out / "0-station-a" / "by_stage.csv").read_text().splitlines() == [
         "stage,patients", "I,20", "II,20"
     ]  # fmt: skip
+
+
+def test_a_policy_asking_for_release_holds_even_a_clean_table(
+    stack: AirflowStack, central: Central, docker_client: Any, client: RegistryClient,
+    registry: Any, parties: Any,
+) -> None:  # fmt: skip
+    """``policy.require_release_approval: true`` (read when each task runs): a person releases
+    every output, also one that passed every check."""
+    _, ref = _submit(central, docker_client, client, registry, parties, CLEAN)
+    path = stack.station.config_path
+    original = path.read_text()
+    config = yaml.safe_load(original)
+    config["policy"]["require_release_approval"] = True
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    try:
+        with stack.client() as http:
+            run_id = trigger(http, ref)
+            wait_for_person(stack, http, run_id, "release")
+            checked = _checked(http, run_id)
+            assert _results(client, ref) == []
+            answer(http, run_id, "release", "Approve")
+            wait_for_success(stack, http, run_id)
+    finally:
+        path.write_text(original)
+    assert checked["verdict"] == "pass" and checked["release_needed"] is True, checked
+    assert _results(client, ref) == ["result-0"]
+    record = audit_record(stack.station, run_id)
+    assert (record["outcome"], record["released_by"]) == ("success", "admin")
 
 
 # --- 2. a cell of 3: a person decides -------------------------------------------------------
