@@ -282,6 +282,44 @@ def test_the_attestation_is_in_place_before_the_result_tag(
     assert client.puts == order
 
 
+class _DiesBeforeTheTag(_Recording):
+    """The real client; the process "dies" (an exception) when it would tag the result."""
+
+    def put_manifest(self, repository: str, reference: str, raw: bytes, media_type: str) -> str:
+        if reference.startswith("result-"):
+            raise KeyboardInterrupt("killed before the tag")
+        return super().put_manifest(repository, reference, raw, media_type)
+
+
+def test_a_seal_killed_before_its_tag_is_finished_by_the_retry_not_pushed_twice(
+    new_train: Any, registry: Any, client: Any, parties: Any, tmp_path: Path
+) -> None:
+    """Age encryption is randomised: without the journal the retry would push a second,
+    different result beside the first, untagged one."""
+    train = new_train()
+    journal = tmp_path / "seal.json"
+    out = _output(tmp_path / "o")
+    args = (train.ref, train.manifest, train.spec)
+    kw: dict[str, Any] = {"hop": 0, "output_dir": out, "key": parties[STATIONS[0]].key,
+                          "previous": None, "journal": journal}  # fmt: skip
+    with _DiesBeforeTheTag(registry.host) as dying:
+        dying.puts = []
+        with pytest.raises(KeyboardInterrupt):
+            seal(dying, *args, **kw)
+        first = dying.puts[0]  # the result manifest, by digest
+    assert json.loads(journal.read_text())["repository"] == train.ref.repository
+    with _Recording(registry.host) as again:
+        again.puts = []
+        sealed = seal(again, *args, **kw)
+    assert sealed.digest == first  # the same manifest, finished: signed, attested, tagged
+    assert again.puts[-1] == "result-0"
+    assert client.resolve(train.ref.repository, "result-0") == first
+    # A journal of another train's result is ignored: a fresh seal.
+    other = new_train()
+    fresh = seal(client, other.ref, other.manifest, other.spec, **kw)
+    assert fresh.digest != first
+
+
 def test_fetch_refuses_a_result_without_attestation_before_writing(
     new_train: Any, client: Any, parties: Any, tmp_path: Path
 ) -> None:

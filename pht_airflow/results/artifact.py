@@ -91,6 +91,7 @@ def seal(
     progress: Progress | None = None,
     created: str | None = None,
     predicate: Mapping[str, Any] | None = None,
+    journal: Path | None = None,
 ) -> SealedResult:
     """Seal ``output_dir`` as the result of ``hop`` and push it beside the train, signed
     and attested.
@@ -102,7 +103,18 @@ def seal(
     attestation's predicate (build it with :func:`pht_airflow.attestation.hop_predicate`);
     without one the attestation records what seal knows: the train, the station, the hop
     and the data set's name, every other field null.
+
+    ``journal`` (a file only this hop uses) makes a retry after a kill push the same result:
+    the manifest is written there before it is pushed, and a seal that finds it (and the
+    manifest's blobs in the registry) finishes pushing that manifest (sign, attest, tag, each
+    idempotent) instead of encrypting a new one. Age encryption is randomised, so without it
+    a seal killed between pushing the manifest and tagging it would leave an untagged result
+    a retry cannot see, and push a second one.
     """
+    if journal is not None:
+        resumed = _resume(client, train, train_manifest, journal, key=key, predicate=predicate)
+        if resumed is not None:
+            return resumed
     if train.digest is None or train.digest != train_manifest.digest:
         raise PhtError("seal needs the train reference pinned to the train manifest's digest")
     if not 0 <= hop < len(spec.route):
@@ -129,7 +141,41 @@ def seal(
             hop=hop,
             dataset={"name": spec.dataset, "digest": None},
         )
-    return push_result(client, train, train_manifest, layer, config, key=key, predicate=predicate)
+    return push_result(
+        client, train, train_manifest, layer, config, key=key, predicate=predicate, journal=journal
+    )
+
+
+_MAX_JOURNAL = 1024 * 1024
+
+
+def _resume(
+    client: RegistryClient,
+    train: Reference,
+    train_manifest: Manifest,
+    journal: Path,
+    *,
+    key: SigningKey,
+    predicate: Mapping[str, Any] | None,
+) -> SealedResult | None:
+    """Finish the result an earlier attempt wrote to ``journal``, if its blobs are there."""
+    try:
+        with open(journal, "rb") as fh:
+            raw_journal = fh.read(_MAX_JOURNAL + 1)
+        entry = json.loads(raw_journal)
+        raw = entry["manifest"].encode()
+        config = entry["config"]
+        layer = Descriptor.from_dict(entry["layer"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, PhtError):
+        return None
+    if len(raw_journal) > _MAX_JOURNAL or entry.get("repository") != train.repository:
+        return None
+    manifest = json.loads(raw)
+    if (manifest.get("subject") or {}).get("digest") != train_manifest.digest:
+        return None
+    if client.blob_size(train.repository, layer.digest) != layer.size:
+        return None  # the first attempt's upload did not finish: seal anew
+    return _finish(client, train, raw, layer, config, key=key, predicate=predicate)
 
 
 def push_result(
@@ -141,6 +187,7 @@ def push_result(
     *,
     key: SigningKey,
     predicate: Mapping[str, Any] | None = None,
+    journal: Path | None = None,
 ) -> SealedResult:
     """Push a result artifact whose layer is already uploaded: config, manifest, signature,
     attestation, and only then the ``result-<hop>`` tag. ``config`` is pushed as given
@@ -165,6 +212,31 @@ def push_result(
         },
     }
     raw = _canonical(manifest)
+    if journal is not None:  # before the push: a retry finishes this manifest (see seal)
+        entry = {
+            "repository": train.repository,
+            "manifest": raw.decode(),
+            "config": config,
+            "layer": layer.to_dict(),
+        }
+        tmp = journal.with_name(f".{journal.name}.tmp")
+        tmp.write_bytes(_canonical(entry))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, journal)
+    return _finish(client, train, raw, layer, config, key=key, predicate=predicate)
+
+
+def _finish(
+    client: RegistryClient,
+    train: Reference,
+    raw: bytes,
+    layer: Descriptor,
+    config: dict[str, Any],
+    *,
+    key: SigningKey,
+    predicate: Mapping[str, Any] | None,
+) -> SealedResult:
+    hop, station = config["hop"], config["station"]
     # Pushed by digest, signed, attested, and only then tagged: the registry announces the
     # tag push, and by then the signature and the attestation are there for whoever the
     # announcement wakes (the router copies both with the result).

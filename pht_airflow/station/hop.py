@@ -489,6 +489,8 @@ def seal_step(
                 key=key,
                 previous=verified.previous.digest if verified.previous else None,
                 predicate=predicate,
+                created=run_summary.get("finished"),
+                journal=rest.seal_journal(config, str(run_summary["rest_key"])),
             )
     _say(logger, f"pushed result {sealed.digest} for {len(sealed.recipients)} recipient(s)")
     return _sealed_summary(

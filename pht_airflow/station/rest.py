@@ -166,10 +166,19 @@ def opened_output(config: StationConfig, key: str, train_id: str) -> Iterator[Pa
         os.close(lock)
 
 
+def seal_journal(config: StationConfig, key: str) -> Path:
+    """Where ``seal`` notes the result manifest it is about to push (no content: the
+    manifest, the result config and the layer's descriptor), so a retry pushes the same one."""
+    cipher_path, _ = _paths(config, key)
+    return cipher_path.with_name(f"{REST_PREFIX}{key}.seal.json")
+
+
 def drop_output(config: StationConfig, key: str) -> bool:
-    """Remove a resting output (its facts first); True if there was one."""
+    """Remove a resting output (its facts first) and its seal journal; True if there was one."""
     cipher_path, facts_path = _paths(config, key)
     found = False
+    with contextlib.suppress(FileNotFoundError):
+        seal_journal(config, key).unlink()
     for path in (facts_path, cipher_path):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
