@@ -17,7 +17,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Param, TriggerRule
 
 from ..station.config import hosted_station_configs, policy_task_timeout
@@ -27,6 +26,7 @@ from .operators import (
     CARD_KEY,
     ApprovalPolicyGate,
     CheckOutputOperator,
+    PersonsAnswerOperator,
     PreflightOperator,
     RecordHopOperator,
     ReleasePolicyGate,
@@ -128,7 +128,7 @@ def run_train_dag(
             config_path=config_path,
         )
         gate = ApprovalPolicyGate(task_id="approval_gate", retries=0, config_path=config_path)
-        approve = ApprovalOperator(
+        approve = PersonsAnswerOperator(
             task_id="approve",
             # The card's text is made safe for display by the verify task (approval_card).
             subject=f"{{{{ {_VERIFIED}['{CARD_KEY}']['subject'] }}}}",
@@ -148,7 +148,7 @@ def run_train_dag(
             task_id="check_output", reference=_TRAIN, config_path=config_path, retries=0
         )
         release_gate = ReleasePolicyGate(task_id="release_gate", retries=0)
-        release = ApprovalOperator(
+        release = PersonsAnswerOperator(
             task_id="release",
             subject=f"{{{{ {_CHECKED}['{CARD_KEY}']['subject'] }}}}",
             body=f"{{{{ {_CHECKED}['{CARD_KEY}']['body'] }}}}",
