@@ -102,6 +102,8 @@ class Stack:
     station: Station
     registry: LocalRegistry
     proxy: GateProxy
+    env: dict[str, str]
+    log_dir: Path
 
     def client(self) -> httpx.Client:
         return self.airflow.client()
@@ -136,14 +138,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, parties: Any) -> Iterator[St
         proxy.close()
         registry.stop()
         pytest.fail(str(exc), pytrace=False)
-    stack = Stack(airflow, station, registry, proxy)
+    stack = Stack(airflow, station, registry, proxy, env, root)
     try:
         airflow.wait_for_dag(DAG_ID)
         yield stack
     except ServiceError as exc:
         pytest.fail(str(exc), pytrace=False)
     finally:
-        airflow.stop()
+        stack.airflow.stop()
         proxy.close()
         stack.registry.stop()
 
@@ -480,3 +482,89 @@ def test_full_work_disk_fails_before_the_train_runs(
         assert "bytes free, less than the output cap plus a working margin" in failure["message"]
         assert starts.count(train.sandbox_prefix, 0) == 0
         _assert_nothing_left(stack, docker_client, train, results=0)
+
+
+# --- 5. Airflow restarted while runs wait for a person's approval ---------------------------
+
+
+@contextmanager
+def _approval_required(stack: Stack) -> Iterator[None]:
+    path = stack.station.config_path
+    original = path.read_text()
+    config = yaml.safe_load(original)
+    config["policy"]["require_approval"] = True
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
+def _waiting_for_person(stack: Stack, run_id: str, *, parking: bool = True) -> None:
+    scheduler_log = next(c.log for c in stack.airflow.components if c.name == "scheduler")
+    parked = f"TaskInstance Finished: dag_id={DAG_ID}, task_id=approve, run_id={run_id},"
+
+    def waiting() -> bool | None:
+        state = _tasks(stack, run_id)["approve"]["state"]
+        return True if state in ("awaiting_input", "deferred") else None
+
+    _wait(stack, f"run {run_id} to wait for approval", waiting)
+    if not parking:
+        return  # parked before a restart: the new scheduler's log starts afresh
+    # The scheduler has taken the parked task's worker exit (see test_airflow_e2e).
+    _wait(
+        stack,
+        "the scheduler to see approve parked",
+        lambda: True if parked in scheduler_log.read_text(errors="replace") else None,
+        60,
+    )
+
+
+def test_airflow_restarted_while_runs_await_approval_then_approved_and_rejected(
+    stack: Stack, docker_client: Any, parties: Any, starts: SandboxStarts
+) -> None:
+    approved, rejected = (_train(stack, docker_client, parties) for _ in range(2))
+    with _approval_required(stack):
+        run_a, run_r = _trigger(stack, approved), _trigger(stack, rejected)
+        _waiting_for_person(stack, run_a)
+        _waiting_for_person(stack, run_r)
+
+        port = int(stack.airflow.url.rsplit(":", 1)[1])
+        stack.airflow.stop()
+        assert not session_pids(stack.airflow.pids)
+        try:
+            stack.airflow = start_airflow(
+                stack.airflow.home, env=stack.env, port=port, log_dir=stack.log_dir
+            )
+            stack.airflow.wait_for_dag(DAG_ID)
+        except ServiceError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        for run_id in (run_a, run_r):
+            _waiting_for_person(stack, run_id, parking=False)  # still waiting after it
+
+        with stack.client() as http:
+            for run_id, option, reason in (
+                (run_a, "Approve", "fine by me"),
+                (run_r, "Reject", "not this quarter"),
+            ):
+                resp = http.patch(
+                    f"{_run_url(run_id)}/taskInstances/approve/-1/hitlDetails",
+                    json={"chosen_options": [option], "params_input": {"reason": reason}},
+                )
+                assert resp.status_code == 200, resp.text
+        state_a, state_r = _finish(stack, run_a), _finish(stack, run_r)
+    assert state_r == "failed", _tasks(stack, run_r)  # a rejected hop fails its run
+
+    assert state_a == "success", _tasks(stack, run_a)
+    record = _record(stack, run_a)
+    assert record["outcome"] == "success" and record["approved_by"] == "admin", record
+    assert starts.count(approved.sandbox_prefix, 1) == 1
+    _assert_nothing_left(stack, docker_client, approved, results=1)
+
+    tasks = _tasks(stack, run_r)
+    assert tasks["run"]["state"] == "skipped", {t: i["state"] for t, i in tasks.items()}
+    record = _record(stack, run_r)
+    assert record["outcome"] == "rejected", record
+    assert record["decision"] == {"by": "admin", "reason": "not this quarter"}, record
+    assert starts.count(rejected.sandbox_prefix) == 0
+    _assert_nothing_left(stack, docker_client, rejected, results=0)
