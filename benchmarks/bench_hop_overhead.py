@@ -13,7 +13,9 @@ its ``pht`` command line keys, builds and approves its trains, and its own local
 that folder first on ``PYTHONPATH`` and its ``dags/`` and ``plugins/`` folders. The script
 checks that ``pht_airflow`` imports from the right folder in each case.
 
-One station (``bench``: a CSV data set of the demo's cologne cohort, 1800 patients; the
+The station's age identity is passphrase-protected, as in the demo (opening it runs
+scrypt); ``--plain-age-identity`` gives it one without a passphrase. One station (``bench``: a CSV
+data set of the demo's cologne cohort, 1800 patients; the
 demo's policy: no approval asked, min_cell_count 10, and for "after" the demo's
 ``policy.disclosure``) and the demo's trivial train (``pht_airflow.dev.demo.ANALYSIS``: an age
 histogram and stage counts, with its output manifest). Every hop is a fresh train (built,
@@ -58,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import pyrage  # noqa: E402
 import yaml  # noqa: E402
 
 from pht_airflow.dev import demo  # noqa: E402
@@ -95,8 +98,11 @@ def _when(text: str) -> float:
 class Variant:
     """One side of the comparison: its code folder and its own keys, station and trains."""
 
-    def __init__(self, name: str, src: Path, work: Path, registry_host: str) -> None:
+    def __init__(
+        self, name: str, src: Path, work: Path, registry_host: str, plain_age: bool = False
+    ) -> None:
         self.name = name
+        self.plain_age = plain_age
         self.src = src
         self.work = work
         self.registry_host = registry_host
@@ -144,6 +150,10 @@ class Variant:
         for name in ("alice", "reviewer", STATION):
             self.pht("keys", "generate", "--name", name, "--out", str(self.keys),
                      "--passphrase-file", str(self.passfile))  # fmt: skip
+        if self.plain_age:  # an age identity without a passphrase (no scrypt to open it)
+            identity = pyrage.x25519.Identity.generate()
+            (self.keys / f"{STATION}.age").write_text(f"{identity}\n")
+            (self.keys / f"{STATION}.age.pub").write_text(f"{identity.to_public()}\n")
         data = self.work / "data" / "patients.csv"
         demo.write_cohort(data, demo.cohort("cologne", demo.STATIONS["cologne"]))
         policy: dict[str, Any] = {"require_approval": False, "min_cell_count": demo.MIN_CELL_COUNT}
@@ -156,7 +166,7 @@ class Variant:
                 "signing_key": {"file": f"keys/{STATION}.key"},
                 "signing_passphrase": {"file": "passphrase"},
                 "age_identity": {"file": f"keys/{STATION}.age"},
-                "age_passphrase": {"file": "passphrase"},
+                **({} if self.plain_age else {"age_passphrase": {"file": "passphrase"}}),
             },
             "registry": {"host": self.registry_host, "project": PROJECT},
             "trust": {
@@ -353,6 +363,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=1, help="hops not counted per side")
     parser.add_argument("--before", default="761c828", help="commit of the 'before' code")
     parser.add_argument("--only", choices=["before", "after"], help="measure one side only")
+    parser.add_argument(
+        "--plain-age-identity",
+        action="store_true",
+        help="give the station an age identity without a passphrase (as the demo's is not)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print the Markdown table")
     args = parser.parse_args()
     if args.repeat < 1 or args.warmup < 0:
@@ -371,7 +386,7 @@ def main() -> int:
         registry = start_registry(tmp / "registry")
         sides = {"before": worktree, "after": ROOT}
         variants = [
-            Variant(name, src, tmp / name, registry.host)
+            Variant(name, src, tmp / name, registry.host, args.plain_age_identity)
             for name, src in sides.items()
             if args.only in (None, name)
         ]
@@ -391,7 +406,8 @@ def main() -> int:
     print()
     print(f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, load average {load[0]:.1f} {load[1]:.1f} "
-          f"{load[2]:.1f}; before = {args.before}, after = the work tree")  # fmt: skip
+          f"{load[2]:.1f}; before = {args.before}, after = the work tree; station age identity "
+          f"{'without' if args.plain_age_identity else 'with'} a passphrase")  # fmt: skip
     print(table(results) if args.markdown else table(results).replace("|", " "))
     return 0
 
