@@ -203,12 +203,6 @@ def test_trigger_from_the_form_and_approve_the_card(deployment: Deployment, page
     assert row.locator("td.outcome").inner_text().startswith("success")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until pht_run_train's approve step is operators.PersonsAnswerOperator (dags.py still "
-    "uses ApprovalOperator, whose Reject skips downstream without keeping the answer): a UI "
-    "Reject is audited as failure/NotRun with decision null. Remove this mark when it passes.",
-)
 def test_reject_with_a_reason_runs_nothing_and_says_who_and_why(
     deployment: Deployment, page: Any
 ) -> None:
