@@ -81,12 +81,12 @@ def run_train_dag(
     task_timeout = policy_task_timeout(config_path)
     reason = {
         "reason": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             maxLength=500,
             title="Reason",
             description="Why (recorded in the audit log and sent to the central service when "
-            "you reject).",
+            "you reject; optional when you approve).",
         )
     }
     with DAG(

@@ -369,7 +369,7 @@ class ReleasePolicyGate(BaseOperator):
 def review_path(config: StationConfig, ran: Any) -> str | None:
     """The station dashboard's review page of a run's resting output (path on the API server)."""
     key = ran.get("rest_key") if isinstance(ran, dict) else None
-    return f"/pht/dashboard/{config.station_id}/review/{key}" if key else None
+    return f"/pht-dashboard/stations/{config.station_id}/releases/{key}" if key else None
 
 
 def release_card(checked: Any, review_url: str | None = None) -> dict[str, str]:
