@@ -724,6 +724,7 @@ def record_step(
         outcome = "failure"
     record = hop_record(
         train_id=v.get("train_id"),
+        train_name=v.get("train_name"),
         train_digest=v.get("digest") or (failure or {}).get("digest"),
         station=config.station_id,
         outcome=outcome,  # type: ignore[arg-type]

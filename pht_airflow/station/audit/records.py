@@ -171,6 +171,7 @@ def hop_record(
     decision: Mapping[str, Any] | None = None,
     released_by: str | None = None,
     disclosure: Mapping[str, Any] | None = None,
+    train_name: str | None = None,
 ) -> dict[str, Any]:
     """The record of one hop, for :meth:`AuditLog.append` (``event`` = ``"hop"``).
 
@@ -203,6 +204,7 @@ def hop_record(
         "station": station,
         "outcome": outcome,
         "train_id": train_id,
+        "train_name": train_name,
         "train_digest": train_digest,
         "hop": hop,
         "reference": reference,
