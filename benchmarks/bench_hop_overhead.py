@@ -5,7 +5,8 @@ Run:  .venv/bin/python benchmarks/bench_hop_overhead.py [--repeat 5] [--warmup 1
 
 "before" is the code of commit ``--before`` (761c828: the DAG verify → approval_gate →
 approve → execute → record, whose DAG and hop code are those of 31b1522, the parent of the
-split); "after" is this work tree (preflight → verify → approval_gate → approve → run →
+split); "after" is ``--after`` (default HEAD, also checked out into a worktree, so uncommitted
+edits in this tree are not measured: preflight → verify → approval_gate → approve → run →
 check_output → release_gate → release → seal → record). The before code is checked out with
 ``git worktree add --detach`` into a temporary folder and used for everything of its run:
 its ``pht`` command line keys, builds and approves its trains, and its own local Airflow
@@ -362,6 +363,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="hops measured per side")
     parser.add_argument("--warmup", type=int, default=1, help="hops not counted per side")
     parser.add_argument("--before", default="761c828", help="commit of the 'before' code")
+    parser.add_argument(
+        "--after",
+        default="HEAD",
+        help="commit of the 'after' code (a worktree of it, so other "
+        "people's uncommitted edits in this tree are not measured)",
+    )
     parser.add_argument("--only", choices=["before", "after"], help="measure one side only")
     parser.add_argument(
         "--plain-age-identity",
@@ -373,18 +380,23 @@ def main() -> int:
     if args.repeat < 1 or args.warmup < 0:
         parser.error("--repeat must be at least 1 and --warmup at least 0")
 
+    after_commit = subprocess.run(  # noqa: S603, S607 - git on our own repository
+        ["git", "-C", str(ROOT), "rev-parse", "--short", args.after],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="pht-bench-hop-"))
     worktree = tmp / "before-src"
+    after_tree = tmp / "after-src"
     registry = None
     results: dict[str, list[Hop]] = {}
     try:
-        subprocess.run(  # noqa: S603, S607 - git on our own repository
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(worktree),
-             args.before],
-            check=True,
-        )  # fmt: skip
+        for tree, commit in ((worktree, args.before), (after_tree, args.after)):
+            subprocess.run(  # noqa: S603, S607 - git on our own repository
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), commit],
+                check=True,
+            )
         registry = start_registry(tmp / "registry")
-        sides = {"before": worktree, "after": ROOT}
+        sides = {"before": worktree, "after": after_tree}
         variants = [
             Variant(name, src, tmp / name, registry.host, args.plain_age_identity)
             for name, src in sides.items()
@@ -396,17 +408,20 @@ def main() -> int:
             with contextlib.suppress(Exception):
                 demo._remove_images_of(registry.host)
             registry.stop()
-        subprocess.run(  # noqa: S603, S607 - git on our own repository
-            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)],
-            check=False,
-        )
+        for tree in (worktree, after_tree):
+            subprocess.run(  # noqa: S603, S607 - git on our own repository
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                check=False,
+                stderr=subprocess.DEVNULL,
+            )
         shutil.rmtree(tmp, ignore_errors=True)
 
     load = os.getloadavg()
     print()
     print(f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, load average {load[0]:.1f} {load[1]:.1f} "
-          f"{load[2]:.1f}; before = {args.before}, after = the work tree; station age identity "
+          f"{load[2]:.1f}; before = {args.before}, after = {args.after} ({after_commit}); "
+          f"station age identity "
           f"{'without' if args.plain_age_identity else 'with'} a passphrase")  # fmt: skip
     print(table(results) if args.markdown else table(results).replace("|", " "))
     return 0
