@@ -114,17 +114,18 @@ class GateProxy:
                     if src is client:
                         seen, tail = tail + data, (tail + data)[-512:]
                         if self._trip(seen):
-                            mode = self._mode
-                            if mode == "response":
+                            if self._mode == "response":
                                 upstream.sendall(data)
-                                answer_withheld = True
+                                answer_withheld = True  # held once the registry answers
+                                continue
                             self.held_peer = peer
                             self.held.set()
-                            if mode == "request":
-                                self._release.wait()
-                                return
-                            continue
+                            self._release.wait()
+                            return
                     elif answer_withheld:
+                        # The registry answered (it has the whole request): withhold it.
+                        self.held_peer = peer
+                        self.held.set()
                         self._release.wait()
                         return
                     key.data.sendall(data)
