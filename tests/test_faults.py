@@ -286,9 +286,9 @@ def _last_seq(stack: Stack) -> int:
             "manifests/",
             "response",  # the result's manifest stored, the answer not yet read
             marks=pytest.mark.xfail(
-                strict=True,
-                reason="known bug: the result manifest is pushed by digest and tagged last, so "
-                "a seal killed in between leaves an untagged result the retry cannot find "
+                strict=False,  # seen once (two results), not in the two runs after: see report
+                reason="suspected bug: the result manifest is pushed by digest and tagged last, "
+                "so a seal killed in between leaves an untagged result the retry cannot find "
                 "(find_results reads tags) and a second result is pushed",
             ),
         ),
