@@ -10,6 +10,7 @@ the task without retries: a verification failure does not get better by trying a
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,23 @@ FAILURE_KEY = "failure"
 STARTED_KEY = "started"
 #: The key of the verify task's XCom that holds the approval card (subject and body).
 CARD_KEY = "card"
+
+
+@dataclass(frozen=True)
+class HopTasks:
+    """The task ids of the hop DAG (:func:`~pht_airflow.airflow.dags.run_train_dag`): the
+    operators read each other's XComs by them."""
+
+    preflight: str = "preflight"
+    verify: str = "verify"
+    approve: str = "approve"
+    run: str = "run"
+    check: str = "check_output"
+    release: str = "release"
+    seal: str = "seal"
+
+
+TASKS = HopTasks()
 
 
 def _facts_of(summary: dict[str, Any]) -> dict[str, Any]:
@@ -276,14 +294,13 @@ class RunTrainOperator(_HopOperator):
     ``on_kill`` (Airflow calls it on SIGTERM, a task kill and ``execution_timeout``) stops and
     removes the running sandbox container and wipes the hop's private folder."""
 
-    def __init__(self, *, verify_task_id: str = "verify", **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.verify_task_id = verify_task_id
         self._container: str | None = None
         self._work: Path | None = None
 
     def execute(self, context: Any) -> dict[str, Any]:
-        verified = context["ti"].xcom_pull(task_ids=self.verify_task_id)
+        verified = context["ti"].xcom_pull(task_ids=TASKS.verify)
         if not verified:
             raise AirflowFailException("the verify task left no summary")
         config = _config(self.config_path)
@@ -331,17 +348,10 @@ class CheckOutputOperator(_HopOperator):
     """The disclosure checks on the resting output: verdicts (no content) as the XCom; a
     ``block`` fails the hop with its reasons."""
 
-    def __init__(
-        self, *, verify_task_id: str = "verify", run_task_id: str = "run", **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        self.verify_task_id = verify_task_id
-        self.run_task_id = run_task_id
-
     def execute(self, context: Any) -> dict[str, Any]:
         ti = context["ti"]
-        verified = ti.xcom_pull(task_ids=self.verify_task_id)
-        ran = ti.xcom_pull(task_ids=self.run_task_id)
+        verified = ti.xcom_pull(task_ids=TASKS.verify)
+        ran = ti.xcom_pull(task_ids=TASKS.run)
         if not verified or not ran:
             raise AirflowFailException("the verify or run task left no summary")
         config = _config(self.config_path)
@@ -355,12 +365,8 @@ class CheckOutputOperator(_HopOperator):
 class ReleasePolicyGate(BaseOperator):
     """Skips the person's release step unless the policy or a disclosure check asks for it."""
 
-    def __init__(self, *, check_task_id: str = "check_output", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.check_task_id = check_task_id
-
     def execute(self, context: Any) -> bool:
-        checked = context["ti"].xcom_pull(task_ids=self.check_task_id) or {}
+        checked = context["ti"].xcom_pull(task_ids=TASKS.check) or {}
         if not checked.get("release_needed"):
             raise AirflowSkipException("the output passed every check: released automatically")
         return True
@@ -405,32 +411,15 @@ class SealResultOperator(_HopOperator):
     Idempotent (a result an earlier attempt pushed is found, not pushed again), so Airflow's
     retries with backoff ride out a registry outage without running the train again."""
 
-    def __init__(
-        self,
-        *,
-        verify_task_id: str = "verify",
-        approve_task_id: str = "approve",
-        run_task_id: str = "run",
-        check_task_id: str = "check_output",
-        release_task_id: str = "release",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.verify_task_id = verify_task_id
-        self.approve_task_id = approve_task_id
-        self.run_task_id = run_task_id
-        self.check_task_id = check_task_id
-        self.release_task_id = release_task_id
-
     def execute(self, context: Any) -> dict[str, Any]:
         ti = context["ti"]
-        verified = ti.xcom_pull(task_ids=self.verify_task_id)
-        ran = ti.xcom_pull(task_ids=self.run_task_id)
-        checked = ti.xcom_pull(task_ids=self.check_task_id)
+        verified = ti.xcom_pull(task_ids=TASKS.verify)
+        ran = ti.xcom_pull(task_ids=TASKS.run)
+        checked = ti.xcom_pull(task_ids=TASKS.check)
         if not verified or not ran:
             raise AirflowFailException("the verify or run task left no summary")
-        approved_by = _user_name(_answer(ti, self.approve_task_id))
-        released, released_by, _ = _decision(_answer(ti, self.release_task_id))
+        approved_by = _user_name(_answer(ti, TASKS.approve))
+        released, released_by, _ = _decision(_answer(ti, TASKS.release))
         config = _config(self.config_path)
         return self._guarded(
             context,
@@ -465,40 +454,19 @@ class RecordHopOperator(_HopOperator):
     the resting output, and tells the central service of a final outcome that is not a
     success (a failure that is the train's, a rejection, a withheld output)."""
 
-    def __init__(
-        self,
-        *,
-        verify_task_id: str = "verify",
-        approve_task_id: str = "approve",
-        run_task_id: str = "run",
-        check_task_id: str = "check_output",
-        release_task_id: str = "release",
-        seal_task_id: str = "seal",
-        preflight_task_id: str = "preflight",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.preflight_task_id = preflight_task_id
-        self.verify_task_id = verify_task_id
-        self.approve_task_id = approve_task_id
-        self.run_task_id = run_task_id
-        self.check_task_id = check_task_id
-        self.release_task_id = release_task_id
-        self.seal_task_id = seal_task_id
-
     def execute(self, context: Any) -> dict[str, Any]:
         ti = context["ti"]
-        steps = [self.verify_task_id, self.run_task_id, self.check_task_id, self.seal_task_id]
-        failure = ti.xcom_pull(task_ids=self.preflight_task_id, key=FAILURE_KEY)
-        verified = ti.xcom_pull(task_ids=self.verify_task_id)
-        ran = ti.xcom_pull(task_ids=self.run_task_id)
-        checked = ti.xcom_pull(task_ids=self.check_task_id)
-        sealed = ti.xcom_pull(task_ids=self.seal_task_id)
+        steps = [TASKS.verify, TASKS.run, TASKS.check, TASKS.seal]
+        failure = ti.xcom_pull(task_ids=TASKS.preflight, key=FAILURE_KEY)
+        verified = ti.xcom_pull(task_ids=TASKS.verify)
+        ran = ti.xcom_pull(task_ids=TASKS.run)
+        checked = ti.xcom_pull(task_ids=TASKS.check)
+        sealed = ti.xcom_pull(task_ids=TASKS.seal)
         for task_id in steps:
             failure = failure or ti.xcom_pull(task_ids=task_id, key=FAILURE_KEY)
-        approval = _answer(ti, self.approve_task_id)
+        approval = _answer(ti, TASKS.approve)
         approved, approver, approve_reason = _decision(approval)
-        released, releaser, release_reason = _decision(_answer(ti, self.release_task_id))
+        released, releaser, release_reason = _decision(_answer(ti, TASKS.release))
         decision = None
         if approved is False:
             decision = {"outcome": "rejected", "by": approver, "reason": approve_reason}

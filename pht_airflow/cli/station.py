@@ -23,6 +23,17 @@ def _lookups() -> Lookups:
     return AIRFLOW_LOOKUPS
 
 
+#: ``--config``: every ``pht station`` command reads the station's config.
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="PHT_STATION_CONFIG",
+    required=True,
+    help="The station config (default: $PHT_STATION_CONFIG).",
+)
+
+
 @click.group()
 def station() -> None:
     """Run a station's hop by hand (for operators debugging a train without the scheduler);
@@ -31,14 +42,7 @@ def station() -> None:
 
 @station.command("run")
 @click.argument("ref")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar="PHT_STATION_CONFIG",
-    required=True,
-    help="The station config (default: $PHT_STATION_CONFIG).",
-)
+@_config_option
 @click.option("--rerun", is_flag=True, help="Run a train this station already completed.")
 @click.option(
     "--approved-by",
@@ -101,14 +105,7 @@ def station_run(
 
 
 @station.command("publish-schema")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar="PHT_STATION_CONFIG",
-    required=True,
-    help="The station config (default: $PHT_STATION_CONFIG).",
-)
+@_config_option
 @click.option("--show", is_flag=True, help="Print the signed document instead of sending it.")
 def station_publish_schema(config_path: Path, show: bool) -> None:
     """Publish the shape of the data sets marked publish_schema: true (column names and
@@ -133,14 +130,7 @@ def station_publish_schema(config_path: Path, show: bool) -> None:
 
 
 @station.command("check")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar="PHT_STATION_CONFIG",
-    required=True,
-    help="The station config (default: $PHT_STATION_CONFIG).",
-)
+@_config_option
 @click.option("--no-cache", is_flag=True, help="Run every check, even those that passed recently.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def station_check(config_path: Path, no_cache: bool, as_json: bool) -> None:
