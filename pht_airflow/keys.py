@@ -332,6 +332,10 @@ def _parse_age_secret(text: str, source: str) -> AgeIdentity:
         raise KeyFileError(f"{source}: the age identity is truncated or corrupt") from None
 
 
+#: How often a passphrase-protected identity is tried when age answers "excessive work".
+_EXCESSIVE_WORK_ATTEMPTS = 5
+
+
 def load_age_identity(path: Path | str, passphrase: bytes | None) -> AgeIdentity:
     """Load ``NAME.age``: a passphrase-protected (or plain) age X25519 identity file."""
     return age_identity_from_bytes(_read(path), passphrase, str(path))
@@ -353,15 +357,32 @@ def age_identity_from_bytes(data: bytes, passphrase: bytes | None, source: str) 
     if _pem_label(data) == _AGE_ARMORED_LABEL:
         raise KeyFileError(f"{path}: armored age identity files are not supported; use binary")
     try:
-        plain = pyrage.passphrase.decrypt(data, passphrase.decode("utf-8"))
+        text = passphrase.decode("utf-8")
     except UnicodeDecodeError:
         raise PassphraseError(f"{path}: the passphrase is not valid UTF-8") from None
-    except Exception as exc:  # noqa: BLE001 - pyrage.DecryptError and friends
-        # age says "Decryption failed" when the passphrase does not open the header; a cut
-        # or altered file gives other messages ("Incomplete header", "decryption error").
-        if "decryption failed" in str(exc).lower():
-            raise PassphraseError(f"{path}: wrong passphrase for this age identity") from None
-        raise KeyFileError(f"{path}: the age identity file is truncated or corrupt") from None
+    for _attempt in range(_EXCESSIVE_WORK_ATTEMPTS):
+        try:
+            plain = pyrage.passphrase.decrypt(data, text)
+            break
+        except Exception as exc:  # noqa: BLE001 - pyrage.DecryptError and friends
+            # age says "Decryption failed" when the passphrase does not open the header; a
+            # cut or altered file gives other messages ("Incomplete header", "decryption
+            # error"). "Excessive work" is age refusing a scrypt work factor more than 16x
+            # what it measures this machine does in a second: a measurement a loaded machine
+            # can get wrong, so it is measured again before giving up.
+            said = str(exc).lower()
+            if "decryption failed" in said:
+                raise PassphraseError(f"{path}: wrong passphrase for this age identity") from None
+            if "excessive work" not in said:
+                raise KeyFileError(
+                    f"{path}: the age identity file is truncated or corrupt"
+                ) from None
+    else:
+        raise KeyFileError(
+            f"{path}: age refuses the identity file's passphrase work factor as more than this "
+            "machine can do now (age: excessive work); re-encrypt the identity on this machine "
+            "(pht keys generate) or retry when it is less loaded"
+        )
     return _parse_age_secret(plain.decode("ascii", "replace"), str(path))
 
 

@@ -624,3 +624,27 @@ def test_age_keygen_files_load(tmp_path: Path) -> None:
     commented = tmp_path / "commented.age.pub"
     commented.write_text(f"# station-a\n{loaded.recipient}\n")
     assert load_recipient(commented) == loaded.recipient
+
+
+def test_an_age_identity_age_refuses_as_excessive_work_says_so(tmp_path: Path) -> None:
+    """age refuses a scrypt work factor far above what it measures this machine does in a
+    second ("excessive work"); on a loaded machine that measurement can be wrong, so the
+    identity is tried again, and a factor no measurement allows gets its own message (not
+    "truncated or corrupt")."""
+    import re
+
+    import pyrage
+
+    from pht_airflow.errors import KeyFileError
+    from pht_airflow.keys import age_identity_from_bytes, generate_age_identity
+
+    identity = generate_age_identity()
+    secret = str(identity.identity).encode()
+    data = pyrage.passphrase.encrypt(secret, "pw")
+    assert age_identity_from_bytes(data, b"pw", "x.age").recipient == identity.recipient
+    heavy = re.sub(rb"(-> scrypt \S+) \d+\n", rb"\1 60\n", data, count=1)
+    assert heavy != data
+    with pytest.raises(KeyFileError) as caught:
+        age_identity_from_bytes(heavy, b"pw", "x.age")
+    assert "excessive work" in str(caught.value)
+    assert "truncated or corrupt" not in str(caught.value)
