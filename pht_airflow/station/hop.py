@@ -799,7 +799,8 @@ def report_failure(
     except PhtError as exc:
         _say(logger, f"could not report the failed hop to the central service: {exc}")
         return False
-    _say(logger, f"reported the {record.get('outcome')} hop to the central service")
+    said = {"failure": "failed"}.get(str(record.get("outcome")), record.get("outcome"))
+    _say(logger, f"reported the {said} hop to the central service at {config.central_url}")
     return True
 
 
