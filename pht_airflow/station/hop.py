@@ -328,8 +328,10 @@ def run_step(
                 f"the Docker engine could not pull {image}: {exc.explanation}"
             ) from None
         input_dir = work / "input"
+        own: str | None = None  # the station's recipient, once its identity is open
         if verified.previous is not None:
             identity = config.load_age_identity()
+            own = identity.recipient
             _say(logger, f"decrypting the result of hop {verified.previous.hop}")
             with registry_client(config) as client:
                 open_result(client, verified.previous, identity, input_dir)
@@ -387,6 +389,7 @@ def run_step(
                 "data": data,
                 "dataset_rows": view.rows,
             },
+            recipient=own,  # the identity is opened once per run (scrypt is slow)
         )
     finally:
         _wipe(work)

@@ -73,14 +73,20 @@ def _write_new(path: Path, data: bytes) -> None:
 
 
 def store_output(
-    config: StationConfig, key: str, output_dir: Path, facts: dict[str, Any]
+    config: StationConfig,
+    key: str,
+    output_dir: Path,
+    facts: dict[str, Any],
+    *,
+    recipient: str | None = None,
 ) -> dict[str, Any]:
     """Encrypt ``output_dir`` to the station's own recipient and keep it under ``key``.
 
-    Returns ``facts`` with ``plaintext_bytes``, ``files`` and the ciphertext's digest added
-    (the JSON-safe summary the ``run`` task passes on; no content)."""
+    ``recipient`` is the station's own (from an identity the caller already opened; else the
+    identity is opened here). Returns ``facts`` with ``plaintext_bytes``, ``files`` and the
+    ciphertext's digest added (the JSON-safe summary the ``run`` task passes on; no content)."""
     cipher_path, facts_path = _paths(config, key)
-    recipient = config.load_age_identity().recipient
+    recipient = recipient or config.load_age_identity().recipient
     entries = plan_tar(output_dir)
     tmp = cipher_path.with_name(f".{cipher_path.name}.{os.getpid()}.tmp")
     digest = hashlib.sha256()
