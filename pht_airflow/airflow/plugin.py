@@ -34,6 +34,7 @@ from ..station.inbox import run_id_for as run_id_for  # the run id, for callers 
 from ..text import safe_text
 from ..web.webhook_app import create_app
 from ..webhooks import PushEvent
+from . import runnotes
 from .dashboard import DASHBOARD_VIEW, dashboard_app
 from .lookups import AIRFLOW_LOOKUPS
 from .names import RUN_TRAIN, dag_id_for
@@ -166,8 +167,11 @@ def receiver_apps() -> list[dict[str, Any]]:
 
 class PhtStationPlugin(AirflowPlugin):
     """Registers the webhook receiver(s) and the station dashboard (``/pht-dashboard``, with
-    a "PHT station" entry in Airflow's navigation) with the Airflow API server."""
+    a "PHT station" entry in Airflow's navigation) with the Airflow API server, and the
+    listener that writes each hop run's note (:mod:`.runnotes`: the train's name and how the
+    hop ended) in the scheduler."""
 
     name = "pht_station"
     fastapi_apps = [*receiver_apps(), dashboard_app()]
     external_views = [DASHBOARD_VIEW]
+    listeners = [runnotes]
