@@ -168,6 +168,9 @@ class Variant:
                 "signing_passphrase": {"file": "passphrase"},
                 "age_identity": {"file": f"keys/{STATION}.age"},
                 **({} if self.plain_age else {"age_passphrase": {"file": "passphrase"}}),
+                # The station's own recipient (new after the split): run encrypts the
+                # resting output to it without opening the identity.
+                **({"age_recipient": f"keys/{STATION}.age.pub"} if self.name == "after" else {}),
             },
             "registry": {"host": self.registry_host, "project": PROJECT},
             "trust": {

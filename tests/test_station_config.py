@@ -50,6 +50,7 @@ def test_example_config_is_complete_and_valid(tmp_path: Path, parties: Any) -> N
     (keys / "station-a.pub").write_text(parties["station-a"].public.pem)
     (keys / "station-a.key").write_bytes(parties["station-a"].key.private_pem(b"pw"))
     (keys / "station-a.age").write_text(parties["station-a"].age.secret_text())
+    (keys / "station-a.age.pub").write_text(parties["station-a"].age.recipient + "\n")
     (keys / "alice.pub").write_text(parties["alice"].public.pem)
     (keys / "reviewer.pub").write_text(parties["reviewer"].public.pem)
     (tmp_path / "cohort").mkdir()
@@ -63,6 +64,8 @@ def test_example_config_is_complete_and_valid(tmp_path: Path, parties: Any) -> N
     assert config.policy.require_approval is True
     assert config.limits.pids == 256
     assert config.central_url == "https://pht-central.example.org"
+    assert config.age_recipient == parties["station-a"].age.recipient
+    assert config.own_recipient() == parties["station-a"].age.recipient
 
 
 def _rewrite(station: Any, change: Any) -> Path:
@@ -110,6 +113,50 @@ def test_missing_config_and_bad_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyP
     bad.write_text("station:\n  id: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:\d+: not valid YAML"):
         load_config(bad)
+
+
+def test_age_recipient_as_text_or_file_gives_the_recipient_without_the_identity(
+    station: Any, parties: Any
+) -> None:
+    """keys.age_recipient: the hop encrypts to it without opening the identity; opening the
+    identity checks that both belong together."""
+    own = parties["station-a"].age.recipient
+    _rewrite(station, lambda d: d["keys"].update(age_recipient=own))
+    config = station.config()
+    assert config.age_recipient == own
+    (station.root / "keys" / "station.age").write_text("not an identity any more\n")
+    assert config.own_recipient() == own  # the identity is not read
+    pub = station.root / "keys" / "station.age.pub"
+    pub.write_text(f"# station-a\n{own}\n")
+    _rewrite(station, lambda d: d["keys"].update(age_recipient="keys/station.age.pub"))
+    assert station.config().age_recipient == own
+
+
+def test_age_recipient_of_another_identity_is_refused_when_the_identity_opens(
+    station: Any, parties: Any
+) -> None:
+    other = parties["station-b"].age.recipient
+    _rewrite(station, lambda d: d["keys"].update(age_recipient=other))
+    config = station.config()
+    with pytest.raises(KeyFileError, match="does not belong to keys.age_recipient"):
+        config.load_age_identity()
+
+
+def test_bad_age_recipient_is_a_config_problem_that_never_echoes_a_secret(
+    station: Any, parties: Any
+) -> None:
+    secret = parties["station-a"].age.secret_text().strip()
+    _rewrite(station, lambda d: d["keys"].update(age_recipient=secret))
+    with pytest.raises(ConfigError, match="keys.age_recipient") as err:
+        station.config()
+    assert "age secret key, not a recipient" in str(err.value)
+    assert secret[15:] not in str(err.value)
+    _rewrite(station, lambda d: d["keys"].update(age_recipient="keys/missing.age.pub"))
+    with pytest.raises(ConfigError, match="keys.age_recipient"):
+        station.config()
+    _rewrite(station, lambda d: d["keys"].update(age_recipient="keys/station.pub"))
+    with pytest.raises(ConfigError, match="keys.age_recipient"):
+        station.config()
 
 
 def test_wrong_passphrase_names_the_reference_not_the_secret(station: Any) -> None:

@@ -300,3 +300,75 @@ def test_failure_summary_redacts_whole_age_keys_and_shows_controls_escaped() -> 
     assert "SECRET" not in message.upper().replace("[REDACTED]", "")
     assert secret[len("AGE-SECRET-KEY-1") :] not in message
     assert message == "cannot open [redacted] in /tmp/x\\x1b[2J\nsecond line\\u202e"
+
+
+def _set_keys(station: Any, **keys: Any) -> None:
+    import yaml
+
+    data = yaml.safe_load(station.config_path.read_text())
+    data["keys"].update(keys)
+    station.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_after_run_no_task_opens_the_station_identity(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, tmp_path: Path
+) -> None:
+    """run checks the output while it has the plaintext and encrypts the result's layer for
+    the hop's recipients then; check_output and seal decrypt nothing (with a passphrase,
+    each opening of the identity is a scrypt run). Shown by breaking the identity file after
+    run: the hop still checks, seals and delivers a result station-b opens."""
+    a = stations["station-a"]
+    _set_keys(a, age_recipient=parties["station-a"].age.recipient)
+    ref, spec = signed_train(docker_client, client, registry, parties, "station-a",
+                             ["station-a", "station-b"])  # fmt: skip
+    config = a.config()
+    verified = hop.verify_step(config, str(ref))
+    key = hop.rest.run_key(spec.id, 0, "manual__test")
+    ran = hop.run_step(config, verified, run_key=key, docker_client=docker_client)
+    try:
+        assert "disclosure" not in ran  # the verdicts stay in the facts file, not the XCom
+        payload = hop.rest.stored_payload(config, key)
+        assert payload is not None
+        assert payload.recipients == (parties["station-b"].age.recipient,)
+        assert payload.path.stat().st_mode & 0o777 == 0o600
+        identity_file = a.root / "keys" / "station.age"
+        identity_file.write_text("broken on purpose: nothing after run may open it\n")
+        lines: list[str] = []
+        checked = hop.check_step(config, verified, ran, logger=lines.append)
+        assert checked["verdict"] == "pass" and checked["release_needed"] is False
+        assert not any("checking again" in line for line in lines)
+        sealed = hop.seal_step(config, verified, ran, checked)
+    finally:
+        hop.end_step(config, ran)
+    layer = client.get_manifest(ref.repository, "result-0").layers[0]
+    assert layer.digest == f"sha256:{payload.sha256}"  # the layer run made, pushed as is
+    assert sealed["recipients"] == [parties["station-b"].age.recipient]
+    assert list((a.root / "work").iterdir()) == []  # payload and station copy removed
+
+
+def test_a_changed_disclosure_policy_is_checked_again_on_the_station_copy(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any
+) -> None:
+    """Verdicts made by run under one policy are not trusted under another: check_output
+    decrypts the station's copy and checks it under the policy in force."""
+    import yaml
+
+    a = stations["station-a"]
+    ref, spec = signed_train(docker_client, client, registry, parties, "station-a",
+                             ["station-a", "station-b"])  # fmt: skip
+    config = a.config()
+    verified = hop.verify_step(config, str(ref))
+    ran = hop.run_step(config, verified, run_key=hop.rest.run_key(spec.id, 0, "m"),
+                       docker_client=docker_client)  # fmt: skip
+    try:
+        data = yaml.safe_load(a.config_path.read_text())
+        data.setdefault("policy", {})["require_release_approval"] = True
+        data["policy"]["min_cell_count"] = 1000  # every count the train wrote is now small
+        a.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        lines: list[str] = []
+        checked = hop.check_step(a.config(), verified, ran, logger=lines.append)
+        assert any("the disclosure policy changed since the train ran" in ln for ln in lines)
+        assert checked["min_cell_count"] == 1000
+        assert checked["release_needed"] is True
+    finally:
+        hop.end_step(config, ran)

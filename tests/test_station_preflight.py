@@ -281,6 +281,18 @@ def test_a_signing_key_of_another_pair_fails_preflight(
     assert "what to do: give keys.public_key and keys.signing_key from the same key pair" in message
 
 
+def test_an_age_recipient_of_another_identity_fails_preflight(
+    tmp_path: Path, parties: Any, registry: Any, docker_client: Any
+) -> None:
+    other = parties["station-b"].age.recipient
+    station = _station(tmp_path, parties, registry.host, keys={"age_recipient": other})
+    error = _fails(station, docker_client)
+    assert _failed_checks(error) == ["keys"]
+    message = str(error)
+    assert f"not of keys.age_recipient ({other})" in message
+    assert "what to do: give the identity's own recipient (its NAME.age.pub)" in message
+
+
 def test_passphrase_protected_age_identity_with_a_wrong_passphrase(
     tmp_path: Path, parties: Any, registry: Any, docker_client: Any
 ) -> None:

@@ -456,6 +456,7 @@ class Demo:
                     "signing_key": {"file": str(rel / "keys" / f"{station}.key")},
                     "signing_passphrase": {"file": str(rel / "secrets" / "passphrase")},
                     "age_identity": {"file": str(rel / "keys" / f"{station}.age")},
+                    "age_recipient": str(rel / "keys" / f"{station}.age.pub"),
                     "age_passphrase": {"file": str(rel / "secrets" / "passphrase")},
                 },
                 "registry": {"host": registry_host, "project": f"station-{station}"},

@@ -42,7 +42,15 @@ from .archive import (
     tar_bytes,
     tar_size,
 )
-from .artifact import SealedResult, fetch_results, open_result, push_result, seal
+from .artifact import (
+    EncryptedPayload,
+    SealedResult,
+    encrypt_output,
+    fetch_results,
+    open_result,
+    push_result,
+    seal,
+)
 from .chain import (
     AcceptedResult,
     HopStatus,
@@ -63,6 +71,7 @@ __all__ = [
     "ArchiveMember",
     "ArchiveReader",
     "ChunkReader",
+    "EncryptedPayload",
     "ExtractStats",
     "HopStatus",
     "Progress",
@@ -75,6 +84,7 @@ __all__ = [
     "check_result",
     "decrypt_file",
     "decrypt_stream",
+    "encrypt_output",
     "encrypt_stream",
     "fetch_results",
     "find_results",

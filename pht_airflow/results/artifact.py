@@ -11,6 +11,7 @@ addressed to the caller.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -49,7 +50,15 @@ from .archive import (
 from .chain import AcceptedResult, plaintext_length, verify_chain
 from .crypt import ChunkReader, decrypt_file, encrypt_stream
 
-__all__ = ["SealedResult", "fetch_results", "open_result", "push_result", "seal"]
+__all__ = [
+    "EncryptedPayload",
+    "SealedResult",
+    "encrypt_output",
+    "fetch_results",
+    "open_result",
+    "push_result",
+    "seal",
+]
 
 
 # --- sealing ----------------------------------------------------------------------------
@@ -69,6 +78,34 @@ class SealedResult:
         return list(self.config["recipients"])
 
 
+@dataclass(frozen=True)
+class EncryptedPayload:
+    """A result's layer made ahead of sealing: the output's archive encrypted to ``recipients``
+    (see :func:`encrypt_output`), kept in ``path`` until :func:`seal` pushes it."""
+
+    path: Path
+    sha256: str
+    size: int
+    plaintext_bytes: int
+    recipients: tuple[str, ...]
+
+
+def encrypt_output(
+    output_dir: Path, recipients: Sequence[str], sink: IO[bytes]
+) -> tuple[str, int, int]:
+    """Write the archive of ``output_dir`` encrypted to ``recipients`` into ``sink`` (the
+    bytes :func:`seal` would push); return its sha256 (hex), its size and the archive's size.
+    The archive is planned (and refused if unsafe) before a byte is written."""
+    entries = plan_tar(output_dir)
+    digest = hashlib.sha256()
+    size = 0
+    for chunk in encrypt_stream(TarStream(entries), list(recipients)):
+        digest.update(chunk)
+        size += len(chunk)
+        sink.write(chunk)
+    return digest.hexdigest(), size, tar_size(entries)
+
+
 def _now() -> str:
     return datetime.now(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -84,7 +121,7 @@ def seal(
     spec: TrainSpec,
     *,
     hop: int,
-    output_dir: Path,
+    output_dir: Path | None = None,
     key: SigningKey,
     previous: str | None,
     recipients: Sequence[str] | None = None,
@@ -92,9 +129,10 @@ def seal(
     created: str | None = None,
     predicate: Mapping[str, Any] | None = None,
     journal: Path | None = None,
+    payload: EncryptedPayload | None = None,
 ) -> SealedResult:
-    """Seal ``output_dir`` as the result of ``hop`` and push it beside the train, signed
-    and attested.
+    """Seal ``output_dir`` (or push ``payload``, its archive already encrypted to the hop's
+    recipients) as the result of ``hop``, beside the train, signed and attested.
 
     ``train`` must be pinned to the train's digest and name the repository the result goes
     to (the train's repository in this station's project). ``recipients`` defaults to the
@@ -121,10 +159,29 @@ def seal(
         raise PhtError(f"hop {hop} is not on the route (0..{len(spec.route) - 1})")
     station = spec.route[hop].station
     recipients = list(recipients if recipients is not None else spec.recipients_for_hop(hop))
-    entries = plan_tar(output_dir)
-    plaintext_bytes = tar_size(entries)
-    ciphertext = encrypt_stream(TarStream(entries, progress=progress), recipients)
-    layer = client.upload_blob(train.repository, ciphertext, media_type=RESULT_MEDIA_TYPE)
+    if payload is not None:
+        if list(payload.recipients) != recipients:
+            raise PhtError(
+                "the encrypted output was made for other recipients than this hop's; "
+                "run the hop again"
+            )
+        plaintext_bytes = payload.plaintext_bytes
+        with open(payload.path, "rb") as fh:
+            # The digest made when the output was encrypted: bytes changed on disk since
+            # then cancel the upload.
+            layer = client.upload_blob(
+                train.repository,
+                fh,
+                media_type=RESULT_MEDIA_TYPE,
+                expected_digest=f"sha256:{payload.sha256}",
+            )
+    elif output_dir is not None:
+        entries = plan_tar(output_dir)
+        plaintext_bytes = tar_size(entries)
+        ciphertext = encrypt_stream(TarStream(entries, progress=progress), recipients)
+        layer = client.upload_blob(train.repository, ciphertext, media_type=RESULT_MEDIA_TYPE)
+    else:
+        raise PhtError("seal needs the output folder or its encrypted payload")
     config = {
         "train": {"id": spec.id, "digest": train.digest},
         "hop": hop,

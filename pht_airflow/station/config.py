@@ -27,8 +27,10 @@ from ..keys import (
     PublicKey,
     SigningKey,
     age_identity_from_bytes,
+    load_recipient,
     public_key_from_pem,
     signing_key_from_pem,
+    validate_recipient,
 )
 from ..oci.reference import check_registry, check_repository
 from ..protocol import STATION_ID
@@ -182,6 +184,10 @@ class StationConfig:
     #: ``poll`` (the station asks the registry every ``poll_interval``), or ``both``.
     intake: str = "webhook"
     poll_interval: timedelta = DEFAULT_POLL_INTERVAL
+    #: The station's own age recipient (``keys.age_recipient``), if configured: the hop then
+    #: encrypts its resting output to the station without opening the identity (whose
+    #: passphrase costs a scrypt run); opening the identity checks the two belong together.
+    age_recipient: str | None = None
 
     def load_signing_key(self) -> SigningKey:
         """The station's private signing key (read now; never cached on disk or logged)."""
@@ -201,13 +207,24 @@ class StationConfig:
         return key
 
     def load_age_identity(self) -> AgeIdentity:
-        """The station's age identity (read now)."""
+        """The station's age identity (read now); it must be ``keys.age_recipient``'s."""
         passphrase = self.age_passphrase.read_text().encode() if self.age_passphrase else None
-        return age_identity_from_bytes(
+        identity = age_identity_from_bytes(
             self.age_identity.read_bytes(),
             passphrase,
             f"station age identity ({self.age_identity.describe()})",
         )
+        if self.age_recipient is not None and identity.recipient != self.age_recipient:
+            raise KeyFileError(
+                f"the station age identity ({self.age_identity.describe()}) does not belong to "
+                f"keys.age_recipient ({self.age_recipient}); give the identity's own recipient "
+                "(its NAME.age.pub) as keys.age_recipient"
+            )
+        return identity
+
+    def own_recipient(self) -> str:
+        """The station's own age recipient: ``keys.age_recipient``, else the identity's."""
+        return self.age_recipient or self.load_age_identity().recipient
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -260,6 +277,7 @@ _SCHEMA: dict[str, Any] = {
         "signing_passphrase": None,
         "age_identity": None,
         "age_passphrase": None,
+        "age_recipient": None,
     },
     "registry": {
         "host": None,
@@ -339,6 +357,24 @@ def _harbor_url(value: Any, problem: Any) -> str | None:
         problem(("registry", "harbor_url"), "must be a URL like https://harbor.example.org")
         return None
     return value.rstrip("/")
+
+
+def _age_recipient(value: Any, resolve_path: Any, problem: Any) -> str | None:
+    """``keys.age_recipient``: an ``age1…`` recipient, or the path of a ``NAME.age.pub``."""
+    if value is None:
+        return None
+    where = ("keys", "age_recipient")
+    if not isinstance(value, str) or not value.strip():
+        problem(where, "must be an age recipient (age1…) or the path of NAME.age.pub")
+        return None
+    try:
+        if value.strip().upper().startswith(("AGE1", "AGE-SECRET-KEY-")):
+            return validate_recipient(value, "keys.age_recipient")
+        resolved = resolve_path(value, where)
+        return load_recipient(resolved) if resolved is not None else None
+    except KeyFileError as exc:
+        problem(where, str(exc))
+        return None
 
 
 def _intake(data: Mapping[str, Any], problem: Any) -> tuple[str, timedelta]:
@@ -535,6 +571,7 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
     signing_pass = secret(keys.get("signing_passphrase"), ("keys", "signing_passphrase"), False)
     age = secret(keys.get("age_identity"), ("keys", "age_identity"))
     age_pass = secret(keys.get("age_passphrase"), ("keys", "age_passphrase"), False)
+    age_recipient = _age_recipient(keys.get("age_recipient"), resolve_path, problem)
 
     reg = section("registry")
     host = reg.get("host")
@@ -705,6 +742,7 @@ def load_config(path: Path | str | None = None, lookups: Lookups = NO_LOOKUPS) -
         signing_passphrase=signing_pass,
         age_identity=age,
         age_passphrase=age_pass,
+        age_recipient=age_recipient,
         public_key=own_key,
         registry=registry,
         trust=TrustStore(tuple(creators), tuple(approvers), int(required), key_names),

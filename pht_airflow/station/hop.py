@@ -6,10 +6,13 @@ The same functions back the Airflow tasks (``pht_airflow.airflow.operators``) an
 returns a JSON-safe summary (no secrets, no data) that the next step takes as input, so an
 Airflow XCom never carries anything sensitive.
 
-``run_step`` decrypts the input, runs the sandbox and leaves the output encrypted to the
-station's own age recipient in its work folder (:mod:`.rest`); ``check_step`` runs the
-disclosure checks on it (:mod:`.disclosure`); ``seal_step`` seals it for the hop's recipients,
-pushes, signs and attests. Plaintext exists only inside one step's private, wiped folder.
+``run_step`` decrypts the input, runs the sandbox, checks the output against the station's
+disclosure control (:mod:`.disclosure`) while it has the plaintext, and leaves it only
+encrypted in its work folder (:mod:`.rest`): to the station's own age recipient, and (unless
+blocked) to the hop's recipients as the result's layer. ``check_step`` applies the verdicts;
+``seal_step`` pushes that layer, signs and attests. Neither decrypts anything (unless the
+disclosure policy changed since the run), so the station's age identity is opened at most once
+per hop. Plaintext exists only inside one step's private, wiped folder.
 Every step is idempotent: a valid result of this hop already in the registry is returned
 instead of running or pushing again, and an output already resting is not made again, so a
 retried push never re-runs the train.
@@ -18,6 +21,7 @@ retried push never re-runs the train.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -25,7 +29,7 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..central_client import CentralClient
 from ..errors import (
@@ -54,6 +58,9 @@ from .sandbox import run_train
 from .sweep import HOP_PREFIX, open_work, sweep
 from .sweep import wipe_folder as _wipe
 from .verify import Trust, VerifiedTrain, check_statement, verify_train
+
+if TYPE_CHECKING:
+    from .disclosure import DisclosureReport
 
 log = logging.getLogger(__name__)
 
@@ -375,6 +382,9 @@ def run_step(
                 error.pht_data = data  # type: ignore[attr-defined]
                 raise error
         _say(logger, f"train exited 0 after {outcome.duration_seconds:.1f} s")
+        finished = _now()
+        # Checked now, while the plaintext is here: no later task has to decrypt it again.
+        report = _check_folder(config, verified.spec.dataset, output_dir, view.rows)
         facts = rest.store_output(
             config,
             run_key,
@@ -385,18 +395,64 @@ def run_step(
                 "exit_code": outcome.exit_code,
                 "container_seconds": round(outcome.duration_seconds, 3),
                 "started": started,
-                "finished": _now(),
+                "finished": finished,
                 "data": data,
                 "dataset_rows": view.rows,
+                "disclosure": report.summary(),
+                "disclosure_inputs": _disclosure_inputs(config, verified.spec.dataset),
+                "block_message": report.block_message(),
             },
-            recipient=own,  # the identity is opened once per run (scrypt is slow)
+            # The identity is opened at most once per run (a passphrase costs a scrypt run).
+            recipient=own,
+            # The result's layer, made now (seal then decrypts nothing); none for a blocked
+            # output, which is never sealed.
+            payload_recipients=(
+                None
+                if report.verdict == "block"
+                else list(verified.spec.recipients_for_hop(verified.hop))
+            ),
         )
     finally:
         _wipe(work)
         os.close(lock)
         _drop_image(engine, image, logger)
-    _say(logger, f"the output ({facts['files']} file(s)) rests encrypted to this station")
-    return {**facts, "reused": False}
+    _say(logger, f"the output ({facts['files']} file(s)) rests encrypted (never in plaintext)")
+    return {**_run_summary(facts), "reused": False}
+
+
+#: Facts of a resting output that stay in its facts file (the ``run`` task's XCom is short).
+_FACTS_ONLY = ("disclosure", "disclosure_inputs", "block_message", "payload")
+
+
+def _run_summary(facts: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in facts.items() if k not in _FACTS_ONLY}
+
+
+def _disclosure_inputs(config: StationConfig, dataset_name: str) -> Any:
+    """What a disclosure verdict depends on besides the output (JSON-normalised, to compare
+    the policy a verdict was made under with the station's policy now)."""
+    dataset = config.datasets.get(dataset_name)
+    inputs = {
+        "policy": config.policy.disclosure.record(),
+        "min_cell_count": config.policy.min_cell_count,
+        "identifier_columns": list(dataset.identifier_columns) if dataset is not None else [],
+    }
+    return json.loads(json.dumps(inputs, sort_keys=True, default=str))
+
+
+def _check_folder(
+    config: StationConfig, dataset_name: str, folder: Path, dataset_rows: Any
+) -> DisclosureReport:
+    from .disclosure import check_output
+
+    dataset = config.datasets.get(dataset_name)
+    return check_output(
+        folder,
+        config.policy.disclosure,
+        min_cell_count=config.policy.min_cell_count,
+        dataset_rows=_dataset_rows(dataset_rows),
+        identifier_columns=dataset.identifier_columns if dataset is not None else (),
+    )
 
 
 def _dataset_rows(rows: Any) -> int | None:
@@ -413,36 +469,39 @@ def check_step(
     """The ``check_output`` task: the station's disclosure checks on the resting output.
 
     Returns the verdicts (no content: positions and thresholds only) and whether a person
-    must release the output. A ``block`` verdict fails the hop with its reasons."""
-    from .disclosure import check_output
-
+    must release the output. A ``block`` verdict fails the hop with its reasons. The verdicts
+    are those the ``run`` task found while it had the plaintext (kept with the resting
+    output); only when the station's disclosure policy changed since is the output decrypted
+    and checked again."""
     if run_summary.get("result_digest"):
         return {"verdict": "pass", "files": [], "release_needed": False, "reused": True}
-    dataset = config.datasets.get(str(verified_summary.get("dataset")))
-    identifiers = dataset.identifier_columns if dataset is not None else ()
+    dataset_name = str(verified_summary.get("dataset"))
     key = str(run_summary["rest_key"])
-    with rest.opened_output(config, key, str(verified_summary["train_id"])) as folder:
-        report = check_output(
-            folder,
-            config.policy.disclosure,
-            min_cell_count=config.policy.min_cell_count,
-            dataset_rows=_dataset_rows(run_summary.get("dataset_rows")),
-            identifier_columns=identifiers,
-        )
-    summary = dict(report.summary())
+    facts = rest.load_facts(config, key) or {}
+    stored = facts.get("disclosure")
+    if isinstance(stored, dict) and facts.get("disclosure_inputs") == _disclosure_inputs(
+        config, dataset_name
+    ):
+        summary = dict(stored)
+        verdict = str(summary.get("verdict"))
+        block_message = str(facts.get("block_message") or "")
+    else:
+        _say(logger, "the disclosure policy changed since the train ran: checking again")
+        with rest.opened_output(config, key, str(verified_summary["train_id"])) as folder:
+            report = _check_folder(config, dataset_name, folder, run_summary.get("dataset_rows"))
+        summary = dict(report.summary())
+        verdict, block_message = report.verdict, report.block_message()
     for item in summary.get("files") or []:
         reasons = "; ".join(str(r) for r in item.get("reasons") or [])
         _say(
             logger, f"{item.get('path')}: {item.get('verdict')}{' - ' + reasons if reasons else ''}"
         )
-    if report.verdict == "block":
-        raise PolicyError(report.block_message())
-    summary["release_needed"] = bool(
-        config.policy.require_release_approval or report.verdict == "review"
-    )
+    if verdict == "block":
+        raise PolicyError(block_message or "the station's disclosure control blocks this output")
+    summary["release_needed"] = bool(config.policy.require_release_approval or verdict == "review")
     _say(
         logger,
-        f"disclosure verdict: {report.verdict}; "
+        f"disclosure verdict: {verdict}; "
         + (
             "a person must release the output"
             if summary["release_needed"]
@@ -481,20 +540,32 @@ def seal_step(
         predicate = _predicate(
             config, verified, run_summary, check_summary, approved_by, released_by
         )
-        with rest.opened_output(config, str(run_summary["rest_key"]), verified.spec.id) as folder:
+        rest_key = str(run_summary["rest_key"])
+        common: dict[str, Any] = {
+            "hop": verified.hop,
+            "key": key,
+            "previous": verified.previous.digest if verified.previous else None,
+            "predicate": predicate,
+            "created": run_summary.get("finished"),
+            "journal": rest.seal_journal(config, rest_key),
+        }
+        payload = rest.stored_payload(config, rest_key)
+        recipients = tuple(verified.spec.recipients_for_hop(verified.hop))
+        if payload is not None and payload.recipients == recipients:
+            # Encrypted to the recipients by run: nothing is decrypted here.
             sealed = seal(
-                client,
-                verified.ref,
-                verified.manifest,
-                verified.spec,
-                hop=verified.hop,
-                output_dir=folder,
-                key=key,
-                previous=verified.previous.digest if verified.previous else None,
-                predicate=predicate,
-                created=run_summary.get("finished"),
-                journal=rest.seal_journal(config, str(run_summary["rest_key"])),
+                client, verified.ref, verified.manifest, verified.spec, payload=payload, **common
             )
+        else:
+            with rest.opened_output(config, rest_key, verified.spec.id) as folder:
+                sealed = seal(
+                    client,
+                    verified.ref,
+                    verified.manifest,
+                    verified.spec,
+                    output_dir=folder,
+                    **common,
+                )
     _say(logger, f"pushed result {sealed.digest} for {len(sealed.recipients)} recipient(s)")
     return _sealed_summary(
         {

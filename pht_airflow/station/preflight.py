@@ -388,7 +388,7 @@ def _open_age_identity(config: StationConfig) -> AgeIdentity:
         )
     passphrase = _passphrase(config.age_passphrase, "keys.age_passphrase")
     try:
-        return age_identity_from_bytes(
+        identity = age_identity_from_bytes(
             data, passphrase, f"the station age identity ({ref.describe()})"
         )
     except PassphraseError as exc:
@@ -406,6 +406,15 @@ def _open_age_identity(config: StationConfig) -> AgeIdentity:
                 "restore the identity file from its backup",
             )
         ) from None
+    if config.age_recipient is not None and identity.recipient != config.age_recipient:
+        raise _Failed(
+            Problem(
+                f"{what} is the identity of {identity.recipient}, not of keys.age_recipient "
+                f"({config.age_recipient})",
+                "give the identity's own recipient (its NAME.age.pub) as keys.age_recipient",
+            )
+        )
+    return identity
 
 
 def open_keys(

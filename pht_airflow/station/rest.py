@@ -1,13 +1,22 @@
-"""Where a hop's output rests between its tasks: encrypted to the station itself.
+"""Where a hop's output rests between its tasks: encrypted, never in plaintext.
 
 The hop runs as separate tasks (``run`` → ``check_output`` → ``release`` → ``seal`` →
-``record``, :mod:`.hop`) so a failed push retries only the push. Between them the train's
-output exists only as an age file encrypted to the station's own recipient, in ``work_dir``
-(``rest-<key>.age``, mode 0600; the key from :func:`run_key`): the tar of the output folder
-(the same archive a result carries) and a small JSON file of facts about the run
-(exit code, times, what data the train saw; never values). A task that needs the plaintext
-decrypts it into a private hop folder (``work_dir/hop-…``, swept like any other if the task
-is killed) and wipes it when done (:func:`opened_output`).
+``record``, :mod:`.hop`) so a failed push retries only the push. The plaintext output exists
+only inside the ``run`` task, which checks it (the disclosure verdicts), then keeps it in
+``work_dir`` (mode 0600; the key from :func:`run_key`) as:
+
+- ``rest-<key>.age``: the tar of the output folder (the same archive a result carries)
+  encrypted to the station's own recipient, for the person who reviews a release (the station
+  dashboard decrypts it) and for a check under a changed policy;
+- ``rest-<key>.payload.age``: the same archive encrypted to the hop's recipients, exactly the
+  layer ``seal`` pushes (absent when the output is blocked), so no task after ``run`` opens
+  the station's age identity (with a passphrase that is a scrypt run of 1-4 s each);
+- ``rest-<key>.json``: facts about the run (exit code, times, what data the train saw, the
+  disclosure verdicts and the ciphertexts' digests; never values).
+
+A task that needs the plaintext again decrypts the station's copy into a private hop folder
+(``work_dir/hop-…``, swept like any other if the task is killed) and wipes it when done
+(:func:`opened_output`).
 
 Workers that share ``work_dir`` (and the station's age identity) can pick up any task of a
 hop; nothing of the output passes through Airflow's database, XComs or logs.
@@ -28,14 +37,15 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from ..errors import PhtError
-from ..results.archive import TarStream, plan_tar, safe_extract, tar_size
-from ..results.crypt import ChunkReader, decrypt_file, encrypt_stream
+from ..results.archive import plan_tar, safe_extract
+from ..results.artifact import EncryptedPayload, encrypt_output
+from ..results.crypt import ChunkReader, decrypt_file
 from .config import StationConfig
 from .sweep import HOP_PREFIX, open_work, wipe_folder
 
@@ -72,6 +82,28 @@ def _write_new(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _payload_path(config: StationConfig, key: str) -> Path:
+    cipher_path, _ = _paths(config, key)
+    return cipher_path.with_name(f"{REST_PREFIX}{key}.payload.age")
+
+
+def _encrypt_into(path: Path, output_dir: Path, recipients: list[str]) -> tuple[str, int, int]:
+    """:func:`encrypt_output` into ``path`` (0600; a temporary name until complete)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            made = encrypt_output(output_dir, recipients, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return made
+
+
 def store_output(
     config: StationConfig,
     key: str,
@@ -79,39 +111,51 @@ def store_output(
     facts: dict[str, Any],
     *,
     recipient: str | None = None,
+    payload_recipients: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Encrypt ``output_dir`` to the station's own recipient and keep it under ``key``.
 
-    ``recipient`` is the station's own (from an identity the caller already opened; else the
-    identity is opened here). Returns ``facts`` with ``plaintext_bytes``, ``files`` and the
-    ciphertext's digest added (the JSON-safe summary the ``run`` task passes on; no content)."""
+    ``recipient`` is the station's own (default :meth:`StationConfig.own_recipient`). With
+    ``payload_recipients`` (the hop's recipients) the same archive is also encrypted to them
+    (``rest-<key>.payload.age``): exactly the layer ``seal`` pushes, so sealing decrypts
+    nothing. Returns ``facts`` with ``plaintext_bytes``, ``files`` and the ciphertexts'
+    digests added (the JSON-safe summary the ``run`` task passes on; no content)."""
     cipher_path, facts_path = _paths(config, key)
-    recipient = recipient or config.load_age_identity().recipient
+    recipient = recipient or config.own_recipient()
     entries = plan_tar(output_dir)
-    tmp = cipher_path.with_name(f".{cipher_path.name}.{os.getpid()}.tmp")
-    digest = hashlib.sha256()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in encrypt_stream(TarStream(entries), [recipient]):
-                digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, cipher_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    digest, _, plaintext_bytes = _encrypt_into(cipher_path, output_dir, [recipient])
     stored = {
         **facts,
         "rest_key": key,
-        "plaintext_bytes": tar_size(entries),
+        "plaintext_bytes": plaintext_bytes,
         "files": sum(1 for e in entries if not e.is_dir),
-        "ciphertext_sha256": digest.hexdigest(),
+        "ciphertext_sha256": digest,
     }
+    if payload_recipients is not None:
+        recipients = list(payload_recipients)
+        sha, size, _ = _encrypt_into(_payload_path(config, key), output_dir, recipients)
+        stored["payload"] = {"sha256": sha, "size": size, "recipients": recipients}
     _write_new(facts_path, json.dumps(stored, sort_keys=True).encode())
     return stored
+
+
+def stored_payload(config: StationConfig, key: str) -> EncryptedPayload | None:
+    """The result payload ``run`` made for ``key`` (see :func:`store_output`), or None."""
+    facts = load_facts(config, key)
+    info = (facts or {}).get("payload")
+    path = _payload_path(config, key)
+    if not isinstance(info, dict) or not path.is_file():
+        return None
+    try:
+        return EncryptedPayload(
+            path=path,
+            sha256=str(info["sha256"]),
+            size=int(info["size"]),
+            plaintext_bytes=int((facts or {})["plaintext_bytes"]),
+            recipients=tuple(str(r) for r in info["recipients"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def load_facts(config: StationConfig, key: str) -> dict[str, Any] | None:
@@ -185,7 +229,7 @@ def drop_output(config: StationConfig, key: str) -> bool:
     found = False
     with contextlib.suppress(FileNotFoundError):
         seal_journal(config, key).unlink()
-    for path in (facts_path, cipher_path):
+    for path in (facts_path, cipher_path, _payload_path(config, key)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             found = True
