@@ -48,9 +48,13 @@ class Endpoint:
     #: Target media types it does not announce (blob events carry
     #: ``application/octet-stream``).
     ignore_media_types: tuple[str, ...] = ()
+    #: How long the registry waits for the endpoint's answer before it counts a failure.
+    timeout: str = "3s"
 
     @classmethod
-    def manifest_pushes(cls, name: str, url: str, headers: dict[str, list[str]]) -> Endpoint:
+    def manifest_pushes(
+        cls, name: str, url: str, headers: dict[str, list[str]], timeout: str = "3s"
+    ) -> Endpoint:
         """An endpoint told only of manifest pushes and deletes: no pulls, no blob events,
         no mounts (about nine in ten of a route's notifications, which the registry would
         otherwise deliver one at a time before the pushes that matter)."""
@@ -60,6 +64,7 @@ class Endpoint:
             headers,
             ignore_actions=("pull", "mount"),
             ignore_media_types=(BLOB_MEDIA_TYPE,),
+            timeout=timeout,
         )
 
 
@@ -106,7 +111,7 @@ def _endpoint_config(endpoint: Endpoint) -> dict[str, object]:
         "name": endpoint.name,
         "url": endpoint.url,
         "headers": endpoint.headers,
-        "timeout": "3s",
+        "timeout": endpoint.timeout,
         "threshold": 5,
         "backoff": "1s",
     }
