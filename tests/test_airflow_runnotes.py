@@ -169,10 +169,28 @@ def test_a_persons_reason_and_a_trains_name_are_shown_escaped_and_bounded() -> N
             ("record", "return_value"): {"outcome": "rejected"},
         }
     )
-    assert note.startswith("evil\\x1b[2J\\u202ename (train 1a2b3c4d\u2026, hop 2 of 3): ")
+    assert note.startswith("evil\\x1b\\[2J\\u202ename (train 1a2b3c4d\u2026, hop 2 of 3): ")
     assert "rejected by alice: no\\nway\\x07 xxx" in note
-    assert len(note) <= NOTE_LIMIT and note.endswith("\u2026")
+    assert len(note) <= NOTE_LIMIT + 1 and note.endswith("\u2026")
     assert note.isprintable()
+
+
+def test_markdown_in_a_name_or_a_reason_shows_as_written() -> None:
+    """Airflow renders a note as Markdown: a train's name or a person's reason cannot make a
+    link, an image (a request to another host), HTML or a code span; a backslash before one
+    is kept literal. What Markdown leaves alone is not escaped (``age_histogram``)."""
+    sneaky = {**VERIFIED, "train_name": "age_histogram ![x](http://tracker.example/p.png)"}
+    note = hop_note(
+        {
+            ("verify", "return_value"): sneaky,
+            ("approve", "answer"): _answer("Reject", "see <img src=x> `rm` *now* \\[here](y)"),
+            ("record", "return_value"): {"outcome": "rejected"},
+        }
+    )
+    assert note == (
+        "age_histogram !\\[x\\](http://tracker.example/p.png) (train 1a2b3c4d\u2026, hop 2 of 3): "
+        "rejected by alice: see \\<img src=x\\> \\`rm\\` \\*now\\* \\\\\\[here\\](y)"
+    )
 
 
 def test_nothing_but_the_verified_facts_reaches_a_note() -> None:
@@ -299,7 +317,7 @@ def test_run_notes_on_a_real_airflow(
 
     head = "age-histogram (train {id}\u2026, hop 1 of 1)"
     assert notes[reject_run] == (
-        f"{head.format(id=rejected.id[:8])}: rejected by admin: cohort too small\\x1b[2J"
+        f"{head.format(id=rejected.id[:8])}: rejected by admin: cohort too small\\x1b\\[2J"
     )
     sealed = audit_record(stack.station, deliver_run)
     result, recipients = sealed["result_digest"], sealed["recipients"]

@@ -10,6 +10,10 @@ run's Required Action, and answer it:
   pending decision is also listed by the REST call the README gives hospital IT.
 * Reject with a reason: nothing runs, and the audit log and the dashboard say who rejected
   it and why.
+
+A train whose creator this station does not trust fails verification: the failed ``verify``
+task's log, opened in the UI, starts with the check and the reason in plain words, then the
+digest, the key and what to do; the run list shows the run's note saying the same.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from support.stationkit import Station, build_train, make_station, make_train_sp
 from pht_airflow.dev.localairflow import LocalAirflow, start_airflow
 from pht_airflow.errors import ServiceError
 from pht_airflow.oci import Reference, RegistryClient
+from pht_airflow.signing import sign
 from pht_airflow.station.audit import AuditLog
 
 pytestmark = [pytest.mark.browser, pytest.mark.airflow, pytest.mark.docker, pytest.mark.registry]
@@ -228,3 +233,71 @@ def test_reject_with_a_reason_runs_nothing_and_says_who_and_why(
     assert row.locator("td.outcome").inner_text().startswith("rejected")
     screenshot(page, "dashboard-rejected", full_page=True)
     print(f"a rejected run ends {state}; its tasks: {states}")
+
+
+def _untrusted_train(deployment: Deployment) -> tuple[Reference, Any, str]:
+    """A train created (and signed as creator) by mallory, whom this station does not trust,
+    approved by reviewer: verification fails on the ``creator`` check."""
+    mallory = deployment.parties["mallory"]
+    spec = make_train_spec(
+        deployment.parties,
+        ["station-a"],
+        name="age-histogram",
+        creator_id="mallory",
+        creator_key_id=mallory.key.key_id,
+        creator_recipient=mallory.age.recipient,
+    )
+    ref = Reference(deployment.registry.host, f"station-a/{spec.id}", tag="train")
+    digest = build_train(deployment.docker_client, ref, spec)
+    with RegistryClient(deployment.registry.host) as client:
+        pinned = ref.with_digest(digest)
+        sign(client, pinned, mallory.key, role="creator", signer="mallory")
+        sign_train(client, pinned, deployment.parties, "reviewer")
+    return ref, spec, digest
+
+
+def _log_lines(page: Any, airflow: LocalAirflow, run_id: str, task_id: str) -> list[str]:
+    """The task's log as the Airflow UI shows it (its first try), one entry per line shown."""
+    page.goto(f"{airflow.url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/{task_id}")
+    lines = page.locator("[data-testid=virtualized-list] [data-testid^=virtualized-item-]")
+    page.get_by_text("what to do:").first.wait_for()
+    return [str(t) for t in lines.all_inner_texts()]
+
+
+def test_a_verification_failures_log_starts_with_the_reason(
+    deployment: Deployment, page: Any
+) -> None:
+    """The failed verify task's log in the UI: its first error line is the check and the
+    reason in plain words, then the train's digest, the key (named for what it is to this
+    station), then what to do; the run's note says the same in one line."""
+    airflow = deployment.airflow
+    ref, _, digest = _untrusted_train(deployment)
+    with airflow.client() as http:
+        resp = http.post(
+            f"/api/v2/dags/{DAG_ID}/dagRuns",
+            json={"logical_date": None, "conf": {"train": str(ref), "rerun": False}},
+        )
+        assert resp.status_code == 200, resp.text
+        run_id = str(resp.json()["dag_run_id"])
+    assert _run_state(airflow, run_id) == "failed"
+    assert airflow.task_states(DAG_ID, run_id)["verify"] == "failed"
+
+    lines = _log_lines(page, airflow, run_id, "verify")
+    errors = [i for i, line in enumerate(lines) if "ERROR" in line]
+    assert errors, "\n".join(lines)
+    first = errors[0]
+    shown = "\n".join(lines)
+    mallory = deployment.parties["mallory"].key.key_id
+    assert "creator: the creator's signature is not from a trusted creator" in lines[first], shown
+    assert f"train digest: {digest}" in lines[first + 1], shown
+    assert f"key: {mallory} (not in this station's trust store)" in lines[first + 2], shown
+    assert (
+        "what to do: add the key to trust.trusted_creators if you trust this creator"
+        in lines[first + 3]
+    ), shown
+    screenshot(page, "verification-failure-log")
+
+    # The run's page shows its note: the train and the reason in one line (the station
+    # plugin's listener writes it when the run ends; the REST run list has it too).
+    page.goto(f"{airflow.url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}")
+    page.get_by_text(f"train {ref}: failed in verify: creator: the creator's").first.wait_for()

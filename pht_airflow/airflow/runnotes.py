@@ -56,8 +56,8 @@ __all__ = [
     "start_note",
 ]
 
-#: The longest note written, in characters (Airflow's column holds 1000).
-NOTE_LIMIT = 500
+#: The longest note before its Markdown escapes, in characters (Airflow's column holds 1000).
+NOTE_LIMIT = 480  # escaped for Markdown, at most twice as long
 _RECORD = "record"
 #: The hop's steps whose failure XCom names the cause, in the order they run.
 _STEPS = (TASKS.preflight, TASKS.verify, TASKS.run, TASKS.check, TASKS.seal)
@@ -213,12 +213,26 @@ def hop_note(
             what = f"failed in {failed[0]} (its task log says why)"
         else:
             what = f"ended {_text(run_state or 'without an outcome', 40)}"
-    return safe_text(f"{_train(verified, reference)}: {what}", limit=NOTE_LIMIT)
+    return _markdown_safe(safe_text(f"{_train(verified, reference)}: {what}", limit=NOTE_LIMIT))
 
 
 def start_note(reference: Any) -> str:
     """The note of a run that has just started: the reference it was triggered for."""
-    return safe_text(f"{_train(None, reference)}: started", limit=NOTE_LIMIT)
+    return _markdown_safe(safe_text(f"{_train(None, reference)}: started", limit=NOTE_LIMIT))
+
+
+#: A backslash Markdown would read as an escape (one before ASCII punctuation).
+_ESCAPING_BACKSLASH = re.compile(r"\\(?=[!-/:-@\[-`{-~])")
+#: What makes Markdown active: links and images, raw HTML, code spans, emphasis.
+_ACTIVE = re.compile(r"([\[\]<>`*])")
+
+
+def _markdown_safe(text: str) -> str:
+    """``text`` as Markdown that shows as written (Airflow renders a note as Markdown): no link,
+    image, HTML or code span a train's name or a person's reason could smuggle in. Only what
+    Markdown would act on is escaped, so the note reads plainly through REST too (``\\x1b``
+    from :func:`~pht_airflow.text.safe_text` stays as it is)."""
+    return _ACTIVE.sub(r"\\\1", _ESCAPING_BACKSLASH.sub(r"\\\\", text))
 
 
 def _reference(dag_run: Any) -> Any:
