@@ -15,13 +15,14 @@ and no pulled train image left; ``pht audit verify`` passes.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -35,12 +36,16 @@ from support.faults import (
     fill,
     holders_of,
     leftover_files,
+    marked,
+    marker_of,
     pid_of_peer,
     result_manifests,
     tmpfs,
 )
+from support.secretscan import Secrets, assert_scan_finds, party_secrets, scan_deployment
 from support.stationkit import (
     ANALYSIS,
+    PASSPHRASE,
     Station,
     build_train,
     make_station,
@@ -104,6 +109,8 @@ class Stack:
     proxy: GateProxy
     env: dict[str, str]
     log_dir: Path
+    #: Markers the trains wrote into their output tables (for the secret scan).
+    markers: list[str] = field(default_factory=list)
 
     def client(self) -> httpx.Client:
         return self.airflow.client()
@@ -163,7 +170,12 @@ class Train:
 
 def _train(stack: Stack, docker_client: Any, parties: Any, script: str = ANALYSIS) -> Train:
     """Build, push and sign a one-hop train for station-a; drop the local image so the hop
-    pulls it from the registry like a station that never saw it."""
+    pulls it from the registry like a station that never saw it. A train that writes the
+    analysis' table also writes a marker into it (for the secret scan)."""
+    if script in (ANALYSIS, WAITING):
+        seed = secrets.token_hex(16)
+        stack.markers.append(marker_of(seed))
+        script = marked(seed, script)
     spec = make_train_spec(parties, ["station-a"])
     ref = Reference(stack.proxy.host, f"station-a/{spec.id}", tag="train")
     digest = build_train(docker_client, ref, spec, script=script)
@@ -561,3 +573,41 @@ def test_airflow_restarted_while_runs_await_approval_then_approved_and_rejected(
     assert record["decision"] == {"by": "admin", "reason": "not this quarter"}, record
     assert starts.count(rejected.sandbox_prefix) == 0
     _assert_nothing_left(stack, docker_client, rejected, results=0)
+
+
+# --- 6. the secret scan, after the fault tests (keep this test last) ------------------------
+
+
+def test_no_secret_in_any_log_database_registry_storage_or_image(
+    stack: Stack, parties: Any, docker_client: Any
+) -> None:
+    """Scans what this module's deployment wrote (support.secretscan): the Airflow logs and
+    database, registry storage, station-a's folder and images left on the engine, for the
+    parties' private keys, the key passphrase, Airflow's admin password and the markers the
+    trains wrote into their results (the registry here has no credentials; the station no
+    webhook secret)."""
+    assert stack.markers, "no train ran in this module: run the whole module"
+    started = time.monotonic()
+    needles = Secrets()
+    for name in ("alice", "reviewer"):
+        party_secrets(needles, name, parties[name])
+    party_secrets(
+        needles, "station-a", parties["station-a"], stack.station.root / "keys" / "station.key"
+    )
+    needles.add("the station key passphrase", PASSPHRASE)
+    needles.add("Airflow's admin password", stack.airflow.password)
+    for i, marker in enumerate(stack.markers):
+        needles.add(f"train {i}'s result marker", marker)
+    assert_scan_finds(needles, "train 0's result marker")
+    findings, images = scan_deployment(
+        needles,
+        airflow_home=stack.airflow.home,
+        log_dir=stack.log_dir,
+        stations=[stack.station.root],
+        registry_storage=stack.registry.storage,
+        docker_client=docker_client,
+        registry_host=stack.proxy.host,
+    )
+    print(f"\nscanned for {len(needles.needles)} secrets ({len(stack.markers)} markers) in "
+          f"{time.monotonic() - started:.0f} s; {images} images left to scan")  # fmt: skip
+    assert findings == [], "secrets found:\n" + "\n".join(findings)

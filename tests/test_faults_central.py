@@ -23,7 +23,6 @@ The last test scans what the module's stack wrote for secrets (:mod:`support.sec
 
 from __future__ import annotations
 
-import hashlib
 import secrets as random
 import subprocess
 import sys
@@ -37,8 +36,15 @@ from typing import Any
 
 import pytest
 from support.centralproc import CentralProcess
-from support.faults import GateProxy, SandboxStarts, leftover_files, result_manifests
-from support.secretscan import Secrets, scan_tree
+from support.faults import (
+    GateProxy,
+    SandboxStarts,
+    leftover_files,
+    marked,
+    marker_of,
+    result_manifests,
+)
+from support.secretscan import Secrets, assert_scan_finds, party_secrets, scan_deployment
 from support.stationkit import (
     ANALYSIS,
     PASSPHRASE,
@@ -64,20 +70,6 @@ STATIONS = ("station-a", "station-b")
 ROUTE_TIMEOUT = 900.0  # two hops on a loaded 2-core machine, with a restart between
 PHT = Path(sys.executable).parent / "pht"
 WEBHOOK_PATH = "/webhooks/registry-events"
-
-
-def marked(seed: str) -> str:
-    """ANALYSIS, and a marker in its output table derived from ``seed`` at run time (so the
-    marker is in the result's plaintext only, never in the train image)."""
-    return (
-        ANALYSIS
-        + f"""
-import hashlib
-state = json.loads(Path("/pht/output/state.json").read_text())
-state["marker"] = hashlib.sha256({seed!r}.encode()).hexdigest()
-Path("/pht/output/state.json").write_text(json.dumps(state, sort_keys=True))
-"""
-    )
 
 
 @dataclass
@@ -204,10 +196,10 @@ def _submit(route: Route, docker_client: Any, parties: Any) -> TrainSpec:
     """Build a train for both stations with a marker, push it to pht-incoming, sign and
     approve it, drop the local image (the stations pull it), submit it."""
     seed = random.token_hex(16)
-    route.markers.append(hashlib.sha256(seed.encode()).hexdigest())
+    route.markers.append(marker_of(seed))
     spec = make_train_spec(parties, list(STATIONS))
     ref = Reference(route.registry.host, f"pht-incoming/{spec.id}", tag="train")
-    digest = build_train(docker_client, ref, spec, script=marked(seed))
+    digest = build_train(docker_client, ref, spec, script=marked(seed, ANALYSIS))
     with RegistryClient(route.registry.host) as client:
         sign_train(client, ref.with_digest(digest), parties, "alice", "reviewer")
     docker_client.images.remove(str(ref))
@@ -367,12 +359,10 @@ def test_notifications_lost_while_central_is_down_are_recovered_by_reconciliatio
 
 def _secrets(route: Route, parties: Any) -> Secrets:
     found = Secrets()
-    for name in ("alice", "reviewer", *STATIONS):
-        found.add_ec_private(f"{name}'s signing key", parties[name].key._private)
-        found.add(f"{name}'s age identity", parties[name].age.secret_text())
+    for name in ("alice", "reviewer"):
+        party_secrets(found, name, parties[name])
     for name, station in route.stations.items():
-        key_file = (station.root / "keys" / "station.key").read_text()
-        found.add_pem(f"{name}'s encrypted key file", key_file)
+        party_secrets(found, name, parties[name], station.root / "keys" / "station.key")
         found.add(f"{name}'s webhook secret", route.webhook_secrets[name])
     found.add("the station key passphrase", PASSPHRASE)
     found.add("the central service's webhook secret", route.central.webhook_secret)
@@ -386,42 +376,21 @@ def _secrets(route: Route, parties: Any) -> Secrets:
 def test_no_secret_in_any_log_database_registry_storage_or_image(
     route: Route, parties: Any, docker_client: Any
 ) -> None:
+    """Runs last: scans what this module's deployment wrote (support.secretscan)."""
+    assert route.markers, "no train ran in this module: run the whole module"
     started = time.monotonic()
     needles = _secrets(route, parties)
-    # The scan finds what it looks for (a test that cannot fail is a defect).
-    with tempfile.TemporaryDirectory() as canary:
-        planted = Path(canary) / "planted.log"
-        planted.write_text(f"x {route.webhook_secrets['station-b']} y\n")
-        assert scan_tree([Path(canary)], needles) == [f"{planted}: station-b's webhook secret"]
-
-    airflow_home = route.airflow.home
-    places = [
-        airflow_home / "logs",
-        *sorted(route.root.glob("airflow-*.log")),
-        *sorted(airflow_home.glob("airflow.db*")),
-        route.central.root,  # its database and log
-        *(s.root for s in route.stations.values()),  # work folders, audit logs
-    ]
-    skip = [p for s in route.stations.values() for p in (s.root / "keys", s.root / "data")]
-    findings = scan_tree(places, needles, skip=skip)
-    # Registry storage: every blob (layers decompressed) and manifest. Only named secrets:
-    # the base image may ship test keys of its own.
-    layers = Secrets(needles.needles, generic=False)
-    findings += scan_tree([route.registry.storage], layers)
-    # Images the stack left on the engine (none should be: the hops remove what they pull).
-    left = [
-        image.id
-        for image in docker_client.images.list()
-        if any(route.registry.host in t for t in image.tags)
-    ]
-    for image_id in left:
-        with tempfile.NamedTemporaryFile(suffix=".tar") as tar:
-            for chunk in docker_client.images.get(image_id).save():
-                tar.write(chunk)
-            tar.flush()
-            findings += [f"image {image_id}: {f.split(': ', 1)[1]}"
-                         for f in scan_tree([Path(tar.name)], layers)]  # fmt: skip
-    print(f"\nscanned for {len(needles.needles)} secrets in {time.monotonic() - started:.0f} s; "
-          f"{len(route.markers)} markers; {len(left)} images left")  # fmt: skip
-    assert route.markers, "no train ran in this module: nothing to scan for"
+    assert_scan_finds(needles, "station-b's webhook secret")
+    findings, images = scan_deployment(
+        needles,
+        airflow_home=route.airflow.home,
+        log_dir=route.root,
+        stations=[s.root for s in route.stations.values()],
+        registry_storage=route.registry.storage,
+        extra=[route.central.root],  # its database and log
+        docker_client=docker_client,
+        registry_host=route.registry.host,
+    )
+    print(f"\nscanned for {len(needles.needles)} secrets ({len(route.markers)} markers) in "
+          f"{time.monotonic() - started:.0f} s; {images} images left to scan")  # fmt: skip
     assert findings == [], "secrets found:\n" + "\n".join(findings)

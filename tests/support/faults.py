@@ -281,3 +281,26 @@ def fill(folder: Path) -> Path:
             except OSError:
                 break
     return filler
+
+
+def marked(seed: str, script: str) -> str:
+    """``script`` (one that ends by writing ``/pht/output/state.json``, as ANALYSIS does),
+    then a marker added to that output table: sha256 of ``seed``, made at run time, so the
+    marker is in the result's plaintext only, never in the train image. The secret scan
+    looks for it."""
+    return (
+        script
+        + f"""
+import hashlib, json
+from pathlib import Path
+state = json.loads(Path("/pht/output/state.json").read_text())
+state["marker"] = hashlib.sha256({seed!r}.encode()).hexdigest()
+Path("/pht/output/state.json").write_text(json.dumps(state, sort_keys=True))
+"""
+    )
+
+
+def marker_of(seed: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(seed.encode()).hexdigest()

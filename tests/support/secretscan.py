@@ -197,3 +197,73 @@ def scan_tree(roots: Iterable[Path], secrets: Secrets, skip: Iterable[Path] = ()
                 continue
             findings.extend(f"{path}: {name}" for name in sorted(names))
     return findings
+
+
+def party_secrets(needles: Secrets, name: str, party: Any, key_file: Path | None = None) -> None:
+    """A party's signing key, age identity and (a station's) passphrase-encrypted key file."""
+    needles.add_ec_private(f"{name}'s signing key", party.key._private)
+    needles.add(f"{name}'s age identity", party.age.secret_text())
+    if key_file is not None:
+        needles.add_pem(f"{name}'s encrypted key file", key_file.read_text())
+
+
+def assert_scan_finds(needles: Secrets, name: str) -> None:
+    """The scan finds the secret ``name`` in a file planted with it (a scan that cannot find
+    anything would pass every check)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        planted = Path(folder) / "planted.log"
+        planted.write_bytes(b"x " + needles.needles[name] + b" y\n")
+        assert scan_tree([Path(folder)], needles) == [f"{planted}: {name}"]
+
+
+def scan_deployment(
+    needles: Secrets,
+    *,
+    airflow_home: Path,
+    log_dir: Path,
+    stations: Iterable[Path],
+    registry_storage: Path,
+    extra: Iterable[Path] = (),
+    docker_client: Any = None,
+    registry_host: str = "",
+) -> tuple[list[str], int]:
+    """Scan a test deployment: every Airflow log (task logs and the components' logs in
+    ``log_dir``) and its SQLite database; each station's folder but its keys and data
+    (work folders, audit log); ``extra`` (the central service's database and log);
+    registry storage (every blob and manifest, layers decompressed; named secrets only, as
+    a base image may ship test keys of its own); and every image on the engine from
+    ``registry_host`` (``docker image save``). Returns the finds and how many images were
+    scanned."""
+    import tempfile
+
+    roots = [p for p in stations]
+    places = [
+        airflow_home / "logs",
+        *sorted(log_dir.glob("airflow-*.log")),
+        *sorted(airflow_home.glob("airflow.db*")),
+        *extra,
+        *roots,
+    ]
+    skip = [p for r in roots for p in (r / "keys", r / "data")]
+    findings = scan_tree([p for p in places if p.exists()], needles, skip=skip)
+    named = Secrets(needles.needles, generic=False)
+    findings += scan_tree([registry_storage], named)
+    images = []
+    if docker_client is not None and registry_host:
+        images = [
+            image.id
+            for image in docker_client.images.list()
+            if any(registry_host in t for t in image.tags)
+        ]
+    for image_id in images:
+        with tempfile.NamedTemporaryFile(suffix=".tar") as tar:
+            for chunk in docker_client.images.get(image_id).save():
+                tar.write(chunk)
+            tar.flush()
+            findings += [
+                f"image {image_id}: {f.split(': ', 1)[1]}"
+                for f in scan_tree([Path(tar.name)], named)
+            ]
+    return findings, len(images)
