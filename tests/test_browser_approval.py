@@ -264,12 +264,18 @@ def _log_lines(page: Any, airflow: LocalAirflow, run_id: str, task_id: str) -> l
     return [str(t) for t in lines.all_inner_texts()]
 
 
-def test_a_verification_failures_log_starts_with_the_reason(
-    deployment: Deployment, page: Any
-) -> None:
-    """The failed verify task's log in the UI: its first error line is the check and the
-    reason in plain words, then the train's digest, the key (named for what it is to this
-    station), then what to do; the run's note says the same in one line."""
+@dataclass
+class Refused:
+    """A run whose verify step refused the train (untrusted creator)."""
+
+    run_id: str
+    ref: Reference
+    digest: str
+
+
+@pytest.fixture(scope="module")
+def refused(deployment: Deployment) -> Refused:
+    """A train created by mallory, triggered through REST; its run once it failed."""
     airflow = deployment.airflow
     ref, _, digest = _untrusted_train(deployment)
     with airflow.client() as http:
@@ -281,15 +287,24 @@ def test_a_verification_failures_log_starts_with_the_reason(
         run_id = str(resp.json()["dag_run_id"])
     assert _run_state(airflow, run_id) == "failed"
     assert airflow.task_states(DAG_ID, run_id)["verify"] == "failed"
+    return Refused(run_id, ref, digest)
 
-    lines = _log_lines(page, airflow, run_id, "verify")
+
+def test_a_verification_failures_log_starts_with_the_reason(
+    deployment: Deployment, refused: Refused, page: Any
+) -> None:
+    """The failed verify task's log in the UI: its first error line is the check and the
+    reason in plain words, then the train's digest, the key (named for what it is to this
+    station), then what to do; the run's note says the same in one line."""
+    airflow = deployment.airflow
+    lines = _log_lines(page, airflow, refused.run_id, "verify")
     errors = [i for i, line in enumerate(lines) if "ERROR" in line]
     assert errors, "\n".join(lines)
     first = errors[0]
     shown = "\n".join(lines)
     mallory = deployment.parties["mallory"].key.key_id
     assert "creator: the creator's signature is not from a trusted creator" in lines[first], shown
-    assert f"train digest: {digest}" in lines[first + 1], shown
+    assert f"train digest: {refused.digest}" in lines[first + 1], shown
     assert f"key: {mallory} (not in this station's trust store)" in lines[first + 2], shown
     assert (
         "what to do: add the key to trust.trusted_creators if you trust this creator"
@@ -299,5 +314,20 @@ def test_a_verification_failures_log_starts_with_the_reason(
 
     # The run's page shows its note: the train and the reason in one line (the station
     # plugin's listener writes it when the run ends; the REST run list has it too).
-    page.goto(f"{airflow.url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}")
-    page.get_by_text(f"train {ref}: failed in verify: creator: the creator's").first.wait_for()
+    page.goto(f"{airflow.url}/dags/{DAG_ID}/runs/{quote(refused.run_id, safe='')}")
+    note = f"train {refused.ref}: failed in verify: creator: the creator's signature"
+    page.get_by_text(note).first.wait_for()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the hop operators still raise AirflowFailException, which Airflow's task runner "
+    "logs with its stack; raising pht_airflow.airflow.expected.ExpectedFailure with "
+    "retry_policy=EXPECTED_FAILURE_POLICY ends the task without one (test_airflow_expected)",
+)
+def test_a_verification_failures_log_has_no_python_stack(
+    deployment: Deployment, refused: Refused, page: Any
+) -> None:
+    lines = _log_lines(page, deployment.airflow, refused.run_id, "verify")
+    shown = "\n".join(lines)
+    assert "Task failed with exception" not in shown and "Traceback" not in shown, shown
