@@ -291,7 +291,8 @@ def test_run_notes_on_a_real_airflow(
     stack: AirflowStack, docker_client: Any, registry: Any, parties: Any
 ) -> None:
     """Rejected (who and why), delivered (approver, result digest, recipients) and a failed
-    verification (the check and the reason): each run's note, and the run list shows them."""
+    verification (the check and the reason): each run's note, and the run list shows them; a
+    person's own note is kept."""
     rejected_ref, rejected = _train(docker_client, registry, parties)
     delivered_ref, delivered = _train(docker_client, registry, parties)
     untrusted_ref, _ = _train(docker_client, registry, parties, creator="mallory")
@@ -311,6 +312,21 @@ def test_run_notes_on_a_real_airflow(
 
         failed_run = trigger(http, untrusted_ref)
         assert wait_for_end(stack, http, failed_run)["state"] == "failed"
+
+        # A note a person gives when triggering is theirs: the listener leaves it.
+        persons = "checking mallory's train for the ethics board"
+        resp = http.post(
+            f"/api/v2/dags/{DAG_ID}/dagRuns",
+            json={
+                "logical_date": None,
+                "conf": {"train": str(untrusted_ref), "rerun": False},
+                "note": persons,
+            },
+        )
+        assert resp.status_code == 200, resp.text
+        persons_run = str(resp.json()["dag_run_id"])
+        assert wait_for_end(stack, http, persons_run)["state"] == "failed"
+        assert _note(http, persons_run) == persons
 
         notes = {run: _note(http, run) for run in (reject_run, deliver_run, failed_run)}
         listed = _listed_notes(http)
