@@ -106,6 +106,21 @@ def test_a_delivered_hop_names_the_result_and_its_recipients() -> None:
     )
 
 
+def test_an_approval_and_a_release_without_a_reason_just_name_who() -> None:
+    note = hop_note(
+        {
+            ("verify", "return_value"): VERIFIED,
+            ("approve", "return_value"): _answer("Approve", None),
+            ("release", "return_value"): _answer("Approve", None, user="bob"),
+            ("seal", "return_value"): {"result_digest": RESULT, "recipients": ["age1x"]},
+            ("record", "return_value"): {"outcome": "success"},
+        }
+    )
+    assert note == (
+        f"{HEAD}: approved by alice; released by bob; delivered result {RESULT} to 1 recipient"
+    )
+
+
 def test_a_result_found_again_by_run_counts_as_delivered() -> None:
     note = hop_note(
         {

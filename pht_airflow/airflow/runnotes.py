@@ -1,8 +1,10 @@
 """Run notes: every hop run's note names the train and says how the hop ended.
 
-Airflow's run list shows a run's id (``pht__sha256_…`` or ``manual__<time>``) and its note.
-This module writes the note of each ``pht_run_train`` run (and each hosted station's
-``pht_run_train__<station>``) from the hop's own XComs, for example::
+A run's id (``pht__sha256_…`` or ``manual__<time>``) does not say which train it runs; its
+note does, on the run's page in the Airflow UI and as ``note`` in REST API v2 (the run list
+``GET /api/v2/dags/<dag>/dagRuns`` included). This module writes the note of each
+``pht_run_train`` run (and each hosted station's ``pht_run_train__<station>``) from the
+hop's own XComs, for example::
 
     age-histogram (train 1a2b3c4d…, hop 2 of 3): rejected by alice: data set too small
     age-histogram (train 1a2b3c4d…, hop 2 of 3): output withheld by bob: a cell below 5
@@ -24,7 +26,8 @@ What a note holds: the train's name and id, the hop, the outcome, who decided an
 person's reason as they typed it, bounded), the result's digest and its number of
 recipients, or the task that failed and the first line of its reason. Never output values or
 secrets: the XComs read here carry neither (the operators' summaries hold verdicts, digests
-and redacted messages). Every string is passed through :func:`~pht_airflow.text.safe_text`.
+and redacted messages). Every string is passed through :func:`~pht_airflow.text.safe_text`,
+and what Markdown would act on is escaped (Airflow renders a note as Markdown).
 A note a person wrote (a note with a user) is left as it is. A failure here is logged and
 never fails the run or the scheduler's loop.
 """
@@ -115,8 +118,12 @@ def _person(answer: Any) -> tuple[bool | None, str, str | None]:
     return approved, _text(name, 80) if name else "someone", _text(reason, 200) if reason else None
 
 
-def _decided(what: str, who: str, reason: str | None) -> str:
-    return f"{what} by {who}: {reason}" if reason else f"{what} by {who} (no reason given)"
+def _decided(what: str, who: str, reason: str | None, *, required: bool = True) -> str:
+    """``rejected by alice: <reason>``; a refusal without a reason says so (an approval's
+    reason is optional, so its absence goes unsaid)."""
+    if reason:
+        return f"{what} by {who}: {reason}"
+    return f"{what} by {who} (no reason given)" if required else f"{what} by {who}"
 
 
 def _first_line(message: Any) -> str:
@@ -197,9 +204,9 @@ def hop_note(
     ):
         parts = []
         if approved:
-            parts.append(_decided("approved", approver, approve_reason))
+            parts.append(_decided("approved", approver, approve_reason, required=False))
         if released:
-            parts.append(_decided("released", releaser, release_reason))
+            parts.append(_decided("released", releaser, release_reason, required=False))
         if isinstance(sealed, Mapping) and sealed.get("result_digest"):
             parts.append(_delivered(sealed))
         else:
