@@ -237,6 +237,22 @@ def test_only_hop_dags_get_notes() -> None:
     assert not is_hop_dag("pht_run_trainer")
 
 
+def test_a_listener_that_cannot_write_a_note_logs_and_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run the listener cannot read (here: not a DagRun at all) costs a log line, never an
+    exception in the scheduler's loop."""
+
+    class Broken:
+        dag_id = "pht_run_train"
+        run_id = "manual__broken"
+
+    with caplog.at_level("ERROR", logger=runnotes.__name__):
+        assert runnotes.on_dag_run_success(dag_run=Broken(), msg="success") is None
+        assert runnotes.on_dag_run_failed(dag_run=Broken(), msg="task_failure") is None
+    assert caplog.text.count("could not write the note of run manual__broken") == 2
+
+
 def test_the_station_plugin_registers_the_listener() -> None:
     assert runnotes in PhtStationPlugin.listeners
 
