@@ -68,11 +68,9 @@ _READ = (*_STEPS, TASKS.approve, TASKS.release, _RECORD)
 _ORDER = (
     TASKS.preflight,
     TASKS.verify,
-    "approval_gate",
     TASKS.approve,
     TASKS.run,
     TASKS.check,
-    "release_gate",
     TASKS.release,
     TASKS.seal,
     _RECORD,
