@@ -1,6 +1,7 @@
 """pht_run_train: one hop of a Personal Health Train at this station.
 
-verify → approval_gate → approve (a person, when the policy asks) → execute → record.
+preflight → verify → approve (a person, when the policy asks) → run → check_output →
+release (a person, when the policy or a disclosure check asks) → seal → record.
 ``record`` runs whatever happened before it, so failures are audited too. Trigger it from
 the UI form, the REST API (conf ``{"train": "<registry>/<project>/<id>:train"}``) or the
 registry webhook (the plugin creates one run per train digest).

@@ -54,8 +54,7 @@ def test_single_station_dag_files_import_cleanly(
     assert set(bag.dag_ids) == {"pht_run_train", "pht_station_selftest"}
     run = bag.get_dag("pht_run_train")
     assert {t.task_id for t in run.tasks} == {
-        "preflight", "verify", "approval_gate", "approve", "run", "check_output",
-        "release_gate", "release", "seal", "record",
+        "preflight", "verify", "approve", "run", "check_output", "release", "seal", "record",
     }  # fmt: skip
     # A fresh deployment runs what is triggered: the hop DAG is not created paused.
     assert run.is_paused_upon_creation is False
@@ -80,8 +79,8 @@ def test_hosted_stations_get_a_dag_pair_each_bound_to_their_config(
             bound = {
                 getattr(t, "config_path", None)
                 for t in bag.get_dag(dag_id).tasks
-                # Airflow's approval operators and the release gate read no config
-                if t.task_id not in ("approve", "release", "release_gate")
+                # Airflow's approval operators read no config
+                if t.task_id not in ("approve", "release")
             }
             assert bound == {str((folder / f"{name}.yaml").resolve())}, dag_id
 
@@ -166,11 +165,9 @@ def test_hop_tasks_carry_the_station_policy_task_timeout(
         assert timeouts == {
             "preflight": timeout,
             "verify": timeout,
-            "approval_gate": timeout,
             "approve": None,
             "run": timeout,
             "check_output": timeout,
-            "release_gate": timeout,
             "release": None,
             "seal": timeout,
             "record": timeout,

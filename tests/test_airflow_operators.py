@@ -77,12 +77,21 @@ def test_verify_builds_a_safe_approval_card_and_the_dag_shows_it(
     sign(client, pinned, parties["alice"].key, role="creator", signer=HOSTILE)
     sign(client, pinned, parties["reviewer"].key, role="approver", signer="[bold]rev[/bold]")
 
-    operator = VerifyTrainOperator(
-        task_id="verify", reference=str(pinned), config_path=str(station.config_path)
-    )
+    from airflow.providers.standard.operators.empty import EmptyOperator
+    from airflow.sdk import DAG
+
+    with DAG("card", schedule=None):  # verify branches to approve (the policy asks) and run
+        operator = VerifyTrainOperator(
+            task_id="verify", reference=str(pinned), config_path=str(station.config_path)
+        )
+        operator >> [EmptyOperator(task_id="approve"), EmptyOperator(task_id="run")]
     pushed: dict[str, Any] = {}
-    ti = SimpleNamespace(xcom_push=lambda key, value: pushed.__setitem__(key, value))
+    ti = SimpleNamespace(
+        xcom_push=lambda key, value: pushed.__setitem__(key, value), task=operator, map_index=-1
+    )
     summary = operator.execute({"ti": ti, "run_id": "manual__card"})  # as Airflow gives it
+    assert pushed["return_value"] == summary
+    assert sorted(pushed["skipmixin_key"]["followed"]) == ["approve", "run"]
     assert "card_facts" not in summary  # the facts go into the card, not twice into the XCom
     assert STARTED_KEY in pushed  # the task said it started (how a silent end is told apart)
     card = summary[CARD_KEY]

@@ -320,9 +320,7 @@ def test_a_clean_frequency_table_is_released_without_a_person(
         wait_for_success(stack, http, run_id)
         states = task_states(http, run_id)
         checked = _checked(http, run_id)
-    assert (states["check_output"], states["release_gate"], states["release"]) == (
-        "success", "skipped", "skipped"
-    ), states  # fmt: skip
+    assert (states["check_output"], states["release"]) == ("success", "skipped"), states
     assert states["seal"] == "success" and states["record"] == "success", states
     assert checked["verdict"] == "pass" and checked["release_needed"] is False, checked
     assert _files(checked)["by_stage.csv"]["verdict"] == "pass"
@@ -404,7 +402,7 @@ def test_a_small_cell_waits_for_release_and_is_pushed_once_a_person_approves(
     approved: dict[str, Any],
 ) -> None:
     waiting = approved["waiting"]
-    assert waiting["release_gate"] == "success" and waiting["seal"] in (None, "none"), waiting
+    assert waiting["check_output"] == "success" and waiting["seal"] in (None, "none"), waiting
     assert approved["results_while_waiting"] == []  # nothing leaves while the person decides
     checked = approved["checked"]
     assert checked["verdict"] == "review" and checked["release_needed"] is True
@@ -479,7 +477,7 @@ def _blocked(
         states = task_states(http, run_id)
     assert run["state"] == "failed", states
     assert states["run"] == "success" and states["check_output"] == "failed", states
-    for task in ("release_gate", "release", "seal"):
+    for task in ("release", "seal"):
         assert states[task] == "upstream_failed", states
     assert states["record"] == "failed", states  # it audited the failure, then failed the run
     assert _results(client, ref) == []

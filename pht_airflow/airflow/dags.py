@@ -24,12 +24,10 @@ from ..station.selftest import CHECKS
 from .names import RUN_TRAIN, SELFTEST, dag_id_for
 from .operators import (
     CARD_KEY,
-    ApprovalPolicyGate,
     CheckOutputOperator,
     PersonsAnswerOperator,
     PreflightOperator,
     RecordHopOperator,
-    ReleasePolicyGate,
     RunTrainOperator,
     SealResultOperator,
     VerifyTrainOperator,
@@ -67,13 +65,13 @@ def retry_args(total: timedelta = DEFAULT_RETRY_TOTAL) -> dict[str, Any]:
 def run_train_dag(
     dag_id: str = RUN_TRAIN, config_path: str | None = None, doc_md: str | None = None
 ) -> DAG:
-    """preflight → verify → approval_gate → approve → run → check_output → release_gate →
-    release → seal → record.
+    """preflight → verify → approve → run → check_output → release → seal → record.
 
     ``approve`` and ``release`` are a person's answers (Approve/Reject with a reason), asked
-    only when the policy (or, for ``release``, a disclosure check) says so. ``run`` runs the
-    train once and leaves its output encrypted to the station; ``seal`` pushes it and retries
-    registry outages with backoff without running the train again. ``record`` runs whatever
+    only when the policy (or, for ``release``, a disclosure check) says so: ``verify`` and
+    ``check_output`` branch past them otherwise (no gate tasks: each task is a process).
+    ``run`` runs the train once and leaves its output encrypted; ``seal`` pushes it and
+    retries registry outages with backoff without running the train again. ``record`` runs whatever
     happened before it, so every outcome is audited. Every task but the two persons' steps
     has the station policy's ``task_timeout`` as its ``execution_timeout``.
     """
@@ -127,7 +125,6 @@ def run_train_dag(
             rerun="{{ params.rerun }}",
             config_path=config_path,
         )
-        gate = ApprovalPolicyGate(task_id="approval_gate", retries=0, config_path=config_path)
         approve = PersonsAnswerOperator(
             task_id="approve",
             # The card's text is made safe for display by the verify task (approval_card).
@@ -147,7 +144,6 @@ def run_train_dag(
         check = CheckOutputOperator(
             task_id="check_output", reference=_TRAIN, config_path=config_path, retries=0
         )
-        release_gate = ReleasePolicyGate(task_id="release_gate", retries=0)
         release = PersonsAnswerOperator(
             task_id="release",
             subject=f"{{{{ {_CHECKED}['{CARD_KEY}']['subject'] }}}}",
@@ -171,8 +167,7 @@ def run_train_dag(
             trigger_rule=TriggerRule.ALL_DONE,
             retries=3,
         )
-        preflight >> verify >> gate >> approve >> run >> check >> release_gate >> release
-        release >> seal >> record
+        preflight >> verify >> approve >> run >> check >> release >> seal >> record
         verify >> run
         check >> seal
     return dag

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from airflow.providers.standard.operators.branch import BranchMixIn
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import (
     AirflowFailException,
-    AirflowSkipException,
     AirflowTaskTimeout,
     DownstreamTasksSkipped,
 )
@@ -145,9 +145,19 @@ class _HopOperator(BaseOperator):
     def on_kill(self) -> None:
         self._killed = True
 
+    def _branch(self, context: Any, follow: list[str], result: dict[str, Any]) -> dict[str, Any]:
+        """Return ``result`` and go on to ``follow`` only, skipping the other direct
+        downstream tasks. The skip ends ``execute`` with ``DownstreamTasksSkipped``, so the
+        result is pushed as the return value first."""
+        context["ti"].xcom_push(key="return_value", value=result)
+        self.do_branch(context, follow)  # type: ignore[attr-defined]
+        return result
 
-class VerifyTrainOperator(_HopOperator):
-    """The Verify step: every check before anything is pulled or run."""
+
+class VerifyTrainOperator(_HopOperator, BranchMixIn):
+    """The Verify step: every check before anything is pulled or run. Verified, it goes on to
+    ``approve`` when ``policy.require_approval`` asks for a person, else straight to ``run``
+    (``approve`` is skipped; no separate gate task costs a task process per hop)."""
 
     def __init__(self, *, rerun: bool | str = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -173,7 +183,11 @@ class VerifyTrainOperator(_HopOperator):
 
         summary: dict[str, Any] = self._guarded(context, verify)
         facts = summary.pop("card_facts", None) or _facts_of(summary)
-        return {**summary, CARD_KEY: approval_card(facts)}
+        result = {**summary, CARD_KEY: approval_card(facts)}
+        if config.policy.require_approval:
+            return self._branch(context, [TASKS.approve, TASKS.run], result)
+        self.log.info("policy.require_approval is false: no approval needed")
+        return self._branch(context, [TASKS.run], result)
 
     def _active(self, context: Any) -> Callable[[str], bool]:
         ti, dag_id = context["ti"], self.dag_id
@@ -187,22 +201,6 @@ class VerifyTrainOperator(_HopOperator):
             return str(state) in ("queued", "running", "DagRunState.QUEUED", "DagRunState.RUNNING")
 
         return is_active
-
-
-class ApprovalPolicyGate(BaseOperator):
-    """Skips the human approval step when the station's policy does not ask for it."""
-
-    template_fields = ("config_path",)
-
-    def __init__(self, *, config_path: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.config_path = config_path
-
-    def execute(self, context: Any) -> bool:
-        required = _config(self.config_path).policy.require_approval
-        if not required:
-            raise AirflowSkipException("policy.require_approval is false: no approval needed")
-        return True
 
 
 class PreflightOperator(BaseOperator):
@@ -344,9 +342,10 @@ class RunTrainOperator(_HopOperator):
             self.log.warning("wiped the hop folder %s", self._work)
 
 
-class CheckOutputOperator(_HopOperator):
+class CheckOutputOperator(_HopOperator, BranchMixIn):
     """The disclosure checks on the resting output: verdicts (no content) as the XCom; a
-    ``block`` fails the hop with its reasons."""
+    ``block`` fails the hop with its reasons. It goes on to ``release`` (a person) when the
+    policy or a verdict asks for it, else straight to ``seal`` (``release`` is skipped)."""
 
     def execute(self, context: Any) -> dict[str, Any]:
         ti = context["ti"]
@@ -359,17 +358,11 @@ class CheckOutputOperator(_HopOperator):
             context,
             lambda: hop.check_step(config, verified, ran, logger=_safe_log(self.log.info)),
         )
-        return {**summary, CARD_KEY: release_card(summary, review_path(config, ran))}
-
-
-class ReleasePolicyGate(BaseOperator):
-    """Skips the person's release step unless the policy or a disclosure check asks for it."""
-
-    def execute(self, context: Any) -> bool:
-        checked = context["ti"].xcom_pull(task_ids=TASKS.check) or {}
-        if not checked.get("release_needed"):
-            raise AirflowSkipException("the output passed every check: released automatically")
-        return True
+        result = {**summary, CARD_KEY: release_card(summary, review_path(config, ran))}
+        if summary.get("release_needed"):
+            return self._branch(context, [TASKS.release, TASKS.seal], result)
+        self.log.info("the output passed every check: released automatically")
+        return self._branch(context, [TASKS.seal], result)
 
 
 def review_path(config: StationConfig, ran: Any) -> str | None:

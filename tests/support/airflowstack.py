@@ -33,11 +33,9 @@ LOOPBACK = {"127.0.0.1", "[::1]", "::1"}
 TASKS = (
     "preflight",
     "verify",
-    "approval_gate",
     "approve",
     "run",
     "check_output",
-    "release_gate",
     "release",
     "seal",
     "record",
