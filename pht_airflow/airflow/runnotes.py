@@ -303,8 +303,9 @@ def _write(dag_run: Any, ended: bool) -> None:
         log.info("run %s has a note a person wrote; it is left as it is", dag_run.run_id)
         return
     if not ended:
-        if dag_run.dag_run_note is None or not dag_run.dag_run_note.content:
-            dag_run.note = start_note(_reference(dag_run))
+        # Also replaces the outcome of an earlier try of a cleared run, and the webhook's
+        # "registry push of …" (the run's triggering user still says it came from a push).
+        dag_run.note = start_note(_reference(dag_run))
         return
     # Written in the caller's session (the scheduler's, which commits it with the run's state):
     # a session of our own would wait on the run's row the caller holds locked.
@@ -321,7 +322,7 @@ def _guarded(dag_run: Any, ended: bool) -> None:
 
 @hookimpl
 def on_dag_run_running(dag_run: Any, msg: str) -> None:
-    """A hop run started: its note names the train reference (unless it has a note)."""
+    """A hop run started (or started again, cleared): its note names the train reference."""
     _guarded(dag_run, ended=False)
 
 
