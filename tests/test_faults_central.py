@@ -236,6 +236,16 @@ def _done(route: Route, train_id: str) -> dict[str, Any]:
     return dict(_wait(route, f"train {train_id} to be done", done))
 
 
+def _failed_deliveries(route: Route) -> int:
+    """How many times the registry's log says a delivery to the central service failed."""
+    sink = f"httpSink{{http://{route.proxy.host}{WEBHOOK_PATH}}}"
+    return sum(
+        1
+        for line in route.registry.log_path.read_text(errors="replace").splitlines()
+        if "retryingsink: error writing events" in line and sink in line
+    )
+
+
 def _via(info: dict[str, Any]) -> list[str]:
     """How each result reached the central service: ``webhook`` or ``reconcile``."""
     return [
@@ -314,8 +324,16 @@ def test_central_killed_mid_route_and_restarted_reaches_done(
 ) -> None:
     route.proxy.arm(b'"result-0"', mode)  # the registry's delivery of hop 0's result
     spec = _submit(route, docker_client, parties)
-    if not route.proxy.held.wait(ROUTE_TIMEOUT):
-        pytest.fail("the registry never announced result-0 to the central service")
+
+    def announced() -> bool | None:
+        if route.proxy.held.is_set():
+            return True
+        runs = _runs(route, "station-a", spec.id)
+        if runs and runs[0]["state"] == "failed":
+            pytest.fail(f"station-a's hop failed: {runs[0]}", pytrace=False)
+        return None
+
+    _wait(route, "the registry to announce result-0 to the central service", announced)
     route.central.kill()
     route.proxy.release()  # that delivery fails; the registry tries again until it is heard
     assert "result-0" in _tags(route, f"station-a/{spec.id}")
@@ -342,9 +360,14 @@ def test_notifications_lost_while_central_is_down_are_recovered_by_reconciliatio
     spec = _submit(route, docker_client, parties)
     assert route.central.train(spec.id)["hops"][0]["state"] == "sent"
     route.central.stop()
+    failed_before = _failed_deliveries(route)
     run = _run_ended(route, "station-a", spec.id)
     assert run["state"] == "success", run
     assert "result-0" in _tags(route, f"station-a/{spec.id}")
+    # The registry has tried to tell the central service, and failed (it retries forever,
+    # from memory).
+    _wait(route, "the registry to fail a delivery to the central service",
+          lambda: True if _failed_deliveries(route) > failed_before else None)  # fmt: skip
     route.restart_registry()  # the undelivered notification of result-0 is lost
     assert "train" not in _tags(route, f"station-b/{spec.id}")
     route.central.start()
