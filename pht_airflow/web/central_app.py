@@ -2,7 +2,8 @@
 
 Reads are open (the directory holds public keys only); writes need ``Authorization: Bearer
 <token>``. Registry webhooks use their own shared secret. A background thread reconciles the
-database with the registry every ``reconcile_seconds``. OpenAPI docs are served at ``/docs``.
+database with the registry when the service starts and every ``reconcile_seconds`` after.
+OpenAPI docs are served at ``/docs``.
 
 Request bodies are bounded on the stream (:class:`BodyLimit`): a declared ``Content-Length``
 over :data:`MAX_BODY_BYTES` is refused before anything is read, and a chunked body is cut off
@@ -286,13 +287,17 @@ def create_app(
     stop = threading.Event()
 
     def reconcile_loop() -> None:
-        while not stop.wait(reconcile_seconds):
+        # The first pass runs at start: what was pushed while the service was down (the
+        # registry's notifications of it lost) is routed at once, not an interval later.
+        while True:
             try:
                 actions = router.reconcile()
                 if actions:
                     log.info("reconciliation took %d action(s)", actions)
             except Exception:  # noqa: BLE001 - keep the loop alive, say what broke
                 log.exception("reconciliation failed")
+            if stop.wait(reconcile_seconds):
+                return
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
