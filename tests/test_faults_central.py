@@ -44,7 +44,13 @@ from support.faults import (
     marker_of,
     result_manifests,
 )
-from support.secretscan import Secrets, assert_scan_finds, party_secrets, scan_deployment
+from support.secretscan import (
+    Secrets,
+    assert_scan_finds,
+    party_secrets,
+    scan_deployment,
+    scan_tree,
+)
 from support.stationkit import (
     ANALYSIS,
     PASSPHRASE,
@@ -310,6 +316,48 @@ def _assert_route_clean(
         fetch_results(client, outbox, spec, parties["alice"].age, Path(folder) / "results")
         opened = [p.read_text() for p in Path(folder).rglob("state.json")]
     assert len(opened) == 1 and route.markers[-1] in opened[0], opened
+
+
+# --- 0. the scanner itself (no deployment) -------------------------------------------------
+
+
+def test_the_secret_scan_reads_gzip_layers_sqlite_tables_and_tars(tmp_path: Path) -> None:
+    """Each place a secret can hide from a plain byte search is read: a gzip blob, a SQLite
+    value compressed with zlib, a gzip layer inside a tar (``docker image save``); a find
+    names the file and the secret, never the secret's value."""
+    import gzip
+    import io
+    import sqlite3
+    import tarfile
+    import zlib
+
+    needles = Secrets()
+    needles.add("the token", "tok-" + random.token_hex(12))
+    needles.add("the marker", random.token_hex(32))
+    token, marker = needles.needles["the token"], needles.needles["the marker"]
+    (tmp_path / "blob").write_bytes(gzip.compress(b"layer " + token))
+    db = sqlite3.connect(tmp_path / "x.db")
+    db.execute("CREATE TABLE xcom (value BLOB)")
+    db.execute("INSERT INTO xcom VALUES (?)", (zlib.compress(b"{" + marker + b"}"),))
+    db.commit()
+    db.close()
+    layer = gzip.compress(b"etc/secret " + marker)
+    with tarfile.open(tmp_path / "image.tar", "w") as tar:
+        info = tarfile.TarInfo("abc/layer.tar.gz")
+        info.size = len(layer)
+        tar.addfile(info, io.BytesIO(layer))
+    (tmp_path / "clean.log").write_text("nothing here\n")
+    (tmp_path / "age.txt").write_text("AGE-SECRET-KEY-1" + "Q" * 58)
+
+    findings = scan_tree([tmp_path], needles)
+    assert findings == [
+        f"{tmp_path / 'age.txt'}: an age secret key (AGE-SECRET-KEY-1…)",
+        f"{tmp_path / 'blob'}: the token",
+        f"{tmp_path / 'image.tar'}: the marker",
+        f"{tmp_path / 'x.db'}: the marker (table xcom, decompressed)",
+    ]
+    assert not any(token.decode() in f or marker.decode() in f for f in findings)
+    assert scan_tree([tmp_path], Secrets(needles.needles, generic=False))[0].endswith("the token")
 
 
 # --- 1. the central service SIGKILLed between hops, started again on its database ----------

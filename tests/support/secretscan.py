@@ -154,7 +154,8 @@ def scan_sqlite(path: Path, secrets: Secrets) -> set[str]:
     """Every value of every table of a SQLite database (read-only), as text; a value that is
     zlib-compressed is decompressed too."""
     found: set[str] = set()
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # A writer (Airflow's scheduler) may hold the lock for a moment: wait for it.
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=120)
     try:
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         for table in tables:
@@ -192,6 +193,8 @@ def scan_tree(roots: Iterable[Path], secrets: Secrets, skip: Iterable[Path] = ()
                 continue
             try:
                 names = scan_file(path, secrets)
+            except FileNotFoundError:
+                continue  # removed while the scan ran (a journal, a temporary file)
             except OSError as exc:
                 findings.append(f"{path}: unreadable ({exc.strerror})")
                 continue
