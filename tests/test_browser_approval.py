@@ -319,12 +319,6 @@ def test_a_verification_failures_log_starts_with_the_reason(
     page.get_by_text(note).first.wait_for()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the hop operators still raise AirflowFailException, which Airflow's task runner "
-    "logs with its stack; raising pht_airflow.airflow.expected.ExpectedFailure with "
-    "retry_policy=EXPECTED_FAILURE_POLICY ends the task without one (test_airflow_expected)",
-)
 def test_a_verification_failures_log_has_no_python_stack(
     deployment: Deployment, refused: Refused, page: Any
 ) -> None:

@@ -21,6 +21,7 @@ from airflow.sdk import DAG, Param, TriggerRule
 
 from ..station.config import hosted_station_configs, policy_task_timeout
 from ..station.selftest import CHECKS
+from .expected import EXPECTED_FAILURE_POLICY
 from .names import RUN_TRAIN, SELFTEST, dag_id_for
 from .operators import (
     CARD_KEY,
@@ -116,6 +117,8 @@ def run_train_dag(
             "retries": 1,
             "retry_delay": timedelta(seconds=30),
             "execution_timeout": task_timeout,
+            # An expected failure (already explained in the log) fails at once, no stack.
+            "retry_policy": EXPECTED_FAILURE_POLICY,
         },
     ) as dag:
         preflight = PreflightOperator(task_id="preflight", retries=0, config_path=config_path)

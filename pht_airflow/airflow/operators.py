@@ -30,6 +30,7 @@ from ..station.explain import failure_lines
 from ..station.sandbox import LABEL
 from ..text import safe_text
 from .card import approval_card, markdown_text
+from .expected import ExpectedFailure
 from .lookups import AIRFLOW_LOOKUPS
 
 FAILURE_KEY = "failure"
@@ -107,7 +108,7 @@ class _HopOperator(BaseOperator):
             self._explain(exc)
             if isinstance(exc, RegistryError) and exc.retryable:
                 raise  # a network or server hiccup: let Airflow's retries have a go
-            raise AirflowFailException(message) from None
+            raise ExpectedFailure(message) from None  # explained above: no Python stack
         except AirflowTaskTimeout:
             limit = self.execution_timeout
             ti.xcom_push(
@@ -223,7 +224,7 @@ class PreflightOperator(BaseOperator):
             summary["station_fault"] = True  # the station's problem: nothing goes to central
             context["ti"].xcom_push(key=FAILURE_KEY, value=summary)
             log_failure(self.log, exc, self.config_path)
-            raise AirflowFailException(safe_text(exc, limit=4000)) from None
+            raise ExpectedFailure(safe_text(exc, limit=4000)) from None
         done = getattr(report, "summary", None)
         return done() if callable(done) else {"ok": True}
 
@@ -512,7 +513,7 @@ class RecordHopOperator(_HopOperator):
             )
         elif record["outcome"] != "success":
             message = safe_text(failure.get("message") if failure else "", limit=4000)
-            raise AirflowFailException(f"hop failed: {message}")
+            raise ExpectedFailure(f"hop failed: {message}")
         return summary
 
 
