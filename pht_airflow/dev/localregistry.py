@@ -124,9 +124,14 @@ def _endpoint_config(endpoint: Endpoint) -> dict[str, object]:
 
 
 def registry_config(
-    root: Path, port: int, endpoints: Sequence[Endpoint] = (), debug_port: int | None = None
+    root: Path,
+    port: int,
+    endpoints: Sequence[Endpoint] = (),
+    debug_port: int | None = None,
+    htpasswd: Path | None = None,
 ) -> dict[str, object]:
-    """The registry's YAML config as a dict: filesystem storage under ``root``, deletes on."""
+    """The registry's YAML config as a dict: filesystem storage under ``root``, deletes on;
+    with ``htpasswd`` (a bcrypt htpasswd file), every request needs basic auth."""
     config: dict[str, object] = {
         "version": 0.1,
         "log": {"level": "warn", "fields": {"service": "registry"}},
@@ -140,6 +145,8 @@ def registry_config(
             "headers": {"X-Content-Type-Options": ["nosniff"]},
         },
     }
+    if htpasswd is not None:
+        config["auth"] = {"htpasswd": {"realm": "pht-local", "path": str(htpasswd)}}
     if debug_port is not None:
         config["http"]["debug"] = {"addr": f"127.0.0.1:{debug_port}"}  # type: ignore[index]
     if endpoints:
@@ -168,9 +175,15 @@ def write_private(path: Path, text: str) -> None:
 
 
 def start_registry(
-    root: Path, *, port: int | None = None, endpoints: Sequence[Endpoint] = (), timeout: float = 20
+    root: Path,
+    *,
+    port: int | None = None,
+    endpoints: Sequence[Endpoint] = (),
+    timeout: float = 20,
+    htpasswd: Path | None = None,
 ) -> LocalRegistry:
-    """Start ``docker-registry`` on 127.0.0.1 with storage under ``root``; wait until it answers."""
+    """Start ``docker-registry`` on 127.0.0.1 with storage under ``root``; wait until it answers
+    (with ``htpasswd``, it asks every client for basic auth)."""
     binary = shutil.which(REGISTRY_BINARY) or (
         "/usr/bin/docker-registry" if os.path.exists("/usr/bin/docker-registry") else None
     )
@@ -182,7 +195,8 @@ def start_registry(
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     config_path = root / "config.yml"
-    write_private(config_path, yaml.safe_dump(registry_config(root, port, endpoints)))
+    config = registry_config(root, port, endpoints, htpasswd=htpasswd)
+    write_private(config_path, yaml.safe_dump(config))
     log_path = root / "registry.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(  # noqa: S603 - fixed binary, our own config
@@ -200,7 +214,8 @@ def start_registry(
                 f"docker-registry exited at start (code {process.returncode}): {tail}"
             )
         try:
-            if requests.get(f"{registry.url}/v2/", timeout=1).status_code == 200:
+            answer = requests.get(f"{registry.url}/v2/", timeout=1).status_code
+            if answer == 200 or (htpasswd is not None and answer == 401):
                 return registry
         except requests.RequestException:
             pass

@@ -137,8 +137,15 @@ def make_train_spec(parties: Any, route: list[str], **kwargs: Any) -> TrainSpec:
     return make_spec(**args)
 
 
-def build_train(docker_client: Any, ref: Reference, spec: TrainSpec, script: str = ANALYSIS) -> str:
-    """Build a Python train on pht-local/python:3.11 running ``script``; push; return digest."""
+def build_train(
+    docker_client: Any,
+    ref: Reference,
+    spec: TrainSpec,
+    script: str = ANALYSIS,
+    auth: tuple[str, str] | None = None,
+) -> str:
+    """Build a Python train on pht-local/python:3.11 running ``script``; push (with ``auth``,
+    a username and password, if given); return digest."""
     import tarfile
 
     context = io.BytesIO()
@@ -169,7 +176,8 @@ def build_train(docker_client: Any, ref: Reference, spec: TrainSpec, script: str
     for line in stream:
         if "error" in line:
             raise RuntimeError(f"docker build failed: {line['error']}")
-    return push_image(docker_client, ref)
+    username, password = auth or (None, None)
+    return push_image(docker_client, ref, username=username, password=password)
 
 
 def sign_train(client: RegistryClient, ref: Reference, parties: Any, *signers: str) -> None:
