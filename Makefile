@@ -28,7 +28,7 @@ lint: bootstrap
 	$(VENV)/bin/lint-imports
 
 test: lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --durations=25 $(PYTEST_ARGS)
 
 format:
 	$(VENV)/bin/ruff format $(LINT_PATHS)
