@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Run `make test` several times in a row, each on a fresh clone of this repository's HEAD,
+# while stress-ng keeps every core busy: the suite must not flake on a loaded machine.
+#
+#   scripts/stress-suite.sh [RUNS]        (default 5; stops at the first failed run)
+#
+# Each run's output goes to $STRESS_LOGS/run-<k>.txt (default /tmp/pht-stress-logs); a line per
+# run says how long it took and whether it passed. Takes about 30-45 minutes per run on 2 cores.
+set -euo pipefail
+runs="${1:-5}"
+repo="$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)"
+logs="${STRESS_LOGS:-/tmp/pht-stress-logs}"
+clone="${STRESS_CLONE:-/tmp/pht-stress-clone}"
+command -v stress-ng >/dev/null || { echo "stress-ng is missing: run scripts/bootstrap.sh" >&2; exit 2; }
+mkdir -p "$logs"
+stress-ng --cpu "$(nproc)" --quiet &
+stress=$!
+trap 'kill "$stress" 2>/dev/null || true' EXIT
+echo "commit $(git -C "$repo" rev-parse --short HEAD); stress-ng --cpu $(nproc) (pid $stress); logs in $logs"
+for k in $(seq 1 "$runs"); do
+  rm -rf "$clone"
+  git clone -q "$repo" "$clone"
+  start=$(date +%s)
+  if (cd "$clone" && CI=true make test) >"$logs/run-$k.txt" 2>&1; then
+    verdict="passed"
+  else
+    verdict="FAILED"
+  fi
+  took=$(( $(date +%s) - start ))
+  summary=$(grep -E '^=+ .*(passed|failed|error).* =+$' "$logs/run-$k.txt" | tail -1 || true)
+  printf 'run %d/%d: %s in %dm%02ds  %s\n' "$k" "$runs" "$verdict" $((took / 60)) $((took % 60)) "$summary"
+  [ "$verdict" = passed ] || exit 1
+done
