@@ -7,7 +7,7 @@ process (``pht central serve``, SQLite; :class:`~support.centralproc.CentralProc
 test can SIGKILL it and start it again on the same database. A real ``docker-registry`` of
 this module notifies the central service (through :class:`~support.faults.GateProxy`, which
 can hold the delivery a test waits for) and each station's webhook receiver in Airflow, as
-in the demo. A train is submitted to the central service, which copies it to station-a; the
+in the demo; it asks every client for a password (htpasswd). A train is submitted to the central service, which copies it to station-a; the
 registry's notification of the train starts station-a's run; the notification of its
 ``result-0`` makes the central service send hop 1 to station-b; and so on to the outbox.
 
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 from support.centralproc import CentralProcess
 from support.faults import (
@@ -88,19 +89,34 @@ class Route:
     proxy: GateProxy
     stations: dict[str, Station]
     webhook_secrets: dict[str, str]
+    registry_login: tuple[str, str]
+    htpasswd: Path
     #: Markers the trains wrote into their output tables (for the secret scan).
     markers: list[str] = field(default_factory=list)
 
     def restart_registry(self) -> None:
         port = self.registry.port
         self.registry.stop()
-        self.registry = start_registry(self.registry.root, port=port, endpoints=self.endpoints)
+        self.registry = start_registry(
+            self.registry.root, port=port, endpoints=self.endpoints, htpasswd=self.htpasswd
+        )
+
+    def client(self) -> RegistryClient:
+        user, password = self.registry_login
+        return RegistryClient(self.registry.host, username=user, password=password)
 
 
 @pytest.fixture(scope="module")
 def route(tmp_path_factory: pytest.TempPathFactory, parties: Any) -> Iterator[Route]:
     root = tmp_path_factory.mktemp("faults-central")
     registry_port, airflow_port = free_port(), free_port()
+    # The registry asks everyone for a password (one account for all here: a robot's
+    # secret, as far as the scan is concerned). bcrypt's lowest cost: the registry checks
+    # it on every request.
+    user, password = "pht-robot", random.token_urlsafe(24)
+    htpasswd = root / "registry-auth" / "htpasswd"
+    htpasswd.parent.mkdir(mode=0o700)
+    htpasswd.write_text(f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()}\n")
     central = CentralProcess(
         root / "central",
         registry_host=f"127.0.0.1:{registry_port}",
@@ -109,6 +125,8 @@ def route(tmp_path_factory: pytest.TempPathFactory, parties: Any) -> Iterator[Ro
         # Reconciliation passes run only when the service starts: no periodic pass races a
         # notification, so the timeline says which of the two routed each result.
         reconcile_seconds=3600,
+        registry_username=user,
+        registry_password=password,
     )
     proxy = GateProxy(central.port)  # the registry reaches the central service through it
     hooks = {s: random.token_urlsafe(24) for s in STATIONS}
@@ -125,7 +143,9 @@ def route(tmp_path_factory: pytest.TempPathFactory, parties: Any) -> Iterator[Ro
         )
         for s in STATIONS
     ]  # fmt: skip
-    registry = start_registry(root / "registry", port=registry_port, endpoints=endpoints)
+    registry = start_registry(
+        root / "registry", port=registry_port, endpoints=endpoints, htpasswd=htpasswd
+    )
     configs = root / "stations"
     configs.mkdir()
     stations = {}
@@ -138,6 +158,7 @@ def route(tmp_path_factory: pytest.TempPathFactory, parties: Any) -> Iterator[Ro
             approvers=[parties["reviewer"].public.pem],
             rows=rows,
             overrides={
+                "registry": {"username": user, "password": {"file": "keys/registry-password"}},
                 "webhook": {"secret": {"file": "keys/webhook-secret"}},
                 "central": {"url": central.url},  # a failed hop is reported there
             },
@@ -145,6 +166,8 @@ def route(tmp_path_factory: pytest.TempPathFactory, parties: Any) -> Iterator[Ro
         secret = station.root / "keys" / "webhook-secret"
         secret.write_text(hooks[name] + "\n")
         secret.chmod(0o600)
+        (station.root / "keys" / "registry-password").write_text(password + "\n")
+        (station.root / "keys" / "registry-password").chmod(0o600)
         (configs / f"{name}.yaml").symlink_to(station.config_path)
         stations[name] = station
     airflow: LocalAirflow | None = None
@@ -164,7 +187,10 @@ def route(tmp_path_factory: pytest.TempPathFactory, parties: Any) -> Iterator[Ro
         )
         for name in STATIONS:
             airflow.wait_for_dag(dag_id_for(name))
-        yield Route(root, airflow, central, registry, endpoints, proxy, stations, hooks)
+        yield Route(
+            root, airflow, central, registry, endpoints, proxy, stations, hooks,
+            (user, password), htpasswd,
+        )  # fmt: skip
     except ServiceError as exc:
         pytest.fail(str(exc), pytrace=False)
     finally:
@@ -194,7 +220,7 @@ def _wait(route: Route, what: str, probe: Any, timeout: float = ROUTE_TIMEOUT) -
 
 
 def _tags(route: Route, repository: str) -> set[str]:
-    with RegistryClient(route.registry.host) as client:
+    with route.client() as client:
         try:
             return set(client.list_tags(repository))
         except NotFoundError:
@@ -208,8 +234,10 @@ def _submit(route: Route, docker_client: Any, parties: Any) -> TrainSpec:
     route.markers.append(marker_of(seed))
     spec = make_train_spec(parties, list(STATIONS))
     ref = Reference(route.registry.host, f"pht-incoming/{spec.id}", tag="train")
-    digest = build_train(docker_client, ref, spec, script=marked(seed, ANALYSIS))
-    with RegistryClient(route.registry.host) as client:
+    digest = build_train(
+        docker_client, ref, spec, script=marked(seed, ANALYSIS), auth=route.registry_login
+    )
+    with route.client() as client:
         sign_train(client, ref.with_digest(digest), parties, "alice", "reviewer")
     docker_client.images.remove(str(ref))
     resp = route.central.post(
@@ -312,7 +340,7 @@ def _assert_route_clean(
     ]
     assert images == []
     outbox = Reference(route.registry.host, f"pht-outbox/{spec.id}", digest=info["digest"])
-    with tempfile.TemporaryDirectory() as folder, RegistryClient(route.registry.host) as client:
+    with tempfile.TemporaryDirectory() as folder, route.client() as client:
         fetch_results(client, outbox, spec, parties["alice"].age, Path(folder) / "results")
         opened = [p.read_text() for p in Path(folder).rglob("state.json")]
     assert len(opened) == 1 and route.markers[-1] in opened[0], opened
@@ -449,6 +477,7 @@ def _secrets(route: Route, parties: Any) -> Secrets:
     found.add("the central service's webhook secret", route.central.webhook_secret)
     found.add("the central service's API token", route.central.token)
     found.add("Airflow's admin password", route.airflow.password)
+    found.add("the registry account's password", route.registry_login[1])
     for i, marker in enumerate(route.markers):
         found.add(f"train {i}'s result marker", marker)
     return found

@@ -30,6 +30,9 @@ class CentralProcess:
     token: str
     webhook_secret: str
     reconcile_seconds: float = 10.0
+    #: The registry account it copies with (its password goes in $PHT_REGISTRY_PASSWORD).
+    registry_username: str | None = None
+    registry_password: str | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -53,13 +56,17 @@ class CentralProcess:
             PHT_CENTRAL_TOKEN=self.token, PHT_WEBHOOK_SECRET=self.webhook_secret,
             PYTHONUNBUFFERED="1",
         )  # fmt: skip
+        login = []
+        if self.registry_username:
+            login = ["--username", self.registry_username]
+            env["PHT_REGISTRY_PASSWORD"] = self.registry_password or ""
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our own CLI
                 [
                     sys.executable, "-m", "pht_airflow.cli", "central", "serve",
                     "--registry", self.registry_host, "--port", str(self.port),
                     "--db", f"sqlite:///{self.db}",
-                    "--reconcile-seconds", str(self.reconcile_seconds),
+                    "--reconcile-seconds", str(self.reconcile_seconds), *login,
                 ],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
