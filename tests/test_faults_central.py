@@ -7,9 +7,10 @@ process (``pht central serve``, SQLite; :class:`~support.centralproc.CentralProc
 test can SIGKILL it and start it again on the same database. A real ``docker-registry`` of
 this module notifies the central service (through :class:`~support.faults.GateProxy`, which
 can hold the delivery a test waits for) and each station's webhook receiver in Airflow, as
-in the demo; it asks every client for a password (htpasswd). A train is submitted to the central service, which copies it to station-a; the
-registry's notification of the train starts station-a's run; the notification of its
-``result-0`` makes the central service send hop 1 to station-b; and so on to the outbox.
+in the demo; it asks every client for a password (htpasswd). A train is submitted to the
+central service, which copies it to station-a; the registry's notification of the train
+starts station-a's run; the notification of its ``result-0`` makes the central service send
+hop 1 to station-b; and so on to the outbox.
 
 Each fault test asserts, once the train is done: every hop ran once (sandbox starts) in one
 Airflow run that succeeded, with its audit record; exactly one result per hop in registry
