@@ -137,6 +137,24 @@ def no_containers_left_behind() -> Iterator[None]:
         pytest.fail(f"tests left containers behind: {names}", pytrace=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_servers_left_behind() -> Iterator[None]:
+    """Fail the session if a process it started (a registry, Airflow, PostgreSQL, the central
+    service, a browser) still runs once every other fixture has stopped its own: a test that
+    restarts a server must stop the new process, not the old one."""
+    import psutil
+
+    yield
+    me = psutil.Process()
+    left = []
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{child.pid} {' '.join(child.cmdline())[:160]}")
+    if left:
+        pytest.fail("tests left processes running:\n  " + "\n  ".join(left), pytrace=False)
+
+
 def _listening(name: str) -> bool:
     """True if the 127.0.0.1 registry an image name points at still accepts connections."""
     import socket

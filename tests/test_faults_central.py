@@ -172,6 +172,7 @@ def route(tmp_path_factory: pytest.TempPathFactory, parties: Any) -> Iterator[Ro
         (configs / f"{name}.yaml").symlink_to(station.config_path)
         stations[name] = station
     airflow: LocalAirflow | None = None
+    route: Route | None = None
     try:
         central.start()
         for name in STATIONS:
@@ -188,10 +189,11 @@ def route(tmp_path_factory: pytest.TempPathFactory, parties: Any) -> Iterator[Ro
         )
         for name in STATIONS:
             airflow.wait_for_dag(dag_id_for(name))
-        yield Route(
+        route = Route(
             root, airflow, central, registry, endpoints, proxy, stations, hooks,
             (user, password), htpasswd,
         )  # fmt: skip
+        yield route
     except ServiceError as exc:
         pytest.fail(str(exc), pytrace=False)
     finally:
@@ -199,7 +201,8 @@ def route(tmp_path_factory: pytest.TempPathFactory, parties: Any) -> Iterator[Ro
             airflow.stop()
         central.stop()
         proxy.close()
-        registry.stop()
+        # A test may have restarted the registry: stop the process running now.
+        (route.registry if route is not None else registry).stop()
 
 
 @pytest.fixture()
