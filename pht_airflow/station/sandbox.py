@@ -91,6 +91,11 @@ MAX_LINE_CHARS = 4_000
 MAX_OUTPUT_ENTRIES = 100_000
 #: What the engine keeps of a container's log (json-file driver) while it runs.
 ENGINE_LOG_MAX = "10m"
+#: How long the log reader may take, after the train exited, to read what the engine still
+#: holds (at most ENGINE_LOG_MAX); the stream ends by itself once it has. Generous on purpose:
+#: 12,000 lines took more than 5 s on a 2-core machine under stress-ng (the old bound), and a
+#: run must not lose its last lines because the station is busy.
+LOG_DRAIN_SECONDS = 300.0
 #: The IPC namespace: "none" gives a private namespace with no /dev/shm mounted, so
 #: POSIX semaphores (``multiprocessing`` locks and pools) are unavailable to trains.
 IPC_MODE = "none"
@@ -850,7 +855,14 @@ def run_train(
         container.reload()
         state = container.attrs.get("State") or {}
         exit_code = int(outcome.get("StatusCode", state.get("ExitCode", -1)))
-        pump.join(timeout=5)
+        # The stream ends once the engine has sent the exited container's whole log.
+        pump.join(timeout=LOG_DRAIN_SECONDS)
+        if pump.thread.is_alive():
+            logging.getLogger(__name__).warning(
+                "the train's log was still being read %.0f s after it exited; its last lines "
+                "are missing from the task log",
+                LOG_DRAIN_SECONDS,
+            )
         if state.get("OOMKilled"):
             raise TrainOOMError(
                 f"train {image} ran out of memory: its limit is {_describe(limits.memory_bytes)} "
