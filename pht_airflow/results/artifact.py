@@ -42,6 +42,7 @@ from .archive import (
     DEFAULT_MAX_EXTRACT_BYTES,
     ExtractStats,
     Progress,
+    TarEntry,
     TarStream,
     plan_tar,
     safe_extract,
@@ -85,25 +86,19 @@ class EncryptedPayload:
 
     path: Path
     sha256: str
-    size: int
     plaintext_bytes: int
     recipients: tuple[str, ...]
 
 
-def encrypt_output(
-    output_dir: Path, recipients: Sequence[str], sink: IO[bytes]
-) -> tuple[str, int, int]:
-    """Write the archive of ``output_dir`` encrypted to ``recipients`` into ``sink`` (the
-    bytes :func:`seal` would push); return its sha256 (hex), its size and the archive's size.
-    The archive is planned (and refused if unsafe) before a byte is written."""
-    entries = plan_tar(output_dir)
+def encrypt_output(entries: Sequence[TarEntry], recipients: Sequence[str], sink: IO[bytes]) -> str:
+    """Write the archive of ``entries`` (from :func:`plan_tar`, which refuses an unsafe
+    output) encrypted to ``recipients`` into ``sink``: the bytes :func:`seal` would push.
+    Returns their sha256 (hex)."""
     digest = hashlib.sha256()
-    size = 0
-    for chunk in encrypt_stream(TarStream(entries), list(recipients)):
+    for chunk in encrypt_stream(TarStream(list(entries)), list(recipients)):
         digest.update(chunk)
-        size += len(chunk)
         sink.write(chunk)
-    return digest.hexdigest(), size, tar_size(entries)
+    return digest.hexdigest()
 
 
 def _now() -> str:

@@ -262,18 +262,22 @@ class DisclosureReport:
             "acro": dict(self.acro) if self.acro is not None else None,
         }
 
-    def blocked(self) -> tuple[FileCheck, ...]:
-        return tuple(f for f in self.files if f.verdict == "block")
-
     def block_message(self) -> str:
         """One readable message: why the output may not leave (empty when not blocked)."""
-        if self.verdict != "block":
-            return ""
-        lines = ["the station's disclosure control blocks this output:"]
-        lines += [f"  - {r}" for r in self.reasons]
-        for f in self.blocked():
-            lines.append(f"  - {safe_text(f.path, limit=NAME_LIMIT * 3)}: {'; '.join(f.reasons)}")
-        return "\n".join(lines)
+        return block_message(self.summary())
+
+
+def block_message(summary: Mapping[str, Any]) -> str:
+    """:meth:`DisclosureReport.block_message` from its :meth:`~DisclosureReport.summary` (as
+    kept with a resting output): why the output may not leave, empty when not blocked."""
+    if summary.get("verdict") != "block":
+        return ""
+    lines = ["the station's disclosure control blocks this output:"]
+    lines += [f"  - {r}" for r in summary.get("reasons") or []]
+    for f in summary.get("files") or []:
+        if f.get("verdict") == "block":
+            lines.append(f"  - {f.get('path')}: {'; '.join(f.get('reasons') or [])}")
+    return "\n".join(lines)
 
 
 def _worst(verdicts: Iterator[str] | Sequence[str]) -> str:

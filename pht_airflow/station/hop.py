@@ -400,7 +400,6 @@ def run_step(
                 "dataset_rows": view.rows,
                 "disclosure": report.summary(),
                 "disclosure_inputs": _disclosure_inputs(config, verified.spec.dataset),
-                "block_message": report.block_message(),
             },
             # The identity is opened at most once per run (a passphrase costs a scrypt run).
             recipient=own,
@@ -421,7 +420,7 @@ def run_step(
 
 
 #: Facts of a resting output that stay in its facts file (the ``run`` task's XCom is short).
-_FACTS_ONLY = ("disclosure", "disclosure_inputs", "block_message", "payload")
+_FACTS_ONLY = ("disclosure", "disclosure_inputs", "payload")
 
 
 def _run_summary(facts: dict[str, Any]) -> dict[str, Any]:
@@ -483,21 +482,21 @@ def check_step(
         config, dataset_name
     ):
         summary = dict(stored)
-        verdict = str(summary.get("verdict"))
-        block_message = str(facts.get("block_message") or "")
     else:
         _say(logger, "the disclosure policy changed since the train ran: checking again")
         with rest.opened_output(config, key, str(verified_summary["train_id"])) as folder:
             report = _check_folder(config, dataset_name, folder, run_summary.get("dataset_rows"))
         summary = dict(report.summary())
-        verdict, block_message = report.verdict, report.block_message()
+    verdict = str(summary.get("verdict"))
     for item in summary.get("files") or []:
         reasons = "; ".join(str(r) for r in item.get("reasons") or [])
         _say(
             logger, f"{item.get('path')}: {item.get('verdict')}{' - ' + reasons if reasons else ''}"
         )
     if verdict == "block":
-        raise PolicyError(block_message or "the station's disclosure control blocks this output")
+        from .disclosure import block_message
+
+        raise PolicyError(block_message(summary))
     summary["release_needed"] = bool(config.policy.require_release_approval or verdict == "review")
     _say(
         logger,

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PhtError
-from ..results.archive import plan_tar, safe_extract
+from ..results.archive import TarEntry, plan_tar, safe_extract, tar_size
 from ..results.artifact import EncryptedPayload, encrypt_output
 from ..results.crypt import ChunkReader, decrypt_file
 from .config import StationConfig
@@ -87,13 +87,13 @@ def _payload_path(config: StationConfig, key: str) -> Path:
     return cipher_path.with_name(f"{REST_PREFIX}{key}.payload.age")
 
 
-def _encrypt_into(path: Path, output_dir: Path, recipients: list[str]) -> tuple[str, int, int]:
+def _encrypt_into(path: Path, entries: list[TarEntry], recipients: list[str]) -> str:
     """:func:`encrypt_output` into ``path`` (0600; a temporary name until complete)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as out:
-            made = encrypt_output(output_dir, recipients, out)
+            made = encrypt_output(entries, recipients, out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
@@ -122,19 +122,19 @@ def store_output(
     digests added (the JSON-safe summary the ``run`` task passes on; no content)."""
     cipher_path, facts_path = _paths(config, key)
     recipient = recipient or config.own_recipient()
-    entries = plan_tar(output_dir)
-    digest, _, plaintext_bytes = _encrypt_into(cipher_path, output_dir, [recipient])
+    entries = plan_tar(output_dir)  # once: both copies are archives of the same plan
+    digest = _encrypt_into(cipher_path, entries, [recipient])
     stored = {
         **facts,
         "rest_key": key,
-        "plaintext_bytes": plaintext_bytes,
+        "plaintext_bytes": tar_size(entries),
         "files": sum(1 for e in entries if not e.is_dir),
         "ciphertext_sha256": digest,
     }
     if payload_recipients is not None:
         recipients = list(payload_recipients)
-        sha, size, _ = _encrypt_into(_payload_path(config, key), output_dir, recipients)
-        stored["payload"] = {"sha256": sha, "size": size, "recipients": recipients}
+        sha = _encrypt_into(_payload_path(config, key), entries, recipients)
+        stored["payload"] = {"sha256": sha, "recipients": recipients}
     _write_new(facts_path, json.dumps(stored, sort_keys=True).encode())
     return stored
 
@@ -150,7 +150,6 @@ def stored_payload(config: StationConfig, key: str) -> EncryptedPayload | None:
         return EncryptedPayload(
             path=path,
             sha256=str(info["sha256"]),
-            size=int(info["size"]),
             plaintext_bytes=int((facts or {})["plaintext_bytes"]),
             recipients=tuple(str(r) for r in info["recipients"]),
         )
