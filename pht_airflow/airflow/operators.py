@@ -146,16 +146,20 @@ class _HopOperator(BaseOperator):
     def on_kill(self) -> None:
         self._killed = True
 
+
+class _BranchingHopOperator(_HopOperator, BranchMixIn):
+    """A hop step that decides which of its direct downstream steps run (no gate task)."""
+
     def _branch(self, context: Any, follow: list[str], result: dict[str, Any]) -> dict[str, Any]:
         """Return ``result`` and go on to ``follow`` only, skipping the other direct
         downstream tasks. The skip ends ``execute`` with ``DownstreamTasksSkipped``, so the
         result is pushed as the return value first."""
         context["ti"].xcom_push(key="return_value", value=result)
-        self.do_branch(context, follow)  # type: ignore[attr-defined]
+        self.do_branch(context, follow)
         return result
 
 
-class VerifyTrainOperator(_HopOperator, BranchMixIn):
+class VerifyTrainOperator(_BranchingHopOperator):
     """The Verify step: every check before anything is pulled or run. Verified, it goes on to
     ``approve`` when ``policy.require_approval`` asks for a person, else straight to ``run``
     (``approve`` is skipped; no separate gate task costs a task process per hop)."""
@@ -343,7 +347,7 @@ class RunTrainOperator(_HopOperator):
             self.log.warning("wiped the hop folder %s", self._work)
 
 
-class CheckOutputOperator(_HopOperator, BranchMixIn):
+class CheckOutputOperator(_BranchingHopOperator):
     """The disclosure checks on the resting output: verdicts (no content) as the XCom; a
     ``block`` fails the hop with its reasons. It goes on to ``release`` (a person) when the
     policy or a verdict asks for it, else straight to ``seal`` (``release`` is skipped)."""
