@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from support.authservers import (
 
 from pht_airflow.dev.localregistry import LocalRegistry
 from pht_airflow.errors import RegistryAuthError
-from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, RegistryClient, sha256_digest
+from pht_airflow.oci import OCI_CONFIG, OCI_MANIFEST, RegistryClient, auth, sha256_digest
 
 pytestmark = pytest.mark.registry
 
@@ -251,15 +250,19 @@ def test_tokens_are_cached_per_scope(
 
 
 def test_token_refreshed_when_it_expires(
-    token_registry: LocalRegistry, tokens: TokenServer, repo: str
+    token_registry: LocalRegistry, tokens: TokenServer, repo: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # expires_in 12 s: the client keeps it for 2 s (it refreshes 10 s early)
+    # expires_in 12 s: the client keeps it for 2 s (it refreshes 10 s early). The tokens' clock
+    # is moved by hand, so however slowly the requests go, only the moves count.
+    now = [1000.0]
+    monkeypatch.setattr(auth, "_clock", lambda: now[0])
     tokens.lifetime = 12
     with RegistryClient(token_registry.host, username=USER, password=PASSWORD) as c:
         c.list_tags(repo)
+        now[0] += 1.9
         c.list_tags(repo)
         assert len(tokens.requests) == 1
-        time.sleep(2.2)
+        now[0] += 0.2
         c.list_tags(repo)
         assert len(tokens.requests) == 2
 

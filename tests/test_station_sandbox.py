@@ -328,18 +328,16 @@ def test_memory_hog_is_oom_killed(box: Box) -> None:
 
 
 def test_endless_loop_hits_wall_time(box: Box) -> None:
-    start = time.monotonic()
     with pytest.raises(TrainTimeoutError) as info:
         box.sh("while :; do :; done", limits=Limits(wall_seconds=3))
-    took = time.monotonic() - start
-    assert 3 <= took < 8
     assert info.value.limit_seconds == 3
+    assert info.value.elapsed > 3  # not stopped before its limit
+    assert box.containers() == []
     assert "wall-time limit of 3 s" in str(info.value)
 
 
 def test_fork_bomb_is_contained(box: Box, docker_client: Any) -> None:
-    start = time.monotonic()
-    with pytest.raises(TrainTimeoutError):
+    with pytest.raises(TrainTimeoutError) as info:
         box.python(
             """
             import os, time
@@ -355,14 +353,15 @@ def test_fork_bomb_is_contained(box: Box, docker_client: Any) -> None:
             """,
             limits=Limits(memory_bytes=512 * MiB, pids=32, wall_seconds=5),
         )
-    assert time.monotonic() - start < 15
+    assert info.value.limit_seconds == 5  # stopped by its wall time, the engine unharmed
     assert "fork refused 11" in box.lines  # EAGAIN: the pids limit held
     assert docker_client.ping()
     assert box.containers() == []
 
 
 def test_output_over_cap_is_stopped_while_running(box: Box) -> None:
-    start = time.monotonic()
+    # The train never exits by itself: only a check while it runs (the output cap, or the wall
+    # time, which would raise TrainTimeoutError) can end it.
     with pytest.raises(OutputTooLargeError) as info:
         box.python(
             """
@@ -370,12 +369,11 @@ def test_output_over_cap_is_stopped_while_running(box: Box) -> None:
             with open("/pht/output/big.bin", "wb") as f:
                 f.write(b"\\0" * (5 << 20))
             print("written")
-            time.sleep(60)
+            time.sleep(3600)
             """,
             limits=Limits(output_bytes=1 * MiB, memory_bytes=256 * MiB, wall_seconds=60),
             poll_seconds=0.2,
         )
-    assert time.monotonic() - start < 15  # killed long before its sleep ended
     assert isinstance(info.value, PolicyError)
     assert info.value.limit_bytes == 1 * MiB
     assert info.value.measured_bytes > 1 * MiB

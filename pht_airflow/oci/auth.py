@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 _DEFAULT_TOKEN_LIFETIME = 60.0
 _EXPIRY_MARGIN = 10.0
 _MAX_TOKEN_LIFETIME = 86400.0
+# The clock a cached token expires by (monotonic; a test moves it instead of waiting).
+_clock = time.monotonic
 
 _TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _QUOTED_RE = re.compile(r'"((?:[^"\\]|\\.)*)"')
@@ -210,7 +212,7 @@ class RegistryAuth:
         if self._basic:
             return _HeaderAuth(self._basic_header())
         token = self._tokens.get(tuple(sorted(scopes)))
-        if token is not None and token.expires_at > time.monotonic():
+        if token is not None and token.expires_at > _clock():
             return _HeaderAuth(f"Bearer {token.value}")
         return _HeaderAuth(None)
 
@@ -219,7 +221,7 @@ class RegistryAuth:
         if self._basic:
             return True
         token = self._tokens.get(tuple(sorted(scopes)))
-        return token is not None and token.expires_at > time.monotonic()
+        return token is not None and token.expires_at > _clock()
 
     def handle_unauthorized(self, response: requests.Response, scopes: Sequence[str]) -> None:
         """Act on a ``401``: switch to Basic or fetch a bearer token, so a retry can succeed.
@@ -336,5 +338,5 @@ class RegistryAuth:
         if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or not lifetime > 0:
             lifetime = _DEFAULT_TOKEN_LIFETIME
         lifetime = min(lifetime, _MAX_TOKEN_LIFETIME)  # also keeps a huge number from overflowing
-        expires_at = time.monotonic() + max(float(lifetime) - _EXPIRY_MARGIN, 1.0)
+        expires_at = _clock() + max(float(lifetime) - _EXPIRY_MARGIN, 1.0)
         self._tokens[tuple(sorted(scopes))] = _Token(value=value, expires_at=expires_at)
