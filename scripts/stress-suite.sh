@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run `make test` several times in a row, each on a fresh clone of this repository's HEAD,
-# while stress-ng keeps every core busy: the suite must not flake on a loaded machine.
+# Run `make test` several times in a row, each on a fresh clone of this repository at the commit
+# HEAD named when the script started (commits made meanwhile are not picked up), while stress-ng
+# keeps every core busy: the suite must not flake on a loaded machine.
 #
 #   scripts/stress-suite.sh [RUNS]        (default 5; stops at the first failed run)
 #
@@ -11,15 +12,17 @@ runs="${1:-5}"
 repo="$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)"
 logs="${STRESS_LOGS:-/tmp/pht-stress-logs}"
 clone="${STRESS_CLONE:-/tmp/pht-stress-clone}"
+commit="$(git -C "$repo" rev-parse HEAD)"
 command -v stress-ng >/dev/null || { echo "stress-ng is missing: run scripts/bootstrap.sh" >&2; exit 2; }
 mkdir -p "$logs"
 stress-ng --cpu "$(nproc)" --quiet &
 stress=$!
 trap 'kill "$stress" 2>/dev/null || true' EXIT
-echo "commit $(git -C "$repo" rev-parse --short HEAD); stress-ng --cpu $(nproc) (pid $stress); logs in $logs"
+echo "commit ${commit:0:7}; stress-ng --cpu $(nproc) (pid $stress); logs in $logs"
 for k in $(seq 1 "$runs"); do
   rm -rf "$clone"
   git clone -q "$repo" "$clone"
+  git -C "$clone" checkout -q --detach "$commit"
   start=$(date +%s)
   if (cd "$clone" && CI=true make test) >"$logs/run-$k.txt" 2>&1; then
     verdict="passed"
