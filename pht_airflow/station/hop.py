@@ -29,7 +29,7 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..central_client import CentralClient
 from ..errors import (
@@ -54,13 +54,11 @@ from .audit import AuditLog, hop_record
 from .card import card_facts
 from .config import StationConfig
 from .data import data_view
+from .disclosure import DisclosureReport, block_message, check_output
 from .sandbox import run_train
 from .sweep import HOP_PREFIX, open_work, sweep
 from .sweep import wipe_folder as _wipe
 from .verify import Trust, VerifiedTrain, check_statement, verify_train
-
-if TYPE_CHECKING:
-    from .disclosure import DisclosureReport
 
 log = logging.getLogger(__name__)
 
@@ -442,8 +440,6 @@ def _disclosure_inputs(config: StationConfig, dataset_name: str) -> Any:
 def _check_folder(
     config: StationConfig, dataset_name: str, folder: Path, dataset_rows: Any
 ) -> DisclosureReport:
-    from .disclosure import check_output
-
     dataset = config.datasets.get(dataset_name)
     return check_output(
         folder,
@@ -494,8 +490,6 @@ def check_step(
             logger, f"{item.get('path')}: {item.get('verdict')}{' - ' + reasons if reasons else ''}"
         )
     if verdict == "block":
-        from .disclosure import block_message
-
         raise PolicyError(block_message(summary))
     summary["release_needed"] = bool(config.policy.require_release_approval or verdict == "review")
     _say(
