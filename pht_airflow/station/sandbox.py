@@ -902,6 +902,8 @@ def run_train(
     finally:
         removed = _remove(docker_client, container, name) if creating else True
         if pump is not None:
+            # A failed run's reader ends once its container is removed; a successful run's
+            # reader has already ended above, so this returns at once.
             pump.join(timeout=5)
         shutil.rmtree(private, ignore_errors=True)
         if failed and creating:
