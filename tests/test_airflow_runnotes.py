@@ -211,7 +211,7 @@ def test_markdown_in_a_name_or_a_reason_shows_as_written() -> None:
 def test_nothing_but_the_verified_facts_reaches_a_note() -> None:
     """The note is built from named fields only: a value elsewhere in an XCom (an output
     value, a secret) never reaches it."""
-    secret = "Zebrafinch-" + "secret-7731"  # stands for any value that is not a named field
+    secret = "Zebrafinch-secret-7731"  # stands for any value that is not a named field
     note = hop_note(
         {
             ("verify", "return_value"): {**VERIFIED, "extra": secret},
