@@ -6,7 +6,9 @@
 #   scripts/stress-suite.sh [RUNS]        (default 5; stops at the first failed run)
 #
 # Each run's output goes to $STRESS_LOGS/run-<k>.txt (default /tmp/pht-stress-logs); a line per
-# run says how long it took and whether it passed. Takes about 30-45 minutes per run on 2 cores.
+# run says how long it took and whether it passed. A failed run's clone stays in $STRESS_CLONE
+# (default /tmp/pht-stress-clone); otherwise nothing is left. Takes about 30-45 minutes per run
+# on 2 cores.
 set -euo pipefail
 runs="${1:-5}"
 repo="$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)"
@@ -17,7 +19,9 @@ command -v stress-ng >/dev/null || { echo "stress-ng is missing: run scripts/boo
 mkdir -p "$logs"
 stress-ng --cpu "$(nproc)" --quiet &
 stress=$!
-trap 'kill "$stress" 2>/dev/null || true' EXIT
+verdict="passed"
+# The last clone (with its venv) goes too, unless its run failed: then it stays for a look.
+trap 'kill "$stress" 2>/dev/null || true; if [ "$verdict" = passed ]; then rm -rf "$clone"; fi' EXIT
 echo "commit ${commit:0:7}; stress-ng --cpu $(nproc) (pid $stress); logs in $logs"
 for k in $(seq 1 "$runs"); do
   rm -rf "$clone"
