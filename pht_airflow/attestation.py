@@ -85,6 +85,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from . import strictjson
 from .errors import DigestMismatchError, NotFoundError, PhtError, RegistryError, VerificationError
 from .keys import PublicKey, SigningKey
 from .oci import OCI_CONFIG, OCI_MANIFEST, Descriptor, Manifest, Reference, RegistryClient
@@ -206,27 +207,10 @@ _SUBJECT, _PREDICATE, _TAMPERED, _MALFORMED, _OTHER_KEY = range(5)
 
 
 def _strict_json(raw: bytes, what: str) -> Any:
-    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in data:
-                raise ValueError(f"the key {k[:40]!r} appears twice")
-            data[k] = v
-        return data
-
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
     try:
-        return json.loads(
-            raw.decode("utf-8"), object_pairs_hook=unique, parse_constant=no_constants
-        )
-    except UnicodeDecodeError:
-        raise _Problem(_MALFORMED, f"the {what} is not UTF-8") from None
-    except RecursionError:
-        raise _Problem(_MALFORMED, f"the {what} is nested too deeply") from None
-    except ValueError as exc:
-        raise _Problem(_MALFORMED, f"the {what} is not valid JSON ({str(exc)[:80]})") from None
+        return strictjson.loads(raw)
+    except strictjson.StrictJSONError as exc:
+        raise _Problem(_MALFORMED, f"the {what} is {exc}") from None
 
 
 def _b64(value: Any, what: str) -> bytes:

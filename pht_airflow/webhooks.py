@@ -28,13 +28,13 @@ deduplicates on :attr:`PushEvent.event_id`, which is the same for every source.
 from __future__ import annotations
 
 import hmac
-import json
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import strictjson
 from .errors import InvalidReferenceError, WebhookError
 from .oci.media import MANIFEST_TYPES
 from .oci.reference import check_registry, check_repository, check_tag
@@ -189,29 +189,10 @@ def _media_type(content_type: str | None) -> str | None:
 
 
 def _load(body: bytes) -> object:
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                raise ValueError(f"duplicate key {_show(key)}")
-            out[key] = value
-        return out
-
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _fail(None, f"body is not UTF-8 (byte {exc.start})", 400) from None
-    try:
-        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
-    except json.JSONDecodeError as exc:
-        raise _fail(None, f"body is not valid JSON: {exc}", 400) from None
-    except ValueError as exc:
-        raise _fail(None, f"body is not valid JSON: {exc}", 400) from None
-    except RecursionError:
-        raise _fail(None, "body is not valid JSON: nested too deeply", 400) from None
+        return strictjson.loads(body)
+    except strictjson.StrictJSONError as exc:
+        raise _fail(None, f"body is {exc}", 400) from None
 
 
 # --- Harbor ------------------------------------------------------------------------------

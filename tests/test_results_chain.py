@@ -76,8 +76,8 @@ def test_missing_fields_are_refused() -> None:
     [
         (b"\xff\xfe{}", "not UTF-8"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply|not valid JSON"),
-        (b'{"hop": NaN}', "not valid JSON: .*NaN is not JSON"),
-        (b'{"hop": 1, "hop": 2}', "not valid JSON: .*the key 'hop' appears twice"),
+        (b'{"hop": NaN}', "not valid JSON: NaN is not a JSON number"),
+        (b'{"hop": 1, "hop": 2}', "not valid JSON: the key 'hop' appears twice"),
         (b"[]", "not a JSON object"),
         (b" " * (MAX_CONFIG_BYTES + 1), "over 1048576 bytes"),
     ],

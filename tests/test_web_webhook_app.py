@@ -351,7 +351,7 @@ def test_chunked_within_limit_is_accepted(server: Served, http: httpx.Client) ->
 def test_malformed_json(server: Served, http: httpx.Client) -> None:
     resp = http.post(server.url, content=b'{"type": "PUSH_ARTIFACT",', headers=_auth())
     assert resp.status_code == 400
-    assert resp.json()["error"].startswith("body is not valid JSON: ")
+    assert resp.json()["error"].startswith("body is not valid JSON (line 1: ")
 
 
 def test_invalid_field_names_the_field(server: Served, http: httpx.Client) -> None:

@@ -10,12 +10,12 @@ list; :func:`chain_status` reports each hop without raising (``pht train status`
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import strictjson
 from ..errors import ChainError, NotFoundError, PhtError, VerificationError
 from ..keys import public_key_from_pem
 from ..oci import Descriptor, Manifest, Reference, RegistryClient
@@ -78,19 +78,6 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:60] + "…"
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in data:
-            raise ValueError(f"the key {_shown(key)} appears twice")
-        data[key] = value
-    return data
-
-
 def plaintext_length(config: dict[str, Any]) -> int:
     """The config's ``plaintext_bytes``: an integer (not a bool) in 0..2**50, or refused."""
     value = config.get("plaintext_bytes")
@@ -116,15 +103,9 @@ def parse_result_config(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_CONFIG_BYTES:
         raise PhtError(f"result config is over {MAX_CONFIG_BYTES} bytes")
     try:
-        data = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constants
-        )
-    except UnicodeDecodeError:
-        raise PhtError("result config is not UTF-8") from None
-    except RecursionError:
-        raise PhtError("result config is nested too deeply") from None
-    except ValueError as exc:  # json.JSONDecodeError and the hooks' errors
-        raise PhtError(f"result config is not valid JSON: {_shown(str(exc))}") from None
+        data = strictjson.loads(raw)
+    except strictjson.StrictJSONError as exc:
+        raise PhtError(f"result config is {exc}") from None
     if not isinstance(data, dict):
         raise PhtError("result config is not a JSON object")
 

@@ -62,6 +62,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .. import strictjson
 from ..errors import PhtError
 from ..text import safe_text
 
@@ -420,28 +421,13 @@ def _parse_csv(text: str, policy: DisclosurePolicy) -> _Table:
     return _Table(header, body())
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _Unreadable(f"not valid JSON: the key {_name(k)} appears twice in one object")
-        out[k] = v
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise _Unreadable(f"not valid JSON: {name} is not a JSON number")
-
-
 def _parse_json(text: str) -> Any:
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except json.JSONDecodeError as exc:
-        raise _Unreadable(f"not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    except RecursionError:
+        doc = strictjson.loads(text)
+    except strictjson.NestedTooDeeplyError:
         raise _Unreadable(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError:  # an integer of more than sys.get_int_max_str_digits() digits
-        raise _Unreadable("not valid JSON (a number with too many digits)") from None
+    except strictjson.StrictJSONError as exc:
+        raise _Unreadable(str(exc)) from None
     stack: list[tuple[Any, int]] = [(doc, 1)]
     while stack:
         node, depth = stack.pop()
