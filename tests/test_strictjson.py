@@ -19,7 +19,8 @@ from pht_airflow.strictjson import NestedTooDeeplyError, StrictJSONError
     [
         (b'{"a": 1}\xff', "not UTF-8 (byte 8)"),
         (b"", "not valid JSON (line 1: Expecting value)"),
-        ('{\n"a": 1,\n}', "not valid JSON (line 3: Expecting property name enclosed in double quotes)"),
+        ('{\n"a": 1,\n}', "not valid JSON (line 3: Expecting property name enclosed in double "
+         "quotes)"),
         ('{"a": 1, "a": 1}', "not valid JSON: the key 'a' appears twice in one object"),
         ('[{"x": {"b": 1, "b": 2}}]', "not valid JSON: the key 'b' appears twice in one object"),
         ('{"n": NaN}', "not valid JSON: NaN is not a JSON number"),
@@ -64,8 +65,9 @@ JSON_VALUES = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=30,
 )
 
