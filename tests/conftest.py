@@ -50,6 +50,19 @@ def _missing(what: str) -> None:
     pytest.skip(msg)
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium under Playwright, headless, for one test module."""
+    from support.browser import chromium_path, launch
+
+    executable = chromium_path()
+    if executable is None:
+        _missing("Debian's chromium")
+    assert executable is not None
+    with launch(executable) as b:
+        yield b
+
+
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRegistry]:
     """A real CNCF distribution registry on 127.0.0.1, fresh storage, deletes enabled."""

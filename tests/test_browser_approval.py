@@ -25,13 +25,12 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import _missing
 from playwright.sync_api import expect
-from support.browser import chromium_path, launch, new_page, screenshot, sign_in
+from support.airflowstack import airflow_stack
+from support.browser import new_page, screenshot, sign_in
 from support.stationkit import Station, build_train, make_station, make_train_spec, sign_train
 
-from pht_airflow.dev.localairflow import LocalAirflow, start_airflow
-from pht_airflow.errors import ServiceError
+from pht_airflow.dev.localairflow import LocalAirflow
 from pht_airflow.oci import Reference, RegistryClient
 from pht_airflow.signing import sign
 from pht_airflow.station.audit import AuditLog
@@ -77,31 +76,8 @@ def deployment(
         approvers=[str(trust / "reviewer.pub")],
         overrides={"policy": {"require_approval": True}},
     )
-    try:
-        airflow = start_airflow(
-            root / "airflow-home",
-            env={"PHT_STATION_CONFIG": str(station.config_path)},
-            log_dir=root,
-        )
-    except ServiceError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        airflow.wait_for_dag(DAG_ID)
-        yield Deployment(airflow, station, registry, parties, docker_client)
-    except ServiceError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    finally:
-        airflow.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = chromium_path()
-    if executable is None:
-        _missing("Debian's chromium")
-    assert executable is not None
-    with launch(executable) as b:
-        yield b
+    with airflow_stack(root, station) as stack:
+        yield Deployment(stack.airflow, station, registry, parties, docker_client)
 
 
 @pytest.fixture()

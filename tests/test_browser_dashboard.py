@@ -11,7 +11,6 @@ FastAPI apps mounted by a plugin are not behind Airflow's authentication on thei
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +18,11 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from conftest import _missing
-from support.browser import chromium_path, launch, new_page, screenshot, sign_in
+from support.airflowstack import airflow_stack
+from support.browser import new_page, screenshot, sign_in
 from support.stationkit import Station, build_train, make_station, make_train_spec, sign_train
 
-from pht_airflow.dev.localairflow import LocalAirflow, start_airflow
-from pht_airflow.errors import ServiceError
+from pht_airflow.dev.localairflow import LocalAirflow
 from pht_airflow.oci import Reference, RegistryClient
 
 pytestmark = [pytest.mark.browser, pytest.mark.airflow, pytest.mark.docker, pytest.mark.registry]
@@ -97,16 +95,8 @@ def deployment(
         approvers=[str(trust / "reviewer.pub")],
         overrides={"webhook": {"secret": {"env": "PHT_WEBHOOK_SECRET"}}},
     )
-    env = {
-        "PHT_STATION_CONFIG": str(station.config_path),
-        "PHT_WEBHOOK_SECRET": secrets.token_urlsafe(24),
-    }
-    try:
-        airflow = start_airflow(root / "airflow-home", env=env, log_dir=root)
-    except ServiceError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        airflow.wait_for_dag(DAG_ID)
+    with airflow_stack(root, station) as stack:
+        airflow = stack.airflow
         spec = make_train_spec(parties, ["station-a"], name="age-histogram")
         ref = Reference(registry.host, f"station-a/{spec.id}", tag="train")
         digest = build_train(docker_client, ref, spec)
@@ -115,20 +105,6 @@ def deployment(
         run_id = _run_train(airflow, ref)
         selftest = _run_selftest(airflow)
         yield Deployment(airflow, station, spec.id, digest, run_id, selftest)
-    except ServiceError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    finally:
-        airflow.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = chromium_path()
-    if executable is None:
-        _missing("Debian's chromium")
-    assert executable is not None
-    with launch(executable) as b:
-        yield b
 
 
 def test_anonymous_requests_are_refused(deployment: Deployment, browser: Any) -> None:

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import _missing
 from fastapi import HTTPException, Request
-from support.browser import chromium_path, launch, new_page, screenshot
+from support.browser import new_page, screenshot
 from support.dashboard import dashboard_station, review_data
 from test_web_webhook_app import Served
 
@@ -51,16 +50,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, parties: Any) -> Iterator[s
         yield f"http://127.0.0.1:{server.port}"
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = chromium_path()
-    if executable is None:
-        _missing("Debian's chromium")
-    assert executable is not None
-    with launch(executable) as b:
-        yield b
 
 
 def _signed_in_page(browser: Any, url: str) -> Any:
