@@ -192,6 +192,13 @@ def test_sizes(text: Any, value: int) -> None:
     assert parse_size(text) == value
 
 
+@pytest.mark.parametrize("text", [0.5, "0.5", "0.4B", "0.0001KiB"])
+def test_a_size_under_one_byte_is_refused(text: Any) -> None:
+    """It would round to 0, which the Docker engine takes as no memory limit at all."""
+    with pytest.raises(ValueError, match="is less than one byte"):
+        parse_size(text)
+
+
 @pytest.mark.parametrize(("text", "value"), [("90s", 90), ("30m", 1800), ("2h", 7200), (5, 5)])
 def test_durations(text: Any, value: float) -> None:
     assert parse_seconds(text) == value

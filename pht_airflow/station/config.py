@@ -72,6 +72,8 @@ def parse_size(text: Any) -> int:
         raise ValueError(f"{text!r} is not a size like 512MiB or 2GiB")
     if not number * factor < _MAX_NUMBER:  # also catches an infinite float
         raise ValueError(f"{str(text)[:40]!r} is too large a size")
+    if number * factor < 1:  # 0 bytes would mean "no limit" to the Docker engine
+        raise ValueError(f"{str(text)[:40]!r} is less than one byte")
     return int(number * factor)
 
 
