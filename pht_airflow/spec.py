@@ -16,9 +16,10 @@ from typing import Any
 
 from .errors import ConfigError, InvalidManifestError, KeyFileError, SpecError
 from .keys import public_key_from_pem, validate_recipient
-from .oci import MANIFEST_TYPES, Reference, RegistryClient
+from .oci import MANIFEST_TYPES, Reference, RegistryClient, parse_image_config
 from .oci.media import INDEX_TYPES
 from .protocol import STATION_ID, TRAIN_LABEL
+from .strictjson import StrictJSONError
 
 VERSION = 1
 MODES = ("sequential", "parallel")
@@ -420,12 +421,10 @@ def spec_from_config(
     if len(raw) > MAX_CONFIG_BYTES:
         raise SpecError([f"the image config is larger than {MAX_CONFIG_BYTES} bytes"], where)
     try:
-        config = json.loads(raw, parse_constant=_no_constant)
-    except RecursionError:
-        raise SpecError(["the image config is not JSON (nested too deeply)"], where) from None
-    except ValueError:  # also UnicodeDecodeError
-        raise SpecError(["the image config is not JSON"], where) from None
-    inner = config.get("config") if isinstance(config, dict) else None
+        config = parse_image_config(raw)
+    except StrictJSONError as exc:
+        raise SpecError([f"the image config is {exc}"], where) from None
+    inner = config.get("config")
     labels = inner.get("Labels") if isinstance(inner, dict) else None
     label = labels.get(TRAIN_LABEL) if isinstance(labels, dict) else None
     if not isinstance(label, str):

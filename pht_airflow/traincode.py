@@ -23,7 +23,6 @@ string here came from the train: :meth:`TrainCode.to_dict` passes each through
 
 from __future__ import annotations
 
-import json
 import posixpath
 import tarfile
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidManifestError, PhtError
-from .oci import Descriptor, Manifest, Reference, RegistryClient
+from .oci import Descriptor, Manifest, Reference, RegistryClient, parse_image_config
 from .protocol import (
     BASE_DIGEST_LABEL,
     BASE_LAYERS_LABEL,
@@ -42,6 +41,7 @@ from .protocol import (
 )
 from .results import ChunkReader
 from .spec import MAX_CONFIG_BYTES
+from .strictjson import StrictJSONError
 from .text import safe_text
 
 __all__ = [
@@ -149,12 +149,9 @@ def image_config(client: RegistryClient, train: Reference, manifest: Manifest) -
         )
     raw = client.get_blob(train.repository, manifest.config.digest, max_bytes=MAX_CONFIG_BYTES)
     try:
-        config = json.loads(raw)
-    except (ValueError, RecursionError):  # also UnicodeDecodeError, nesting too deep
-        raise InvalidManifestError(f"the image config of {where} is not JSON") from None
-    if not isinstance(config, dict):
-        raise InvalidManifestError(f"the image config of {where} is not a JSON object")
-    return config
+        return parse_image_config(raw)
+    except StrictJSONError as exc:
+        raise InvalidManifestError(f"the image config of {where} is {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from pht_airflow.errors import (
     AlreadyDoneError,
     ChainError,
     ExpiredError,
+    InvalidManifestError,
     InvalidSpecError,
     NotOnRouteError,
     PolicyError,
@@ -258,6 +260,61 @@ def test_retagged_after_signing(
     err = refuse(stations["station-a"], str(ref), UnsignedError,
                           "signed")  # fmt: skip
     assert err.digest == other
+
+
+def _repushed(client: Any, ref: Reference, edit_config: Any = None, edit_manifest: Any = None,
+              ) -> str:  # fmt: skip
+    """Push ``ref``'s image again under its tag, its config and manifest JSON text edited
+    (bytes a tool could push; the registry stores them as sent); the new digest."""
+    manifest = client.get_manifest(ref.repository, "train")
+    assert manifest.config is not None
+    config_text = client.get_blob(ref.repository, manifest.config.digest).decode()
+    if edit_config is not None:
+        config_text = edit_config(config_text)
+    config = client.upload_bytes(ref.repository, config_text.encode(), manifest.config.media_type)
+    text = manifest.raw.decode().replace(manifest.config.digest, config.digest)
+    text = re.sub(rf'"size"\s*:\s*{manifest.config.size}\b', f'"size": {config.size}', text,
+                  count=1)  # the config's, which comes first  # fmt: skip
+    if edit_manifest is not None:
+        text = edit_manifest(text)
+    return str(client.put_manifest(ref.repository, "train", text.encode(), manifest.media_type))
+
+
+def test_a_command_spelt_in_another_case_is_refused_before_anything_runs(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any, refuse: Any
+) -> None:
+    """Go's encoding/json (the Docker engine's) reads ``"cmd"`` as ``Cmd``, the last one
+    winning: an approver shown ``Cmd`` would approve code the engine never runs. The
+    signatures are over the edited image; only the spelling is refused."""
+    ref, _ = signed_train(docker_client, client, registry, parties, "station-a", ["station-a"])
+    digest = _repushed(client, ref, edit_config=lambda text: text.replace(
+        '"Cmd":', '"cmd":["python","-c","print(1)"],"Cmd":', 1))  # fmt: skip
+    sign_train(client, ref.with_digest(digest), parties, "alice", "reviewer")
+    err = refuse(stations["station-a"], str(ref), InvalidSpecError, "spec")
+    assert err.digest == digest
+    assert (
+        "the image config is ambiguous: the key 'cmd' in config is Cmd in another case, which "
+        "the Docker engine reads as Cmd and an exact reader does not"
+    ) in str(err)
+
+
+def test_layers_spelt_in_another_case_are_refused(
+    docker_client: Any, client: Any, registry: Any, parties: Any, stations: Any
+) -> None:
+    """A manifest that names its layers twice, as ``"Layers"`` and ``"layers"`` (the engine
+    keeps the last of the two, an exact reader ``"layers"``), is refused when the station
+    reads it, before any container."""
+    ref, _ = signed_train(docker_client, client, registry, parties, "station-a", ["station-a"])
+    digest = _repushed(client, ref, edit_manifest=lambda text: re.sub(
+        r'"layers"\s*:', '"Layers":[],"layers":', text, count=1))  # fmt: skip
+    sign_train(client, ref.with_digest(digest), parties, "alice", "reviewer")
+    since = time.time()
+    with pytest.raises(InvalidManifestError) as info:
+        run_hop(stations["station-a"].config(), str(ref), docker_client=docker_client)
+    assert f"manifest {digest} is ambiguous: the key 'Layers' is layers in another case" in str(
+        info.value
+    )
+    assert _sandbox_creates(docker_client, since, ref.repository) == []
 
 
 def test_train_from_another_project_is_refused(docker_client: Any, client: Any, registry: Any,

@@ -4,6 +4,7 @@ attestation envelopes, result configs, output manifests)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -85,3 +86,61 @@ def test_any_bytes_read_or_refuse_with_a_reason(raw: bytes) -> None:
         strictjson.loads(raw)
     except StrictJSONError as exc:
         assert str(exc)
+
+
+# --- fields Go's encoding/json would read ignoring case -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("obj", "key", "field"),
+    [
+        ({"Cmd": [], "cmd": ["evil"]}, "cmd", "Cmd"),
+        ({"cmd": ["evil"]}, "cmd", "Cmd"),
+        ({"ENTRYPOINT": []}, "ENTRYPOINT", "Entrypoint"),
+        ({"Wor\u212aingDir": "/"}, "Wor\u212aingDir", "WorkingDir"),  # the Kelvin sign
+    ],
+)
+def test_a_field_in_another_case_is_refused(obj: dict[str, Any], key: str, field: str) -> None:
+    with pytest.raises(StrictJSONError) as info:
+        strictjson.check_fields(obj, ["Cmd", "Entrypoint", "WorkingDir"], "in config")
+    assert str(info.value) == (
+        f"ambiguous: the key '{key}' in config is {field} in another case, which the Docker "
+        f"engine reads as {field} and an exact reader does not"
+    )
+
+
+def test_exact_fields_and_other_keys_pass() -> None:
+    strictjson.check_fields(
+        {"Cmd": [], "Entrypoint": None, "x-note": 1, "X-NOTE": 2}, ["Cmd", "Entrypoint"]
+    )
+
+
+def test_image_config_and_manifest_readers_refuse_other_cases() -> None:
+    from pht_airflow.errors import InvalidManifestError
+    from pht_airflow.oci import Manifest, parse_image_config
+    from pht_airflow.oci.media import OCI_MANIFEST
+
+    config = {"config": {"Cmd": ["run"], "Labels": {"a": "1", "A": "2"}}, "rootfs": {}}
+    assert parse_image_config(json.dumps(config).encode()) == config  # label keys are a map
+    for bad, where in [
+        ({**config, "Config": {}}, ""),
+        ({"config": {"Cmd": [], "labels": {}}}, " in config"),
+        ({"rootfs": {"Diff_IDs": []}}, " in rootfs"),
+        ({"history": [{}, {"Created_By": "RUN x"}]}, " in history[1]"),
+        ({"config": {"Healthcheck": {"test": ["CMD", "x"]}}}, " in config.Healthcheck"),
+        ({"container_config": {"CMD": []}}, " in container_config"),
+    ]:
+        with pytest.raises(
+            StrictJSONError, match=f"^ambiguous: the key '.*'{re.escape(where)} is "
+        ):
+            parse_image_config(json.dumps(bad).encode())
+    layer = {"mediaType": "x", "digest": "sha256:" + "0" * 64, "size": 1}
+    good = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": layer, "layers": [layer]}
+    assert len(Manifest.from_raw(json.dumps(good).encode()).layers) == 1
+    for bad_raw in [
+        json.dumps({**good, "Layers": []}),
+        json.dumps({**good, "layers": [{**layer, "Digest": layer["digest"]}]}),
+        json.dumps(good)[:-1] + ', "layers": []}',
+    ]:
+        with pytest.raises(InvalidManifestError, match="ambiguous|appears twice"):
+            Manifest.from_raw(bad_raw.encode())

@@ -11,6 +11,7 @@ from .media import (
     OCI_MANIFEST,
     Descriptor,
     Manifest,
+    parse_image_config,
     sha256_digest,
 )
 from .reference import Reference, is_digest
@@ -29,5 +30,6 @@ __all__ = [
     "Reference",
     "RegistryClient",
     "is_digest",
+    "parse_image_config",
     "sha256_digest",
 ]

@@ -4,16 +4,21 @@ Follows the OCI image spec (``descriptor.md``, ``manifest.md``, ``image-index.md
 the Docker image manifest v2 schema 2, which share the descriptor shape. Objects here are
 valid by construction: a :class:`Manifest` always holds bytes whose SHA-256 is its digest
 and that parse as a JSON object with well-formed descriptors.
+
+The Docker engine reads the same bytes with Go's ``encoding/json``, which matches keys to
+fields ignoring case. A manifest, descriptor or image config that spells one of its fields
+in another case (``"Layers"``, ``"cmd"``) is refused (:func:`~pht_airflow.strictjson.check_fields`),
+as is one that names a key twice: what a station checks and shows is what the engine runs.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from .. import strictjson
 from ..errors import InvalidManifestError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -28,6 +33,32 @@ MANIFEST_TYPES: tuple[str, ...] = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOC
 """The manifest and index media types we understand, in preference order (used as Accept)."""
 
 INDEX_TYPES: tuple[str, ...] = (OCI_INDEX, DOCKER_MANIFEST_LIST)
+
+#: The fields Go structs give a manifest or index (OCI and Docker schema 2), a descriptor and
+#: a platform: spelt in another case, the engine would still read them.
+MANIFEST_FIELDS = (
+    "schemaVersion", "mediaType", "artifactType", "config", "layers", "subject", "annotations",
+    "manifests",
+)  # fmt: skip
+DESCRIPTOR_FIELDS = (
+    "mediaType", "digest", "size", "urls", "annotations", "data", "artifactType", "platform",
+)  # fmt: skip
+PLATFORM_FIELDS = ("architecture", "os", "os.version", "os.features", "variant", "features")
+#: The image config's fields (Docker's image and container config, the OCI image config).
+IMAGE_CONFIG_FIELDS = (
+    "id", "parent", "comment", "created", "container", "container_config", "docker_version",
+    "author", "config", "architecture", "variant", "os", "os.version", "os.features", "size",
+    "rootfs", "history",
+)  # fmt: skip
+CONTAINER_CONFIG_FIELDS = (
+    "Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", "AttachStderr",
+    "ExposedPorts", "Tty", "OpenStdin", "StdinOnce", "Env", "Cmd", "Healthcheck", "ArgsEscaped",
+    "Image", "Volumes", "WorkingDir", "Entrypoint", "NetworkDisabled", "MacAddress", "OnBuild",
+    "Labels", "StopSignal", "StopTimeout", "Shell",
+)  # fmt: skip
+HEALTHCHECK_FIELDS = ("Test", "Interval", "Timeout", "StartPeriod", "StartInterval", "Retries")
+ROOTFS_FIELDS = ("type", "diff_ids")
+HISTORY_FIELDS = ("created", "author", "created_by", "comment", "empty_layer")
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 """Largest manifest we read or write (distribution's own limit is 4 MiB)."""
@@ -90,6 +121,12 @@ class Descriptor:
         """Parse OCI descriptor JSON; raise :class:`InvalidManifestError` naming the field."""
         if not isinstance(d, dict):
             raise InvalidManifestError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        try:
+            strictjson.check_fields(d, DESCRIPTOR_FIELDS)
+            if isinstance(d.get("platform"), dict):
+                strictjson.check_fields(d["platform"], PLATFORM_FIELDS, "in platform")
+        except strictjson.StrictJSONError as exc:
+            raise InvalidManifestError(f"{where} is {exc}") from None
         media_type = d.get("mediaType")
         if not isinstance(media_type, str) or not media_type:
             raise InvalidManifestError(f"{where}: mediaType is missing or not a string")
@@ -148,9 +185,10 @@ class Manifest:
         """Build a manifest from bytes; the media type defaults to the JSON ``mediaType``."""
         if media_type is None:
             try:
-                media_type = json.loads(raw).get("mediaType")
-            except (ValueError, AttributeError, RecursionError) as exc:
-                raise InvalidManifestError(f"manifest is not a JSON object: {exc}") from None
+                data = strictjson.loads(raw)
+            except strictjson.StrictJSONError as exc:
+                raise InvalidManifestError(f"manifest is {exc}") from None
+            media_type = data.get("mediaType") if isinstance(data, dict) else None
             if not isinstance(media_type, str):
                 raise InvalidManifestError("manifest has no mediaType and none was given")
         return cls(media_type=media_type, digest=sha256_digest(raw), raw=raw)
@@ -159,9 +197,11 @@ class Manifest:
     def data(self) -> dict[str, Any]:
         """The parsed JSON (a fresh copy on every access)."""
         try:
-            data = json.loads(self.raw)
-        except (ValueError, RecursionError) as exc:  # also nesting too deep
-            raise InvalidManifestError(f"manifest {self.digest} is not valid JSON: {exc}") from None
+            data = strictjson.loads(self.raw)
+            if isinstance(data, dict):
+                strictjson.check_fields(data, MANIFEST_FIELDS)
+        except strictjson.StrictJSONError as exc:
+            raise InvalidManifestError(f"manifest {self.digest} is {exc}") from None
         if not isinstance(data, dict):
             raise InvalidManifestError(f"manifest {self.digest} is not a JSON object")
         return data
@@ -224,3 +264,30 @@ class Manifest:
             size=len(self.raw),
             artifact_type=self.artifact_type,
         )
+
+
+def parse_image_config(raw: bytes) -> dict[str, Any]:
+    """An image config blob parsed strictly, as the engine will read it: a JSON object with
+    no key named twice and none of its fields (nor those of its ``config``,
+    ``container_config``, health check, ``rootfs`` and ``history`` entries) spelt in another
+    case. Raise :class:`~pht_airflow.strictjson.StrictJSONError` (its text completes "the
+    image config is …")."""
+    config = strictjson.loads(raw)
+    if not isinstance(config, dict):
+        raise strictjson.StrictJSONError("not a JSON object")
+    strictjson.check_fields(config, IMAGE_CONFIG_FIELDS)
+    for name in ("config", "container_config"):
+        inner = config.get(name)
+        if isinstance(inner, dict):
+            strictjson.check_fields(inner, CONTAINER_CONFIG_FIELDS, f"in {name}")
+            if isinstance(inner.get("Healthcheck"), dict):
+                strictjson.check_fields(
+                    inner["Healthcheck"], HEALTHCHECK_FIELDS, f"in {name}.Healthcheck"
+                )
+    if isinstance(config.get("rootfs"), dict):
+        strictjson.check_fields(config["rootfs"], ROOTFS_FIELDS, "in rootfs")
+    history = config.get("history")
+    for i, entry in enumerate(history if isinstance(history, list) else []):
+        if isinstance(entry, dict):
+            strictjson.check_fields(entry, HISTORY_FIELDS, f"in history[{i}]")
+    return config
