@@ -83,7 +83,14 @@ _OPAQUE = ".wh..wh..opq"
 class _BoundedTarInfo(tarfile.TarInfo):
     """A TarInfo that refuses, before tarfile reads it, an extended header larger than
     :data:`MAX_LAYER_HEADER_BYTES` and a GNU sparse member (whose extension blocks tarfile
-    collects without bound). Hooks tarfile's per-member processing, where those reads happen."""
+    collects without bound). Hooks tarfile's per-member processing, where those reads happen.
+
+    It also refuses the headers on whose meaning Python's tarfile and Go's archive/tar (the
+    Docker engine's) disagree, so the listing names what the engine writes: a global PAX
+    header (tarfile applies its ``path`` to every later entry, the engine ignores it), and an
+    entry named by more than one extended header (two PAX headers, two GNU long names, or PAX
+    and GNU together: tarfile keeps the first, Go the last, or always the GNU name). One GNU
+    long name with one GNU long link name is the usual pair and is read."""
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _EXTENDED_HEADERS and self.size > MAX_LAYER_HEADER_BYTES:
@@ -93,7 +100,28 @@ class _BoundedTarInfo(tarfile.TarInfo):
             )
         if self.type == tarfile.GNUTYPE_SPARSE:
             raise _LayerRefused("a GNU sparse member")
-        return super()._proc_member(tarfile_)  # type: ignore[misc]
+        if self.type == tarfile.XGLTYPE:
+            raise _LayerRefused(
+                "a global PAX header (the Docker engine ignores it, a listing would apply it)"
+            )
+        chain: list[bytes] = getattr(tarfile_, "_pht_headers", [])
+        if self.type in _EXTENDED_HEADERS:
+            chain = [*chain, self.type]
+            if len(chain) > 1 and sorted(chain) != [
+                tarfile.GNUTYPE_LONGLINK,
+                tarfile.GNUTYPE_LONGNAME,
+            ]:
+                raise _LayerRefused(
+                    "an entry named by more than one extended header (the Docker engine and a "
+                    "listing would not agree on its name)"
+                )
+        outermost = not getattr(tarfile_, "_pht_headers", [])
+        tarfile_._pht_headers = chain  # type: ignore[attr-defined]
+        try:
+            return super()._proc_member(tarfile_)  # type: ignore[misc]
+        finally:
+            if outermost:
+                tarfile_._pht_headers = []  # type: ignore[attr-defined]
 
 
 class _LayerRefused(Exception):

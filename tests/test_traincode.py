@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.hostile_tar import BLOCK, build, finish, member, pax_header, pax_record, raw_header
 
+from pht_airflow.errors import InvalidManifestError
 from pht_airflow.oci import Reference, RegistryClient
 from pht_airflow.protocol import BASE_LAYERS_LABEL, BASE_NAME_LABEL, BASE_TOP_LAYER_LABEL
 from pht_airflow.traincode import _declared_base, read_train_code
@@ -205,3 +207,64 @@ def test_a_layer_of_many_entries_is_read_in_bounded_memory(
     outcome = json.loads(done.stdout)
     assert outcome["files"] == 200 and outcome["more"] == 200_000 - 200
     assert outcome["hwm_kib"] < 100 * 1024, outcome
+
+
+# --- headers Python's tarfile and the engine's Go archive/tar read differently -------------
+
+
+def _padded(data: bytes) -> bytes:
+    return data + bytes(-len(data) % BLOCK)
+
+
+def _pax(path: str) -> bytes:
+    records = pax_record("path", path.encode())
+    return pax_header(len(records)) + _padded(records)
+
+
+def _gnu(name: str, kind: bytes = tarfile.GNUTYPE_LONGNAME) -> bytes:
+    data = name.encode() + b"\0"
+    return raw_header("././@LongLink", len(data), kind) + _padded(data)
+
+
+def _file(name: str, data: bytes = b"print('x')\n") -> bytes:
+    return raw_header(name, len(data)) + _padded(data)
+
+
+SHOWN, WRITTEN = "opt/train/README.txt", "usr/local/lib/python3.11/sitecustomize.py"
+TWO_NAMES = "an entry named by more than one extended header"
+
+
+@pytest.mark.parametrize(
+    ("layer", "reason"),
+    [
+        (build(member(WRITTEN), global_pax={"path": SHOWN}), "a global PAX header"),
+        (finish(_pax(SHOWN) + _pax(WRITTEN) + _file("x")), TWO_NAMES),
+        (finish(_pax(SHOWN) + _gnu(WRITTEN) + _file("x")), TWO_NAMES),
+        (finish(_gnu(SHOWN) + _pax(WRITTEN) + _file("x")), TWO_NAMES),
+        (finish(_gnu(SHOWN) + _gnu(WRITTEN) + _file("x")), TWO_NAMES),
+    ],
+    ids=["global-path", "pax-pax", "pax-gnu", "gnu-pax", "gnu-gnu"],
+)
+def test_a_layer_whose_names_readers_disagree_on_is_refused(
+    client: RegistryClient, registry: Any, layer: bytes, reason: str
+) -> None:
+    """tarfile keeps the first of two name headers (and applies a global ``path`` to every
+    later entry); Go's archive/tar keeps the last (a GNU long name always) and the engine
+    ignores global headers. A listing that shows ``SHOWN`` while the engine writes ``WRITTEN``
+    would let a reviewer approve a file they never saw."""
+    ref, manifest = _push_image(client, registry, [BASE_LAYER, layer], _labels)
+    with pytest.raises(InvalidManifestError, match=f"holds {reason}"):
+        read_train_code(client, ref, manifest)
+
+
+def test_a_gnu_long_name_with_a_long_link_name_is_read(
+    client: RegistryClient, registry: Any
+) -> None:
+    long_dir = "opt/train/" + "d" * 120
+    link = raw_header("x", 0, tarfile.SYMTYPE)
+    layer = finish(
+        _gnu(f"{long_dir}/link") + _gnu(f"{long_dir}/target", tarfile.GNUTYPE_LONGLINK) + link
+    )
+    ref, manifest = _push_image(client, registry, [BASE_LAYER, layer], _labels)
+    files = {f["path"]: f for f in read_train_code(client, ref, manifest).to_dict()["files"]}
+    assert files[f"{long_dir}/link"]["target"] == f"{long_dir}/target"
