@@ -159,8 +159,11 @@ def wait_for_success(stack: AirflowStack, http: httpx.Client, run_id: str) -> di
     return run
 
 
-def wait_for_person(stack: AirflowStack, http: httpx.Client, run_id: str, task_id: str) -> None:
-    """Wait until the person's step ``task_id`` (approve, release) waits for an answer."""
+def wait_for_person(
+    stack: AirflowStack, http: httpx.Client, run_id: str, task_id: str, try_number: int = 1
+) -> None:
+    """Wait until the person's step ``task_id`` (approve, release) waits for an answer, in its
+    try ``try_number`` (2 after the run was cleared once)."""
 
     def waiting() -> bool | None:
         # Airflow 3.3 parks a human-in-the-loop task as "awaiting_input" (older: "deferred").
@@ -172,11 +175,17 @@ def wait_for_person(stack: AirflowStack, http: httpx.Client, run_id: str, task_i
     # Answer only once the scheduler has taken the worker's exit of the parked task: an answer
     # that lands before it makes the scheduler fail the task ("executor reports success"
     # for a task that is no longer running); a person never answers within that second.
+    # The line of this try's parking: a try that was answered has a second "Finished" line
+    # (state=success), so counting lines would take an answered try for a parked one.
     scheduler_log = next(c.log for c in stack.airflow.components if c.name == "scheduler")
-    finished = f"TaskInstance Finished: dag_id={DAG_ID}, task_id={task_id}, run_id={run_id},"
+    parked_line = re.compile(
+        rf"TaskInstance Finished: dag_id={DAG_ID}, task_id={re.escape(task_id)}, "
+        rf"run_id={re.escape(run_id)},.*, state=(awaiting_input|deferred),.*"
+        rf", try_number={try_number},"
+    )
 
     def parked() -> bool | None:
-        return True if finished in scheduler_log.read_text(errors="replace") else None
+        return True if parked_line.search(scheduler_log.read_text(errors="replace")) else None
 
     try:
         stack.airflow.wait(f"run {run_id} to wait at {task_id}", waiting, RUN_TIMEOUT)
