@@ -104,23 +104,20 @@ class _BoundedTarInfo(tarfile.TarInfo):
             raise _LayerRefused(
                 "a global PAX header (the Docker engine ignores it, a listing would apply it)"
             )
-        chain: list[bytes] = getattr(tarfile_, "_pht_headers", [])
-        if self.type in _EXTENDED_HEADERS:
-            chain = [*chain, self.type]
-            if len(chain) > 1 and sorted(chain) != [
-                tarfile.GNUTYPE_LONGLINK,
-                tarfile.GNUTYPE_LONGNAME,
-            ]:
-                raise _LayerRefused(
-                    "an entry named by more than one extended header (the Docker engine and a "
-                    "listing would not agree on its name)"
-                )
-        outermost = not getattr(tarfile_, "_pht_headers", [])
+        # The extended headers read so far for the entry being read (tarfile reads the next
+        # header from inside an extended header's processing, so they nest).
+        before: list[bytes] = getattr(tarfile_, "_pht_headers", [])
+        chain = [*before, self.type] if self.type in _EXTENDED_HEADERS else before
+        if len(chain) > 1 and sorted(chain) != [tarfile.GNUTYPE_LONGLINK, tarfile.GNUTYPE_LONGNAME]:
+            raise _LayerRefused(
+                "an entry named by more than one extended header (the Docker engine and a "
+                "listing would not agree on its name)"
+            )
         tarfile_._pht_headers = chain  # type: ignore[attr-defined]
         try:
             return super()._proc_member(tarfile_)  # type: ignore[misc]
         finally:
-            if outermost:
+            if not before:  # the entry's first header: the entry is read
                 tarfile_._pht_headers = []  # type: ignore[attr-defined]
 
 

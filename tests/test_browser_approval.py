@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import pytest
 from playwright.sync_api import expect
-from support.airflowstack import airflow_stack
+from support.airflowstack import airflow_stack, parked_in_scheduler
 from support.browser import new_page, screenshot, sign_in
 from support.stationkit import Station, build_train, make_station, make_train_spec, sign_train
 
@@ -111,11 +111,9 @@ def _trigger_from_the_form(page: Any, airflow: LocalAirflow, ref: Reference) -> 
         return None
 
     run_id = airflow.wait("the new run to wait for approval", parked_run, RUN_TIMEOUT)
-    scheduler_log = next(c.log for c in airflow.components if c.name == "scheduler")
-    finished = f"TaskInstance Finished: dag_id={DAG_ID}, task_id=approve, run_id={run_id},"
     airflow.wait(
         "the scheduler to see the approval step parked",
-        lambda: True if finished in scheduler_log.read_text(errors="replace") else None,
+        parked_in_scheduler(airflow, run_id, "approve"),
         60,
     )
     return run_id

@@ -30,6 +30,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 import yaml
+from support.airflowstack import parked_in_scheduler
 from support.faults import (
     GateProxy,
     SandboxStarts,
@@ -506,9 +507,6 @@ def _approval_required(stack: Stack) -> Iterator[None]:
 
 
 def _waiting_for_person(stack: Stack, run_id: str, *, parking: bool = True) -> None:
-    scheduler_log = next(c.log for c in stack.airflow.components if c.name == "scheduler")
-    parked = f"TaskInstance Finished: dag_id={DAG_ID}, task_id=approve, run_id={run_id},"
-
     def waiting() -> bool | None:
         state = _tasks(stack, run_id)["approve"]["state"]
         return True if state in ("awaiting_input", "deferred") else None
@@ -517,12 +515,8 @@ def _waiting_for_person(stack: Stack, run_id: str, *, parking: bool = True) -> N
     if not parking:
         return  # parked before a restart: the new scheduler's log starts afresh
     # The scheduler has taken the parked task's worker exit (see test_airflow_e2e).
-    _wait(
-        stack,
-        "the scheduler to see approve parked",
-        lambda: True if parked in scheduler_log.read_text(errors="replace") else None,
-        60,
-    )
+    parked = parked_in_scheduler(stack.airflow, run_id, "approve")
+    _wait(stack, "the scheduler to see approve parked", parked, 60)
 
 
 def test_airflow_restarted_while_runs_await_approval_then_approved_and_rejected(

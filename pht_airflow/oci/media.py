@@ -7,8 +7,9 @@ and that parse as a JSON object with well-formed descriptors.
 
 The Docker engine reads the same bytes with Go's ``encoding/json``, which matches keys to
 fields ignoring case. A manifest, descriptor or image config that spells one of its fields
-in another case (``"Layers"``, ``"cmd"``) is refused (:func:`~pht_airflow.strictjson.check_fields`),
-as is one that names a key twice: what a station checks and shows is what the engine runs.
+in another case (``"Layers"``, ``"cmd"``; :func:`~pht_airflow.strictjson.check_fields`) is
+refused, as is one that names a key twice: what a station checks and shows is what the engine
+runs.
 """
 
 from __future__ import annotations

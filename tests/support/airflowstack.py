@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +159,29 @@ def wait_for_success(stack: AirflowStack, http: httpx.Client, run_id: str) -> di
     return run
 
 
+def parked_in_scheduler(
+    airflow: LocalAirflow, run_id: str, task_id: str, try_number: int = 1
+) -> Callable[[], bool | None]:
+    """A probe for :meth:`LocalAirflow.wait`: true once the scheduler has taken the worker's
+    exit of try ``try_number`` of the person's step ``task_id``, parked for an answer.
+
+    Answer only after that: an answer that lands before it makes the scheduler fail the task
+    ("executor reports success" for a task that is no longer running); a person never answers
+    within that second. It matches that try's parking line (``state=awaiting_input``), not any
+    "Finished" line: a try that was answered writes a second one (``state=success``)."""
+    scheduler_log = next(c.log for c in airflow.components if c.name == "scheduler")
+    parked_line = re.compile(
+        rf"TaskInstance Finished: dag_id={DAG_ID}, task_id={re.escape(task_id)}, "
+        rf"run_id={re.escape(run_id)},.*, state=(awaiting_input|deferred),.*"
+        rf", try_number={try_number},"
+    )
+
+    def parked() -> bool | None:
+        return True if parked_line.search(scheduler_log.read_text(errors="replace")) else None
+
+    return parked
+
+
 def wait_for_person(
     stack: AirflowStack, http: httpx.Client, run_id: str, task_id: str, try_number: int = 1
 ) -> None:
@@ -172,21 +195,7 @@ def wait_for_person(
             pytest.fail(f"{task_id} of {run_id} is {state}: {task_states(http, run_id)}")
         return True if state in ("awaiting_input", "deferred") else None
 
-    # Answer only once the scheduler has taken the worker's exit of the parked task: an answer
-    # that lands before it makes the scheduler fail the task ("executor reports success"
-    # for a task that is no longer running); a person never answers within that second.
-    # The line of this try's parking: a try that was answered has a second "Finished" line
-    # (state=success), so counting lines would take an answered try for a parked one.
-    scheduler_log = next(c.log for c in stack.airflow.components if c.name == "scheduler")
-    parked_line = re.compile(
-        rf"TaskInstance Finished: dag_id={DAG_ID}, task_id={re.escape(task_id)}, "
-        rf"run_id={re.escape(run_id)},.*, state=(awaiting_input|deferred),.*"
-        rf", try_number={try_number},"
-    )
-
-    def parked() -> bool | None:
-        return True if parked_line.search(scheduler_log.read_text(errors="replace")) else None
-
+    parked = parked_in_scheduler(stack.airflow, run_id, task_id, try_number)
     try:
         stack.airflow.wait(f"run {run_id} to wait at {task_id}", waiting, RUN_TIMEOUT)
         stack.airflow.wait(f"the scheduler to see {task_id} parked", parked, 60)
